@@ -1,0 +1,36 @@
+# SwarmBee developer commands. `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/swarmnode demo
+
+test: $(STAMP)
+	$(BIN)/ruff check swarmnode tests scripts
+	$(BIN)/ruff format --check swarmnode tests scripts
+	$(BIN)/python -m pytest -v -rs tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check swarmnode tests scripts
+
+format: $(STAMP)
+	$(BIN)/ruff format swarmnode tests scripts
+	$(BIN)/ruff check --fix swarmnode tests scripts
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_latency.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

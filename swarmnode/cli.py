@@ -1,0 +1,208 @@
+"""The ``swarmnode`` command: bootstrap, join, status, generate, demo.
+
+Machine-readable lines go to stdout (a bootstrap peer's multiaddrs, a node's
+``ONLINE`` line, generated text); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any, Awaitable, Callable
+
+from swarmnode.errors import SwarmNodeError
+
+logger = logging.getLogger("swarmnode")
+
+
+def _setup_logging(level: str) -> None:
+    os.environ.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _serve_until_signal(start: Callable[[], Awaitable[Any]], stop: Callable[[Any], Awaitable[None]],
+                              on_ready: Callable[[Any], None]) -> None:
+    """Start a component, run until SIGTERM/SIGINT, then stop it; a second signal exits at once."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_signal() -> None:
+        if stopping.is_set():
+            os._exit(1)  # second signal: the user wants out now
+        stopping.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    component = await start()
+    try:
+        on_ready(component)
+        await stopping.wait()
+    finally:
+        await stop(component)
+
+
+# ---- bootstrap ---------------------------------------------------------------------------------------
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from swarmnode.net.dht import full_maddrs, start_dht
+    from swarmnode.net.lifeline import start_lifeline, stop_lifeline
+
+    async def start():
+        dht = start_dht(args.initial_peers, host_maddrs=args.host_maddrs, announce_maddrs=args.announce_maddrs,
+                        identity_path=args.identity)
+        return dht, start_lifeline([dht.pid])
+
+    async def stop(parts):
+        dht, lifeline = parts
+        dht.shutdown()
+        stop_lifeline(lifeline)
+
+    def ready(parts):
+        for maddr in full_maddrs(parts[0]):
+            _say(maddr)
+
+    asyncio.run(_serve_until_signal(start, stop, ready))
+    return 0
+
+
+# ---- join --------------------------------------------------------------------------------------------
+def cmd_join(args: argparse.Namespace) -> int:
+    from swarmnode.config import NodeConfig, load_config
+    from swarmnode.server.node import Node
+
+    overrides = {name: getattr(args, name) for name in (
+        "model", "initial_peers", "blocks", "model_id", "host_maddrs", "announce_maddrs", "device", "dtype",
+        "max_memory", "cache_tokens", "max_session_length", "num_threads", "announce_period", "throughput",
+        "public_name")}
+    overrides["identity_path"] = args.identity
+    config = load_config(NodeConfig, overrides, config_file=args.config)
+    if not config.model:
+        raise SwarmNodeError("--model is required (a checkpoint folder or a hub name)")
+
+    async def start():
+        node = Node(config, step_delay_s=args.debug_step_delay_ms / 1000)
+        await node.__aenter__()
+        return node
+
+    def ready(node):
+        _say(f"ONLINE peer_id={node.peer_id} blocks={node.start}:{node.end} model={node.model_record.model_id}")
+
+    asyncio.run(_serve_until_signal(start, lambda node: node.leave(), ready))
+    return 0
+
+
+# ---- status ------------------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    from swarmnode.client.status import format_status, swarm_status
+
+    report = swarm_status(args.initial_peers, model_id=args.model)
+    _say(json.dumps(report, indent=2) if args.json else format_status(report))
+    return 0
+
+
+# ---- generate ----------------------------------------------------------------------------------------
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoTokenizer, TextStreamer
+
+    from swarmnode.client.model import DistributedModelForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    with DistributedModelForCausalLM.from_pretrained(args.model, initial_peers=args.initial_peers,
+                                                     model_id=args.model_id) as model:
+        ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
+        streamer = TextStreamer(tokenizer, skip_prompt=False)
+        model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                       temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, streamer=streamer)
+    return 0
+
+
+# ---- demo --------------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from swarmnode.demo import run_demo
+
+    return run_demo(preset=args.preset, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="swarmnode", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default=os.environ.get("SWARMNODE_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("bootstrap", help="run a DHT-only peer that others join through")
+    p.add_argument("--host-maddrs", nargs="+", default=["/ip4/0.0.0.0/tcp/0"])
+    p.add_argument("--announce-maddrs", nargs="*", default=[])
+    p.add_argument("--initial-peers", nargs="*", default=[], help="other bootstrap peers, if any")
+    p.add_argument("--identity", default="", help="private key file; created if missing (stable peer id)")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("join", help="serve a span of a model's blocks")
+    p.add_argument("--model", default=None, help="checkpoint folder or hub name")
+    p.add_argument("--initial-peers", nargs="+", default=None)
+    p.add_argument("--blocks", default=None, help="auto (default), a count N, or START:END")
+    p.add_argument("--model-id", default=None, help="DHT name of the model (default: from --model)")
+    p.add_argument("--identity", default=None, help="private key file; created if missing")
+    p.add_argument("--host-maddrs", nargs="+", default=None)
+    p.add_argument("--announce-maddrs", nargs="*", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default=None, help="auto, float32, bfloat16 or float16")
+    p.add_argument("--max-memory", default=None, help="budget for weights + KV cache, e.g. 6GB")
+    p.add_argument("--cache-tokens", type=int, default=None, help="KV-cache tokens per block")
+    p.add_argument("--max-session-length", type=int, default=None)
+    p.add_argument("--num-threads", type=int, default=None, help="torch threads (0 = torch default)")
+    p.add_argument("--announce-period", type=float, default=None, help="seconds between re-announcements")
+    p.add_argument("--throughput", default=None, help="auto (profile) or tokens/s per block")
+    p.add_argument("--public-name", default=None)
+    p.add_argument("--config", default=None, help="TOML file with a [node] table")
+    p.add_argument("--debug-step-delay-ms", type=float, default=0.0,
+                   help="TESTING AID: sleep this long in every step (simulates a slow node); off by default")
+    p.set_defaults(func=cmd_join)
+
+    p = sub.add_parser("status", help="show the models, blocks and nodes of a swarm")
+    p.add_argument("--initial-peers", nargs="+", required=True)
+    p.add_argument("--model", default=None, help="model id (default: every model in the swarm)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("generate", help="generate text through the swarm, streamed to the terminal")
+    p.add_argument("prompt")
+    p.add_argument("--initial-peers", nargs="+", required=True)
+    p.add_argument("--model", required=True, help="checkpoint folder or hub name (for the head and tokenizer)")
+    p.add_argument("--model-id", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="start a local swarm, generate through it, compare with local generation")
+    p.add_argument("--preset", default="demo-llama")
+    p.add_argument("--prompt", default="A swarm of bees")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return args.func(args)
+    except SwarmNodeError as e:
+        print(f"swarmnode: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

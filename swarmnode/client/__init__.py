@@ -1,0 +1,1 @@
+"""Client layer: swarm connection, inference sessions, DistributedModelForCausalLM."""

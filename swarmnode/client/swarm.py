@@ -1,0 +1,82 @@
+"""A client's connection to the swarm: a client-mode DHT peer, its P2P replica and an
+event loop on a background thread, so the public API can stay synchronous."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any, Coroutine, TypeVar
+
+from hivemind.p2p import PeerID
+
+from swarmnode.config import ClientConfig
+from swarmnode.errors import ConfigError, SwarmUnavailable
+from swarmnode.net.dht import fetch_models, fetch_snapshot, start_dht
+from swarmnode.net.lifeline import start_lifeline, stop_lifeline
+from swarmnode.net.protocol import SwarmNodeService
+from swarmnode.records import ModelRecord, SwarmSnapshot
+
+T = TypeVar("T")
+
+
+class SwarmConnection:
+    """Owns the DHT peer, the P2P replica and the event-loop thread of one client."""
+
+    def __init__(self, config: ClientConfig):
+        if not config.initial_peers:
+            raise ConfigError("initial_peers is empty: pass the multiaddr of at least one swarm peer")
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="swarmnode-client-loop", daemon=True)
+        self._thread.start()
+        self._lifeline = None
+        self.dht = None
+        try:
+            self.dht = start_dht(config.initial_peers, host_maddrs=("/ip4/127.0.0.1/tcp/0",), client_mode=True,
+                                 identity_path=config.identity_path)
+            self._lifeline = start_lifeline([self.dht.pid])
+            self.p2p = self.run(self.dht.replicate_p2p())
+        except BaseException:
+            self.close()
+            raise
+        self._snapshots: dict[str, tuple[float, SwarmSnapshot]] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the client loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stub(self, peer_id: str):
+        return SwarmNodeService.get_stub(self.p2p, PeerID.from_base58(peer_id))
+
+    async def snapshot(self, model_id: str, num_blocks: int, max_age: float | None = None) -> SwarmSnapshot:
+        """The swarm as seen at most ``max_age`` seconds ago (default: the refresh period)."""
+        max_age = self.config.swarm_refresh_period if max_age is None else max_age
+        cached = self._snapshots.get(model_id)
+        if cached is not None and time.monotonic() - cached[0] <= max_age:
+            return cached[1]
+        try:
+            snapshot = await fetch_snapshot(self.dht, model_id, num_blocks)
+        except Exception as e:  # noqa: BLE001 - any DHT failure means we cannot see the swarm
+            raise SwarmUnavailable(f"cannot read the swarm's records: {e}") from e
+        self._snapshots[model_id] = (time.monotonic(), snapshot)
+        return snapshot
+
+    async def models(self) -> dict[str, ModelRecord]:
+        return await fetch_models(self.dht)
+
+    def close(self) -> None:
+        if self.dht is not None:
+            p2p = getattr(self.dht, "_p2p_replica", None)
+            if p2p is not None and self.loop.is_running():
+                try:
+                    self.run(p2p.shutdown(), timeout=5)
+                except Exception:  # noqa: BLE001 - best effort while closing
+                    pass
+            self.dht.shutdown()
+            self.dht = None
+        stop_lifeline(self._lifeline)
+        self._lifeline = None
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=5)

@@ -1,0 +1,164 @@
+"""Frozen configuration of nodes and clients.
+
+Precedence, highest first: command-line flags (or keyword arguments), ``SWARMNODE_*``
+environment variables, a TOML config file (``[node]`` / ``[client]`` tables), defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, TypeVar, get_type_hints
+
+from swarmnode.errors import ConfigError
+
+ENV_PREFIX = "SWARMNODE_"
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def parse_size(value: str | int | float | None) -> int | None:
+    """Parse '3GB', '512MiB', '1.5G' or a plain byte count into bytes."""
+    if value is None or isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise ConfigError(f"cannot parse size {value!r}: use e.g. 800MB, 3GiB or 1500000000")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    binary = "I" in unit
+    unit = unit.replace("I", "").replace("B", "") or ("B" if unit else "")
+    scale = (1024 ** "BKMGT".index(unit)) if binary else _SIZE_UNITS[unit]
+    return int(number * scale)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything `swarmnode join` needs."""
+
+    model: str = ""
+    initial_peers: tuple[str, ...] = ()
+    blocks: str = "auto"  # auto | N | START:END
+    model_id: str = ""  # DHT id of the model; derived from `model` when empty
+    identity_path: str = ""
+    host_maddrs: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
+    announce_maddrs: tuple[str, ...] = ()
+    device: str = "cpu"
+    dtype: str = "auto"  # auto = the checkpoint's torch_dtype, float32 on CPU if it is half
+    max_memory: int | None = None  # bytes for weights + KV cache; None = detect
+    cache_tokens: int | None = None  # node-wide KV-cache budget in tokens; None = derive
+    max_session_length: int = 8192
+    num_threads: int = 0  # torch threads; 0 = torch's default
+    announce_period: float = 10.0
+    throughput: str = "auto"  # auto = profile; or a number (tokens/s per block)
+    public_name: str = ""
+    stats_interval: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.announce_period <= 0:
+            raise ConfigError("announce_period must be positive")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"unknown device {self.device!r}: use cpu, cuda or cuda:N")
+        if self.max_session_length <= 0:
+            raise ConfigError("max_session_length must be positive")
+        if self.cache_tokens is not None and self.cache_tokens <= 0:
+            raise ConfigError("cache_tokens must be positive")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything a client (DistributedModelForCausalLM, CLI generate/status) needs."""
+
+    initial_peers: tuple[str, ...] = ()
+    model_id: str = ""
+    routing: str = "shortest"
+    wait_for_servers: float = 30.0  # seconds to wait for missing blocks before NoServersForBlocks
+    request_timeout: float = 30.0  # seconds for one RPC before the node counts as unresponsive
+    swarm_refresh_period: float = 2.0  # seconds between re-reads of the DHT records
+    dtype: str = "float32"
+    identity_path: str = ""
+
+    def __post_init__(self) -> None:
+        if self.wait_for_servers < 0:
+            raise ConfigError("wait_for_servers must be >= 0")
+        if self.request_timeout <= 0:
+            raise ConfigError("request_timeout must be positive")
+        known = ("shortest",)
+        if self.routing not in known:
+            raise ConfigError(f"unknown routing policy {self.routing!r}: choose one of {known}")
+
+
+T = TypeVar("T")
+
+
+def load_config(
+    cls: type[T],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike | None = None,
+) -> T:
+    """Build ``cls`` from overrides > SWARMNODE_* env > config file table > defaults.
+
+    ``overrides`` entries whose value is None are treated as 'not given'.
+    """
+    env = os.environ if env is None else env
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_read_table(Path(config_file), cls, names))
+    for name in names:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = raw
+    for name, value in (overrides or {}).items():
+        if name not in names:
+            raise ConfigError(f"unknown {cls.__name__} option {name!r}")
+        if value is not None:
+            values[name] = value
+    try:
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
+    except TypeError as e:
+        raise ConfigError(str(e)) from e
+
+
+def _read_table(path: Path, cls: type, names: set[str]) -> dict[str, Any]:
+    table = "node" if cls is NodeConfig else "client"
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from e
+    section = data.get(table, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"[{table}] in {path} must be a table")
+    unknown = set(section) - names
+    if unknown:
+        raise ConfigError(f"unknown option(s) in [{table}] of {path}: {sorted(unknown)}")
+    return dict(section)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    text = str(hint)
+    try:
+        if name in ("max_memory",):
+            return parse_size(value)
+        if "tuple" in text:
+            if isinstance(value, str):
+                return tuple(v for v in re.split(r"[,\s]+", value) if v)
+            return tuple(str(v) for v in value)
+        if "int" in text and "float" not in text:
+            return None if value is None else int(value)
+        if "float" in text:
+            return float(value)
+        if "bool" in text:
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        return value if isinstance(value, str) else str(value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid value {value!r} for {name}: {e}") from e
+

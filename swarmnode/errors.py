@@ -1,0 +1,135 @@
+"""The SwarmBee exception tree.
+
+Every error that SwarmBee raises on purpose derives from :class:`SwarmNodeError`, so a
+caller can catch one class and still tell the cases apart::
+
+    SwarmNodeError
+    ├── ConfigError                 invalid user input: flags, env, config file, arguments
+    ├── ModelLoadError              checkpoint missing, unsupported family, tensors absent
+    ├── SwarmUnavailable            cannot reach the swarm (DHT did not start, no peers)
+    ├── NoServersForBlocks          no live node serves some blocks (after a bounded wait)
+    ├── SessionError                client-side session misuse
+    │   ├── SessionLengthExceeded   more tokens than the session's max_length
+    │   └── SessionClosed           the session was closed or failed earlier
+    └── RemoteError                 a node answered a request with an error
+        ├── InvalidRequest          the request was malformed (shape, dtype, bytes, range)
+        ├── UnknownSession          the node holds no such session
+        ├── CacheExhausted          the node's KV-cache budget cannot fit the session
+        ├── NodeUnavailable         the node is draining/offline, or did not answer
+        └── NodeInternalError       the node failed while computing
+
+Nodes send errors as a code plus a message (see :mod:`swarmnode.net.protocol`);
+:func:`remote_error_from_code` maps a code back onto the tree above.
+"""
+
+from __future__ import annotations
+
+
+class SwarmNodeError(Exception):
+    """Base class of every error SwarmBee raises on purpose."""
+
+
+class ConfigError(SwarmNodeError, ValueError):
+    """A flag, environment variable, config file entry or argument is invalid."""
+
+
+class ModelLoadError(SwarmNodeError):
+    """A checkpoint could not be found, parsed or is of an unsupported family."""
+
+
+class SwarmUnavailable(SwarmNodeError):
+    """The DHT could not be started or no peer of the swarm could be reached."""
+
+
+class NoServersForBlocks(SwarmNodeError):
+    """No live node serves some of the blocks a chain needs."""
+
+    def __init__(self, blocks: list[int], model: str, waited_s: float):
+        self.blocks = list(blocks)
+        self.model = model
+        self.waited_s = waited_s
+        super().__init__(
+            f"no live node of model {model!r} serves blocks {_ranges(self.blocks)} "
+            f"(waited {waited_s:.1f} s)"
+        )
+
+
+class SessionError(SwarmNodeError):
+    """The client-side inference session was misused."""
+
+
+class SessionLengthExceeded(SessionError):
+    """A session was asked to hold more tokens than its max_length."""
+
+
+class SessionClosed(SessionError):
+    """The session was closed, or failed earlier and cannot continue."""
+
+
+class RemoteError(SwarmNodeError):
+    """A node answered with an error. ``code`` is the wire code, ``peer_id`` the node."""
+
+    code = "remote_error"
+
+    def __init__(self, message: str, peer_id: str | None = None):
+        self.peer_id = peer_id
+        self.message = message
+        where = f" (node {peer_id})" if peer_id else ""
+        super().__init__(f"{message}{where}")
+
+
+class InvalidRequest(RemoteError):
+    """The node rejected a malformed request."""
+
+    code = "invalid_request"
+
+
+class UnknownSession(RemoteError):
+    """The node holds no session with this id."""
+
+    code = "unknown_session"
+
+
+class CacheExhausted(RemoteError):
+    """The node's KV-cache budget cannot fit the session."""
+
+    code = "cache_exhausted"
+
+
+class NodeUnavailable(RemoteError):
+    """The node is draining or offline, or did not answer in time."""
+
+    code = "node_unavailable"
+
+
+class NodeInternalError(RemoteError):
+    """The node failed while computing."""
+
+    code = "internal_error"
+
+
+_REMOTE_ERRORS = {
+    cls.code: cls
+    for cls in (InvalidRequest, UnknownSession, CacheExhausted, NodeUnavailable, NodeInternalError)
+}
+
+
+def remote_error_from_code(code: str, message: str, peer_id: str | None = None) -> RemoteError:
+    """Build the exception for an error code sent by a node (unknown codes → RemoteError)."""
+    return _REMOTE_ERRORS.get(code, RemoteError)(message, peer_id)
+
+
+def _ranges(blocks: list[int]) -> str:
+    """Render sorted block indices compactly, e.g. [3, 4, 5, 7] → '3:6, 7'."""
+    parts, start, prev = [], None, None
+    for b in sorted(blocks):
+        if start is None:
+            start = prev = b
+        elif b == prev + 1:
+            prev = b
+        else:
+            parts.append(f"{start}:{prev + 1}" if prev > start else str(start))
+            start = prev = b
+    if start is not None:
+        parts.append(f"{start}:{prev + 1}" if prev > start else str(start))
+    return ", ".join(parts) or "none"

@@ -1,0 +1,156 @@
+"""Start and stop a local swarm of real processes (bootstrap peer + nodes) on 127.0.0.1.
+
+Used by ``swarmnode demo``, the swarm tests and the benchmarks. Every process runs in
+its own process group (so its DHT child and p2pd go with it) and is stopped by its id.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+@dataclass
+class SwarmProcess:
+    """One process of the local swarm with its stdout lines collected in the background."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    lines: queue.Queue = field(default_factory=queue.Queue)
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in self.popen.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_line(self, prefix: str, timeout: float) -> str:
+        """The first stdout line starting with ``prefix`` (RuntimeError if the process dies first)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{self.name}: no {prefix!r} line within {timeout:.0f} s; see {self.log_path}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise RuntimeError(f"{self.name} exited with {self.popen.wait()}; log:\n{self.log_tail()}")
+            if line.startswith(prefix):
+                return line
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to this process only (not its helpers)."""
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; then SIGKILL the whole process group (by its id)."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill_group()
+        return self.popen.poll()
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)  # the group id is the leader's pid (start_new_session)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+class LocalSwarm:
+    """A bootstrap peer plus nodes, each its own process; a context manager that stops them all."""
+
+    def __init__(self, workdir: str | os.PathLike, env: dict[str, str] | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.processes: list[SwarmProcess] = []
+        self.initial_peers: list[str] = []
+        self._count = 0
+
+    def _spawn(self, name: str, args: list[str]) -> SwarmProcess:
+        self._count += 1
+        log_path = self.workdir / f"{self._count:02d}-{name}.log"
+        log = open(log_path, "w")
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "swarmnode.cli", *args],
+            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+            text=True, env=self.env, start_new_session=True,
+        )
+        log.close()
+        proc = SwarmProcess(name, popen, log_path)
+        self.processes.append(proc)
+        return proc
+
+    def start_bootstrap(self, identity: str | None = None, timeout: float = 60) -> str:
+        args = ["bootstrap", "--host-maddrs", LOOPBACK]
+        if identity:
+            args += ["--identity", identity]
+        proc = self._spawn("bootstrap", args)
+        maddr = proc.wait_line("/ip4/", timeout)
+        self.initial_peers.append(maddr)
+        return maddr
+
+    def start_node(self, model: str, blocks: str = "auto", *extra: str, wait: bool = True,
+                   timeout: float = 120, name: str | None = None) -> SwarmProcess:
+        """Start ``swarmnode join``; with ``wait``, return once it printed its ONLINE line."""
+        args = ["join", "--model", model, "--blocks", blocks, "--initial-peers", *self.initial_peers,
+                "--host-maddrs", LOOPBACK, "--num-threads", "1", "--announce-period", "2", *extra]
+        proc = self._spawn(name or f"node-{blocks.replace(':', '_')}", args)
+        if wait:
+            self.wait_online(proc, timeout)
+        return proc
+
+    @staticmethod
+    def wait_online(proc: SwarmProcess, timeout: float = 120) -> SwarmProcess:
+        line = proc.wait_line("ONLINE", timeout)
+        proc.info = dict(part.split("=", 1) for part in line.split()[1:])
+        start, end = proc.info["blocks"].split(":")
+        proc.info["start"], proc.info["end"] = int(start), int(end)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.processes):
+            proc.stop(timeout=10)
+
+    def __enter__(self) -> LocalSwarm:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""Membership: announcing records, reading the swarm view (gossip comes next)."""

@@ -1,0 +1,123 @@
+"""Model-family adapters and partial checkpoint loading.
+
+``load_model_spec`` opens a checkpoint (local folder or hub name) and picks the
+family adapter from its config; ``load_blocks`` / ``load_client_head`` then read only
+the tensors they need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, PretrainedConfig
+
+from swarmnode.errors import ModelLoadError
+from swarmnode.models.base import DTYPES, ClientHead, ModelFamily, StepContext, dtype_name, load_into
+from swarmnode.models.checkpoint import Checkpoint, open_checkpoint
+from swarmnode.models.llama import LlamaFamily
+from swarmnode.models.opt import OPTFamily
+
+FAMILIES: tuple[ModelFamily, ...] = (LlamaFamily(), OPTFamily())
+
+__all__ = [
+    "DTYPES",
+    "ClientHead",
+    "LoadedBlocks",
+    "ModelFamily",
+    "ModelSpec",
+    "StepContext",
+    "dtype_name",
+    "family_for",
+    "load_blocks",
+    "load_client_head",
+    "load_model_spec",
+]
+
+
+def family_for(config: PretrainedConfig) -> ModelFamily:
+    """The adapter for ``config.model_type``; ModelLoadError when unsupported."""
+    for family in FAMILIES:
+        if config.model_type in family.model_types:
+            return family
+    supported = sorted(t for f in FAMILIES for t in f.model_types)
+    raise ModelLoadError(f"unsupported model type {config.model_type!r}; supported: {supported}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A checkpoint with its config and family: everything but the weights."""
+
+    checkpoint: Checkpoint
+    config: PretrainedConfig
+    family: ModelFamily
+
+    @property
+    def num_blocks(self) -> int:
+        return self.family.num_blocks(self.config)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.family.hidden_size(self.config)
+
+
+def load_model_spec(source: str) -> ModelSpec:
+    """Open ``source`` (a folder or hub name) and read its config; no weights are read."""
+    checkpoint = open_checkpoint(source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot read the config of {source}: {e}") from e
+    config._attn_implementation = "sdpa"  # what transformers uses by default on CPU and GPU
+    return ModelSpec(checkpoint, config, family_for(config))
+
+
+@dataclass
+class LoadedBlocks:
+    """A node's span of blocks with the shared per-step helper module."""
+
+    start: int
+    end: int
+    blocks: nn.ModuleList
+    aux: nn.Module | None
+    loaded_parameters: int  # number of parameters read from the checkpoint
+
+
+def load_blocks(spec: ModelSpec, start: int, end: int, device: str, dtype: torch.dtype) -> LoadedBlocks:
+    """Build blocks [start, end) reading only their tensors from the checkpoint."""
+    if not 0 <= start < end <= spec.num_blocks:
+        raise ModelLoadError(f"span {start}:{end} is outside the model's 0:{spec.num_blocks} blocks")
+    blocks, loaded = [], 0
+    for index in range(start, end):
+        prefix = spec.family.block_prefix(spec.config, index)
+        names = spec.checkpoint.names_with_prefix(prefix)
+        if not names:
+            raise ModelLoadError(f"checkpoint has no tensors for block {index} (prefix {prefix!r})")
+        tensors = spec.checkpoint.load_tensors(names, dtype)
+        loaded += sum(t.numel() for t in tensors.values())
+        with torch.device("meta"):
+            block = spec.family.new_block(spec.config, index)
+        state = {name.removeprefix(prefix): t for name, t in tensors.items()}
+        blocks.append(load_into(block, state, f"block {index}").to(device).eval())
+    aux = spec.family.new_step_aux(spec.config)
+    if aux is not None:
+        aux = aux.to(device).eval()
+    return LoadedBlocks(start, end, nn.ModuleList(blocks), aux, loaded)
+
+
+def load_client_head(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> tuple[ClientHead, int]:
+    """Build the client head (embeddings, final norm, LM head); returns it and its parameter count."""
+    names = spec.family.head_tensor_names(spec.config, spec.checkpoint)
+    tensors = spec.checkpoint.load_tensors(names, dtype)
+    head = spec.family.new_head(spec.config, tensors).eval()
+    return head, sum(t.numel() for t in tensors.values())
+
+
+def block_parameter_count(spec: ModelSpec) -> int:
+    """Parameters of one block, computed without reading weights."""
+    with torch.device("meta"):
+        block = spec.family.new_block(spec.config, 0)
+    return sum(p.numel() for p in block.parameters())
+
+

@@ -1,0 +1,130 @@
+"""Starting a hivemind DHT peer and reading/writing SwarmBee records through it.
+
+The coroutines passed to ``DHT.run_coroutine`` run inside the DHT process, so they are
+module-level functions (picklable) that touch only the DHT node.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import hivemind
+from hivemind.utils import get_dht_time
+from hivemind.dht.node import DHTNode
+from multiaddr import Multiaddr
+
+from swarmnode.errors import ConfigError, SwarmUnavailable
+from swarmnode.records import MODELS_KEY, ModelRecord, NodeRecord, SwarmSnapshot, block_key
+
+
+def validate_maddrs(maddrs: tuple[str, ...] | list[str], *, need_peer_id: bool, what: str) -> list[str]:
+    """Check user-given multiaddrs; ``need_peer_id`` for peers to dial (/p2p/<id> at the end)."""
+    checked = []
+    for text in maddrs:
+        try:
+            maddr = Multiaddr(text)
+        except Exception as e:  # noqa: BLE001 - the multiaddr package raises several types
+            raise ConfigError(f"invalid {what} {text!r}: {e}") from e
+        if need_peer_id and "p2p" not in [p.name for p in maddr.protocols()]:
+            raise ConfigError(f"{what} {text!r} lacks its peer id: expected .../p2p/<peer id>")
+        checked.append(str(maddr))
+    return checked
+
+
+def start_dht(
+    initial_peers: tuple[str, ...] | list[str],
+    *,
+    host_maddrs: tuple[str, ...] | list[str] = ("/ip4/0.0.0.0/tcp/0",),
+    announce_maddrs: tuple[str, ...] | list[str] = (),
+    identity_path: str = "",
+    client_mode: bool = False,
+) -> hivemind.DHT:
+    """Start a DHT peer in a child process (hivemind runs p2pd under it)."""
+    peers = validate_maddrs(initial_peers, need_peer_id=True, what="initial peer")
+    kwargs: dict[str, Any] = dict(
+        initial_peers=peers or None,
+        start=True,
+        client_mode=client_mode,
+        host_maddrs=validate_maddrs(host_maddrs, need_peer_id=False, what="host multiaddr"),
+        num_workers=8,
+    )
+    if announce_maddrs:
+        kwargs["announce_maddrs"] = validate_maddrs(announce_maddrs, need_peer_id=False, what="announce multiaddr")
+    if identity_path:
+        path = Path(identity_path).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            hivemind.P2P.generate_identity(str(path))  # stable peer id from now on
+        kwargs["identity_path"] = str(path)
+    try:
+        return hivemind.DHT(**kwargs)
+    except Exception as e:  # noqa: BLE001 - hivemind reports start failures with many types
+        raise SwarmUnavailable(f"cannot start the DHT peer (initial peers {peers}): {e}") from e
+
+
+def full_maddrs(dht: hivemind.DHT) -> list[str]:
+    """The DHT peer's visible multiaddrs with its peer id (what others pass as --initial-peers)."""
+    return [str(m) for m in dht.get_visible_maddrs()]
+
+
+async def _store_records(_dht, node: DHTNode, items: list[tuple[str, str, Any]], expiration: float) -> bool:
+    keys, subkeys, values = zip(*items)
+    results = await node.store_many(list(keys), list(values), expiration, subkeys=list(subkeys), num_workers=8)
+    return all(results.values())
+
+
+def store_records(dht: hivemind.DHT, items: list[tuple[str, str, Any]], ttl: float):
+    """Store (key, subkey, value) triples expiring in ``ttl`` seconds; returns an awaitable MPFuture."""
+    expiration = get_dht_time() + ttl
+    return dht.run_coroutine(partial(_store_records, items=items, expiration=expiration), return_future=True)
+
+
+async def _get_subkeys(_dht, node: DHTNode, keys: list[str]) -> dict[str, dict[str, Any]]:
+    found = await node.get_many(keys, sufficient_expiration_time=float("inf"), num_workers=8)
+    result: dict[str, dict[str, Any]] = {}
+    for key, entry in found.items():
+        values: dict[str, Any] = {}
+        if entry is not None and isinstance(entry.value, dict):
+            for subkey, item in entry.value.items():
+                values[str(subkey)] = getattr(item, "value", None)
+        result[key] = values
+    return result
+
+
+def get_subkeys(dht: hivemind.DHT, keys: list[str]):
+    """Fetch ``keys``; returns an awaitable MPFuture of {key: {subkey: raw value}}."""
+    return dht.run_coroutine(partial(_get_subkeys, keys=keys), return_future=True)
+
+
+def parse_models(raw: dict[str, Any]) -> dict[str, ModelRecord]:
+    models = {}
+    for model_id, value in raw.items():
+        record = ModelRecord.from_wire(value)
+        if record is not None and record.model_id == model_id:
+            models[model_id] = record
+    return models
+
+
+async def fetch_models(dht: hivemind.DHT) -> dict[str, ModelRecord]:
+    found = await get_subkeys(dht, [MODELS_KEY])
+    return parse_models(found.get(MODELS_KEY, {}))
+
+
+async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> SwarmSnapshot:
+    """Read every block's records of ``model_id`` into a snapshot (bad records are skipped)."""
+    keys = [block_key(model_id, i) for i in range(num_blocks)]
+    found = await get_subkeys(dht, keys)
+    nodes: dict[str, NodeRecord] = {}
+    for key in keys:
+        for peer_id, value in found.get(key, {}).items():
+            record = NodeRecord.from_wire(value)
+            if record is None or record.peer_id != peer_id or record.end > num_blocks:
+                continue
+            current = nodes.get(peer_id)
+            if current is None or record.timestamp > current.timestamp:
+                nodes[peer_id] = record
+    return SwarmSnapshot(model_id=model_id, num_blocks=num_blocks, nodes=nodes)
+
+

@@ -1,0 +1,118 @@
+"""The node's RPC interface and its message format.
+
+Requests and responses are hivemind's ``ExpertRequest`` / ``ExpertResponse``:
+tensors serialized by ``hivemind.compression`` plus msgpack metadata. An error is a
+response whose metadata holds ``{"error": {"code": ..., "message": ...}}``; codes map
+onto :mod:`swarmnode.errors`.
+
+``rpc_inference`` (bidirectional stream, one per session and hop) — each request holds
+one hidden-states tensor [batch, seq, hidden] and metadata:
+``session_id``, ``start``/``end`` (the blocks to run), ``max_length`` (first request),
+``position`` (optional: the prefix length these tokens follow; a smaller value rolls
+the cache back, e.g. to replay a step) and ``step`` (echoed). Each response holds the
+output hidden states and ``{"cache_len_before", "cache_len", "step"}``.
+
+``rpc_forward`` (unary, stateless) — metadata ``start``/``end``, one tensor in, one out.
+
+``rpc_info`` (unary) — no input; metadata describing the node (span, state, load, ...).
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import msgpack
+import torch
+from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
+from hivemind.p2p import P2PContext, ServicerBase
+from hivemind.proto import runtime_pb2
+
+from swarmnode.errors import InvalidRequest, RemoteError, remote_error_from_code
+
+PROTOCOL_VERSION = 1
+MAX_METADATA_BYTES = 64 * 1024
+
+
+class SwarmNodeService(ServicerBase):
+    """RPC signatures of a node. The server registers an implementation of these methods
+    with ``SwarmNodeService().add_p2p_handlers(p2p, wrapper=impl)``; clients call them
+    through ``SwarmNodeService.get_stub(p2p, peer_id)``."""
+
+    async def rpc_inference(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        raise NotImplementedError
+        yield  # pragma: no cover - marks this as an async generator
+
+    async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        raise NotImplementedError
+
+    async def rpc_info(self, request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        raise NotImplementedError
+
+
+def pack_meta(meta: dict[str, Any]) -> bytes:
+    return msgpack.packb(meta, use_bin_type=True)
+
+
+def unpack_meta(raw: bytes) -> dict[str, Any]:
+    """Decode request metadata; InvalidRequest if it is not a msgpack map."""
+    if len(raw) > MAX_METADATA_BYTES:
+        raise InvalidRequest(f"metadata of {len(raw)} bytes exceeds {MAX_METADATA_BYTES}")
+    if not raw:
+        return {}
+    try:
+        meta = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except (ValueError, msgpack.UnpackException, TypeError) as e:
+        raise InvalidRequest(f"metadata is not valid msgpack: {e}") from e
+    if not isinstance(meta, dict):
+        raise InvalidRequest("metadata must be a msgpack map")
+    return meta
+
+
+def tensor_to_proto(tensor: torch.Tensor) -> runtime_pb2.Tensor:
+    return serialize_torch_tensor(tensor.detach().contiguous())
+
+
+def tensor_from_proto(proto: runtime_pb2.Tensor) -> torch.Tensor:
+    """Deserialize one tensor; InvalidRequest on garbage."""
+    try:
+        return deserialize_torch_tensor(proto)
+    except Exception as e:  # noqa: BLE001 - any decoding failure of remote bytes is the sender's fault
+        raise InvalidRequest(f"cannot decode tensor: {type(e).__name__}: {e}") from e
+
+
+def one_tensor(tensors) -> torch.Tensor:
+    if len(tensors) != 1:
+        raise InvalidRequest(f"expected exactly one tensor, got {len(tensors)}")
+    return tensor_from_proto(tensors[0])
+
+
+def make_request(meta: dict[str, Any], tensors: tuple[torch.Tensor, ...] = ()) -> runtime_pb2.ExpertRequest:
+    return runtime_pb2.ExpertRequest(metadata=pack_meta(meta), tensors=[tensor_to_proto(t) for t in tensors])
+
+
+def make_response(meta: dict[str, Any], tensors: tuple[torch.Tensor, ...] = ()) -> runtime_pb2.ExpertResponse:
+    return runtime_pb2.ExpertResponse(metadata=pack_meta(meta), tensors=[tensor_to_proto(t) for t in tensors])
+
+
+def error_response(error: RemoteError) -> runtime_pb2.ExpertResponse:
+    return make_response({"error": {"code": error.code, "message": error.message}})
+
+
+def read_response(response: runtime_pb2.ExpertResponse, peer_id: str) -> tuple[dict[str, Any], list[torch.Tensor]]:
+    """Decode a node's response; raises the matching RemoteError if it carries an error."""
+    try:
+        meta = msgpack.unpackb(response.metadata, raw=False) if response.metadata else {}
+    except (ValueError, msgpack.UnpackException) as e:
+        raise RemoteError(f"node sent undecodable metadata: {e}", peer_id) from e
+    if not isinstance(meta, dict):
+        raise RemoteError("node sent metadata that is not a map", peer_id)
+    error = meta.get("error")
+    if isinstance(error, dict):
+        raise remote_error_from_code(str(error.get("code")), str(error.get("message")), peer_id)
+    try:
+        tensors = [deserialize_torch_tensor(t) for t in response.tensors]
+    except Exception as e:  # noqa: BLE001 - remote bytes
+        raise RemoteError(f"node sent an undecodable tensor: {e}", peer_id) from e
+    return meta, tensors

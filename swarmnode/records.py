@@ -1,0 +1,169 @@
+"""Every record SwarmBee puts in the DHT.
+
+Records are frozen dataclasses with ``to_wire()`` (a msgpack-friendly dict) and
+``from_wire()``. Each carries a schema version ``v``. Readers are tolerant: unknown
+fields are ignored, and a record that cannot be parsed makes ``from_wire`` return
+``None`` instead of raising, so one bad record never breaks a reader.
+
+Keys (see DESIGN.md, "Records in the DHT"):
+
+- ``{model}.blocks.{i}`` → subkey peer id → :class:`NodeRecord`
+- ``_swarm.models`` → subkey model id → :class:`ModelRecord`
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+SCHEMA_VERSION = 1
+MODELS_KEY = "_swarm.models"
+_MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class NodeState(enum.IntEnum):
+    """Lifecycle of a node; the order matters (a higher state is 'more available')."""
+
+    OFFLINE = 0
+    JOINING = 1
+    DRAINING = 2
+    ONLINE = 3
+
+
+def block_key(model_id: str, block: int) -> str:
+    """DHT key under which nodes serving ``block`` of ``model_id`` announce themselves."""
+    return f"{model_id}.blocks.{block}"
+
+
+def model_id_from_name(name: str) -> str:
+    """Turn a hub name or local path into a DHT-safe model id ('org/Model-7B' → 'org--Model-7B')."""
+    base = name.rstrip("/")
+    if "/" in base and not base.startswith((".", "/")) and base.count("/") == 1:
+        candidate = base.replace("/", "--")  # a hub name like org/model
+    else:
+        candidate = base.rsplit("/", 1)[-1]
+    candidate = re.sub(r"[^A-Za-z0-9._-]", "-", candidate).lstrip("._-")
+    return validate_model_id(candidate[:128] or "model")
+
+
+def validate_model_id(model_id: str) -> str:
+    """Return ``model_id`` if it is safe to use in DHT keys, else raise ValueError."""
+    if not isinstance(model_id, str) or not _MODEL_ID_RE.match(model_id):
+        raise ValueError(
+            f"invalid model id {model_id!r}: use 1-128 letters, digits, '.', '_' or '-'"
+        )
+    return model_id
+
+
+def _known_fields(cls: type, raw: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in raw.items() if k in names}
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """What a node advertises about itself for each block it serves."""
+
+    peer_id: str
+    state: NodeState
+    start: int
+    end: int
+    inference_rps: float = 0.0  # tokens/s per block, one token per step
+    prefill_rps: float = 0.0  # tokens/s per block, long prompts
+    cache_tokens_left: int = 0
+    active_sessions: int = 0
+    dtype: str = "float32"
+    quantization: str = "none"
+    version: str = ""
+    public_name: str = ""
+    metrics_addr: str = ""
+    timestamp: float = 0.0  # DHT time of the announcement; the newest one wins
+    v: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.start < self.end):
+            raise ValueError(f"invalid span {self.start}:{self.end}")
+
+    @property
+    def num_blocks(self) -> int:
+        return self.end - self.start
+
+    def serves(self, block: int) -> bool:
+        return self.start <= block < self.end
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = asdict(self)
+        wire["state"] = int(self.state)
+        return wire
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> NodeRecord | None:
+        """Parse a record; ``None`` when it is not a valid NodeRecord."""
+        if not isinstance(raw, dict):
+            return None
+        try:
+            kwargs = _known_fields(cls, raw)
+            kwargs["state"] = NodeState(int(kwargs["state"]))
+            for name in ("start", "end", "cache_tokens_left", "active_sessions", "v"):
+                if name in kwargs:
+                    kwargs[name] = int(kwargs[name])
+            for name in ("inference_rps", "prefill_rps", "timestamp"):
+                if name in kwargs:
+                    kwargs[name] = float(kwargs[name])
+            for name in ("peer_id", "dtype", "quantization", "version", "public_name", "metrics_addr"):
+                if name in kwargs and not isinstance(kwargs[name], str):
+                    return None
+            return cls(**kwargs)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What the swarm serves: one record per model under ``_swarm.models``."""
+
+    model_id: str
+    num_blocks: int
+    family: str
+    repository: str = ""
+    config_hash: str = ""
+    v: int = SCHEMA_VERSION
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> ModelRecord | None:
+        if not isinstance(raw, dict):
+            return None
+        try:
+            kwargs = _known_fields(cls, raw)
+            kwargs["num_blocks"] = int(kwargs["num_blocks"])
+            if kwargs["num_blocks"] <= 0:
+                return None
+            for name in ("model_id", "family", "repository", "config_hash"):
+                if name in kwargs and not isinstance(kwargs[name], str):
+                    return None
+            return cls(**kwargs)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class SwarmSnapshot:
+    """What one reader saw of one model's swarm at one moment: node records by peer id."""
+
+    model_id: str
+    num_blocks: int
+    nodes: dict[str, NodeRecord]
+
+    def serving(self, block: int, states: tuple[NodeState, ...] = (NodeState.ONLINE,)) -> list[NodeRecord]:
+        """Nodes in ``states`` whose span contains ``block``."""
+        return [r for r in self.nodes.values() if r.state in states and r.serves(block)]
+
+    def uncovered(self, start: int = 0, end: int | None = None) -> list[int]:
+        """Blocks in [start, end) that no ONLINE node serves."""
+        end = self.num_blocks if end is None else end
+        return [b for b in range(start, end) if not self.serving(b)]

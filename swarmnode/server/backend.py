@@ -1,0 +1,100 @@
+"""Running a node's blocks: input validation and the forward pass.
+
+All torch work of a node goes through one :class:`BlockBackend` on one compute
+thread, so the event loop that serves RPCs never blocks on a matmul.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+import torch
+
+from swarmnode.errors import InvalidRequest
+from swarmnode.models import LoadedBlocks, ModelSpec
+from swarmnode.server.cache import SessionCache
+
+ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class BlockBackend:
+    """Blocks [start, end) of one model, with validation and a dedicated compute thread."""
+
+    def __init__(self, spec: ModelSpec, loaded: LoadedBlocks, device: str, dtype: torch.dtype,
+                 step_delay_s: float = 0.0):
+        self.spec, self.loaded = spec, loaded
+        self.start, self.end = loaded.start, loaded.end
+        self.device, self.dtype = torch.device(device), dtype
+        self.hidden_size = spec.hidden_size
+        self.step_delay_s = step_delay_s
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swarmnode-compute")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def check_span(self, start: int, end: int) -> None:
+        if not (self.start <= start < end <= self.end):
+            raise InvalidRequest(f"span {start}:{end} is not within this node's blocks {self.start}:{self.end}")
+
+    def check_hidden(self, hidden: torch.Tensor, max_tokens: int) -> None:
+        """Reject anything but a [batch, seq, hidden_size] float tensor of sane size."""
+        if hidden.dtype not in ACCEPTED_DTYPES:
+            raise InvalidRequest(f"hidden states must be float32/bfloat16/float16, got {hidden.dtype}")
+        if hidden.ndim != 3:
+            raise InvalidRequest(f"hidden states must be [batch, seq, hidden], got shape {tuple(hidden.shape)}")
+        batch, seq, width = hidden.shape
+        if width != self.hidden_size:
+            raise InvalidRequest(f"hidden size must be {self.hidden_size}, got {width}")
+        if batch < 1 or seq < 1:
+            raise InvalidRequest(f"empty hidden states of shape {tuple(hidden.shape)}")
+        if seq > max_tokens:
+            raise InvalidRequest(f"{seq} tokens exceed the limit of {max_tokens} for this request")
+        if not torch.isfinite(hidden).all():
+            raise InvalidRequest("hidden states contain NaN or infinity")
+
+    async def run(self, hidden: torch.Tensor, start: int, end: int, cache: SessionCache | None) -> torch.Tensor:
+        """Run blocks [start, end) on the compute thread; commits ``cache`` on success."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._forward, hidden, start, end, cache)
+
+    @torch.inference_mode()
+    def _forward(self, hidden: torch.Tensor, start: int, end: int, cache: SessionCache | None) -> torch.Tensor:
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)  # testing aid (--debug-step-delay-ms), off by default
+        out_dtype = hidden.dtype
+        hidden = hidden.to(self.device, self.dtype)
+        past = cache.length if cache is not None else 0
+        family, config = self.spec.family, self.spec.config
+        ctx = family.step_context(config, self.loaded.aux, hidden, past)
+        for index in range(start, end):
+            block = self.loaded.blocks[index - self.start]
+            hidden = family.run_block(block, hidden, ctx, cache)
+        if cache is not None:
+            cache.commit(hidden.shape[1])
+        return hidden.to("cpu", out_dtype)
+
+    @torch.inference_mode()
+    def profile(self, repeats: int = 5, prefill_tokens: int = 128) -> tuple[float, float]:
+        """Measured (inference, prefill) throughput of one block, in tokens/s."""
+        block = self.loaded.blocks[0]
+        family, config = self.spec.family, self.spec.config
+        kv_heads, head_dim = family.kv_heads_and_dim(config)
+
+        def timed(tokens: int, past: int) -> float:
+            cache = SessionCache(self.start, self.start + 1, 1, past + tokens, kv_heads, head_dim,
+                                 self.dtype, self.device)
+            cache.length = past
+            hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
+            ctx = family.step_context(config, self.loaded.aux, hidden, past)
+            begin = time.perf_counter()
+            family.run_block(block, hidden, ctx, cache)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return time.perf_counter() - begin
+
+        timed(1, 16)  # warm-up
+        step = sorted(timed(1, 16) for _ in range(repeats))[repeats // 2]
+        prefill = sorted(timed(prefill_tokens, 0) for _ in range(max(1, repeats // 2)))[0]
+        return 1.0 / max(step, 1e-9), prefill_tokens / max(prefill, 1e-9)

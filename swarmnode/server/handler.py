@@ -1,0 +1,148 @@
+"""The node's RPC handlers: decode and validate requests, run blocks, answer.
+
+Every failure caused by a request becomes an error response; the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import AsyncIterator, Callable
+
+from hivemind.p2p import P2PContext
+from hivemind.proto import runtime_pb2
+
+from swarmnode.errors import InvalidRequest, NodeInternalError, NodeUnavailable, RemoteError
+from swarmnode.net.protocol import (
+    PROTOCOL_VERSION,
+    error_response,
+    make_response,
+    one_tensor,
+    unpack_meta,
+)
+from swarmnode.records import NodeState
+from swarmnode.server.backend import BlockBackend
+from swarmnode.server.cache import CacheManager, Session
+
+logger = logging.getLogger(__name__)
+MAX_FORWARD_TOKENS = 8192
+
+
+def _int_field(meta: dict, name: str, default: int | None = None) -> int:
+    value = meta.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"metadata field {name!r} must be an integer, got {value!r}")
+    return value
+
+
+class NodeHandler:
+    """Implements :class:`swarmnode.net.protocol.SwarmNodeService` for one node."""
+
+    def __init__(self, backend: BlockBackend, caches: CacheManager, info_fn: Callable[[], dict],
+                 state_fn: Callable[[], NodeState], session_idle_timeout: float = 600.0):
+        self.backend, self.caches = backend, caches
+        self.info_fn, self.state_fn = info_fn, state_fn
+        self.session_idle_timeout = session_idle_timeout
+        self.sessions_done = asyncio.Event()
+        self.sessions_done.set()
+        self._streams = 0
+
+    async def rpc_info(self, request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        return make_response(self.info_fn())
+
+    async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        try:
+            meta = unpack_meta(request.metadata)
+            start, end = self._span(meta)
+            hidden = one_tensor(request.tensors)
+            self.backend.check_hidden(hidden, MAX_FORWARD_TOKENS)
+            return make_response({}, (await self._run(hidden, start, end, None),))
+        except RemoteError as e:
+            return error_response(e)
+
+    async def rpc_inference(
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+    ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        session: Session | None = None
+        self._streams += 1
+        self.sessions_done.clear()
+        try:
+            while True:
+                try:
+                    request = await asyncio.wait_for(anext(requests), self.session_idle_timeout)
+                except (StopAsyncIteration, asyncio.TimeoutError):
+                    return  # client closed the stream, or went silent for too long
+                try:
+                    meta = unpack_meta(request.metadata)
+                    hidden = one_tensor(request.tensors)
+                    if session is None:
+                        session = self._open_session(meta, hidden)
+                    yield await self._step(session, meta, hidden)
+                except RemoteError as e:
+                    yield error_response(e)
+                    if session is None and not isinstance(e, InvalidRequest):
+                        return  # could not admit the session: nothing more to do here
+        finally:
+            if session is not None:
+                self.caches.close(session.session_id)
+            self._streams -= 1
+            if self._streams == 0:
+                self.sessions_done.set()
+
+    def _span(self, meta: dict) -> tuple[int, int]:
+        start = _int_field(meta, "start", self.backend.start)
+        end = _int_field(meta, "end", self.backend.end)
+        self.backend.check_span(start, end)
+        return start, end
+
+    def _open_session(self, meta: dict, hidden) -> Session:
+        if self.state_fn() != NodeState.ONLINE:
+            raise NodeUnavailable(f"node is {self.state_fn().name}: not accepting new sessions")
+        start, end = self._span(meta)
+        max_length = _int_field(meta, "max_length")
+        session_id = meta.get("session_id") or uuid.uuid4().hex
+        if not isinstance(session_id, str) or len(session_id) > 128:
+            raise InvalidRequest("session_id must be a string of at most 128 characters")
+        self.backend.check_hidden(hidden, max_length)
+        session = self.caches.open(session_id, start, end, hidden.shape[0], max_length)
+        logger.debug("opened session %s for blocks %d:%d, max_length %d", session_id, start, end, max_length)
+        return session
+
+    async def _step(self, session: Session, meta: dict, hidden) -> runtime_pb2.ExpertResponse:
+        cache = session.cache
+        if meta.get("session_id", session.session_id) != session.session_id:
+            raise InvalidRequest(f"this stream serves session {session.session_id}, not {meta.get('session_id')!r}")
+        start, end = self._span(meta) if ("start" in meta or "end" in meta) else (cache.start, cache.end)
+        if (start, end) != (cache.start, cache.end):
+            raise InvalidRequest(f"session was opened for blocks {cache.start}:{cache.end}, not {start}:{end}")
+        self.backend.check_hidden(hidden, cache.max_length)
+        if hidden.shape[0] != cache.batch:
+            raise InvalidRequest(f"session has batch size {cache.batch}, got {hidden.shape[0]}")
+        position = _int_field(meta, "position", cache.length)
+        if not 0 <= position <= cache.length:
+            raise InvalidRequest(f"position {position} is beyond the {cache.length} cached tokens")
+        if position + hidden.shape[1] > cache.max_length:
+            raise InvalidRequest(
+                f"session max_length {cache.max_length} exceeded: {position} cached + {hidden.shape[1]} new tokens"
+            )
+        cache.rollback(position)
+        before = cache.length
+        out = await self._run(hidden, start, end, cache)
+        return make_response(
+            {"cache_len_before": before, "cache_len": cache.length, "step": meta.get("step")}, (out,)
+        )
+
+    async def _run(self, hidden, start: int, end: int, cache):
+        try:
+            return await self.backend.run(hidden, start, end, cache)
+        except RemoteError:
+            raise
+        except (RuntimeError, ValueError) as e:
+            logger.exception("compute failed")
+            raise NodeInternalError(f"compute failed: {e}") from e
+
+
+def node_info(**fields) -> dict:
+    """The rpc_info payload: protocol version plus the given fields."""
+    return {"protocol": PROTOCOL_VERSION, **fields}

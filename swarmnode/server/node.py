@@ -1,0 +1,226 @@
+"""A SwarmBee node: joins the DHT, picks and loads its blocks, serves them, leaves cleanly.
+
+Use as an async context manager::
+
+    async with Node(config) as node:
+        await node.wait_closed()      # until stop() (e.g. on SIGTERM)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import hivemind
+import psutil
+import torch
+
+import swarmnode
+from swarmnode.config import NodeConfig
+from swarmnode.errors import ConfigError
+from swarmnode.membership.announcer import Announcer
+from swarmnode.models import DTYPES, ModelSpec, dtype_name, load_blocks, load_model_spec
+from swarmnode.models import block_parameter_count
+from swarmnode.net.dht import fetch_snapshot, full_maddrs, start_dht
+from swarmnode.net.lifeline import start_lifeline, stop_lifeline
+from swarmnode.net.protocol import SwarmNodeService
+from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
+from swarmnode.server.backend import BlockBackend
+from swarmnode.server.block_selection import blocks_for_memory, choose_span, parse_blocks, served_throughput
+from swarmnode.server.cache import CacheManager
+from swarmnode.server.handler import NodeHandler, node_info
+
+logger = logging.getLogger(__name__)
+MEMORY_RESERVE_BYTES = 1 << 30  # left free for the OS and the process itself when detecting memory
+DEFAULT_CACHE_TOKENS = 4096  # per block, when --cache-tokens is not given
+
+
+def resolve_dtype(config: NodeConfig, spec: ModelSpec) -> torch.dtype:
+    if config.dtype != "auto":
+        if config.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {config.dtype!r}: choose auto or one of {sorted(DTYPES)}")
+        return DTYPES[config.dtype]
+    stored = getattr(spec.config, "dtype", None) or getattr(spec.config, "torch_dtype", None)
+    stored = DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
+    return torch.float32 if config.device == "cpu" and stored == torch.float16 else stored
+
+
+def detect_memory(device: str) -> int:
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return max(0, free - MEMORY_RESERVE_BYTES // 2)
+    return max(0, psutil.virtual_memory().available - MEMORY_RESERVE_BYTES)
+
+
+class Node:
+    """One node of the swarm (see module docstring)."""
+
+    def __init__(self, config: NodeConfig, step_delay_s: float = 0.0):
+        self.config = config
+        self.step_delay_s = step_delay_s
+        self.state = NodeState.JOINING
+        self.dht: hivemind.DHT | None = None
+        self.p2p = None
+        self.backend: BlockBackend | None = None
+        self.caches: CacheManager | None = None
+        self.handler: NodeHandler | None = None
+        self.announcer: Announcer | None = None
+        self.start = self.end = 0
+        self.inference_rps = self.prefill_rps = 0.0
+        self._lifeline = None
+        self._closed = asyncio.Event()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> Node:
+        try:
+            await self._join()
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.leave()
+
+    def stop(self) -> None:
+        """Ask the node to leave (safe to call from a signal handler)."""
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def _join(self) -> None:
+        cfg = self.config
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
+        spec = load_model_spec(cfg.model)
+        self.spec = spec
+        self.dtype = resolve_dtype(cfg, spec)
+        model_id = validate_model_id(cfg.model_id) if cfg.model_id else model_id_from_name(cfg.model)
+        self.model_record = ModelRecord(
+            model_id=model_id,
+            num_blocks=spec.num_blocks,
+            family=spec.family.name,
+            repository=cfg.model if "/" in cfg.model and not cfg.model.startswith((".", "/")) else "",
+            config_hash=spec.checkpoint.config_hash(),
+        )
+        request = parse_blocks(cfg.blocks, spec.num_blocks)  # validate before starting anything
+
+        self.dht = start_dht(cfg.initial_peers, host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs,
+                             identity_path=cfg.identity_path)
+        self._lifeline = start_lifeline([self.dht.pid])
+        self.p2p = await self.dht.replicate_p2p()
+        self.peer_id = str(self.p2p.peer_id)
+        self.maddrs = full_maddrs(self.dht)
+
+        kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
+        bytes_per_value = torch.finfo(self.dtype).bits // 8
+        cache_tokens = cfg.cache_tokens or DEFAULT_CACHE_TOKENS
+        cache_bytes_per_block = 2 * kv_heads * head_dim * bytes_per_value * cache_tokens
+        if request.span is not None:
+            self.start, self.end = request.span
+        else:
+            count = request.count
+            if count is None:
+                budget = cfg.max_memory if cfg.max_memory is not None else detect_memory(cfg.device)
+                block_bytes = block_parameter_count(spec) * bytes_per_value
+                count = blocks_for_memory(budget, block_bytes, cache_bytes_per_block, spec.num_blocks)
+            snapshot = await fetch_snapshot(self.dht, model_id, spec.num_blocks)
+            self.start, self.end = choose_span(served_throughput(snapshot, exclude=self.peer_id), count)
+        logger.info("serving blocks %d:%d of %s (%s)", self.start, self.end, model_id, dtype_name(self.dtype))
+
+        self.announcer = Announcer(self.dht, self.model_record, self.record, cfg.announce_period)
+        await self.announcer.announce(NodeState.JOINING)  # claim the span before the slow part
+
+        loaded = load_blocks(spec, self.start, self.end, cfg.device, self.dtype)
+        self.loaded_parameters = loaded.loaded_parameters
+        self.backend = BlockBackend(spec, loaded, cfg.device, self.dtype, self.step_delay_s)
+        self.caches = CacheManager(cache_tokens * (self.end - self.start), cfg.max_session_length,
+                                   kv_heads, head_dim, self.dtype, cfg.device)
+        if cfg.throughput == "auto":
+            self.inference_rps, self.prefill_rps = self.backend.profile()
+        else:
+            try:
+                self.inference_rps = self.prefill_rps = float(cfg.throughput)
+            except ValueError as e:
+                raise ConfigError(f"--throughput must be auto or a number, got {cfg.throughput!r}") from e
+
+        self.handler = NodeHandler(self.backend, self.caches, self.info, lambda: self.state)
+        await SwarmNodeService().add_p2p_handlers(self.p2p, wrapper=self.handler)
+        self.state = NodeState.ONLINE
+        await self.announcer.announce()
+        self.announcer.start()
+        logger.info("node %s is ONLINE", self.peer_id)
+
+    async def leave(self, drain_timeout: float = 5.0) -> None:
+        """Announce DRAINING, let open sessions finish (bounded), announce OFFLINE, shut down."""
+        if self.announcer is not None and self.state == NodeState.ONLINE:
+            self.state = NodeState.DRAINING
+            await self.announcer.stop()
+            await self.announcer.announce(NodeState.DRAINING)
+            if self.handler is not None:
+                try:
+                    await asyncio.wait_for(self.handler.sessions_done.wait(), drain_timeout)
+                except asyncio.TimeoutError:
+                    logger.warning("%d sessions still open after %.0f s; leaving anyway",
+                                   self.caches.active_sessions, drain_timeout)
+            self.state = NodeState.OFFLINE
+            await self.announcer.announce(NodeState.OFFLINE)
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        self.state = NodeState.OFFLINE
+        if self.announcer is not None:
+            await self.announcer.stop()
+        if self.handler is not None and self.p2p is not None:
+            try:
+                await SwarmNodeService().remove_p2p_handlers(self.p2p)
+            except Exception as e:  # noqa: BLE001 - the daemon may be gone already
+                logger.debug("removing handlers failed: %s", e)
+        if self.backend is not None:
+            self.backend.close()
+        if self.p2p is not None:
+            await self.p2p.shutdown()
+        if self.dht is not None:
+            self.dht.shutdown()
+        stop_lifeline(self._lifeline)
+        self._closed.set()
+
+    # ---- what the node tells others ---------------------------------------------------------------
+    def record(self) -> NodeRecord:
+        caches = self.caches
+        span = max(1, self.end - self.start)
+        return NodeRecord(
+            peer_id=self.peer_id,
+            state=self.state,
+            start=self.start,
+            end=self.end,
+            inference_rps=self.inference_rps,
+            prefill_rps=self.prefill_rps,
+            cache_tokens_left=(caches.budget - caches.used) // span if caches else 0,
+            active_sessions=caches.active_sessions if caches else 0,
+            dtype=dtype_name(self.dtype),
+            version=swarmnode.__version__,
+            public_name=self.config.public_name,
+        )
+
+    def info(self) -> dict:
+        record = self.record()
+        return node_info(
+            peer_id=self.peer_id,
+            model_id=self.model_record.model_id,
+            state=record.state.name,
+            start=self.start,
+            end=self.end,
+            dtype=record.dtype,
+            hidden_size=self.spec.hidden_size,
+            loaded_parameters=self.loaded_parameters,
+            active_sessions=record.active_sessions,
+            cache_budget=self.caches.budget,
+            cache_used=self.caches.used,
+            inference_rps=self.inference_rps,
+            version=record.version,
+            maddrs=self.maddrs,
+        )
+
+
