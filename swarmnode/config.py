@@ -10,9 +10,10 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, TypeVar, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from swarmnode.errors import ConfigError
 
@@ -161,4 +162,3 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return value if isinstance(value, str) else str(value)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid value {value!r} for {name}: {e}") from e
-

@@ -47,18 +47,19 @@ def run_demo(preset: str = "demo-llama", prompt: str = "A swarm of bees", max_ne
                     stamps.append(time.perf_counter())
                     tokens.append(int(token[0]))
                 chain = session.chain
-        gaps = [b - a for a, b in zip(stamps[1:], stamps[2:])]  # after the prompt's step
-    reference = AutoModelForCausalLM.from_pretrained(path).generate(ids, max_new_tokens=max_new_tokens,
-                                                                    do_sample=False)
-    local_tokens = reference[0, ids.shape[1]:].tolist()
+        gaps = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]  # after the prompt's step
+    reference = AutoModelForCausalLM.from_pretrained(path).generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+    local_tokens = reference[0, ids.shape[1] :].tolist()
     same = local_tokens == tokens
     _say("chain: " + " -> ".join(f"{h.peer_id} [{h.start}:{h.end}]" for h in chain))
     _say(f"prompt: {prompt!r}")
     _say(f"output: {tokenizer.decode(tokens)!r}")
     _say(f"tokens: {tokens}")
     if gaps:
-        _say(f"per-token latency: mean {1000 * statistics.mean(gaps):.2f} ms, "
-             f"median {1000 * statistics.median(gaps):.2f} ms over {len(gaps)} tokens")
+        _say(
+            f"per-token latency: mean {1000 * statistics.mean(gaps):.2f} ms, "
+            f"median {1000 * statistics.median(gaps):.2f} ms over {len(gaps)} tokens"
+        )
     _say(f"equals local generation with the same weights: {'YES' if same else 'NO'}")
     _say(f"all processes stopped; demo took {time.monotonic() - began:.1f} s")
     return 0 if same else 1

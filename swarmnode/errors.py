@@ -49,8 +49,7 @@ class NoServersForBlocks(SwarmNodeError):
         self.model = model
         self.waited_s = waited_s
         super().__init__(
-            f"no live node of model {model!r} serves blocks {_ranges(self.blocks)} "
-            f"(waited {waited_s:.1f} s)"
+            f"no live node of model {model!r} serves blocks {_ranges(self.blocks)} (waited {waited_s:.1f} s)"
         )
 
 
@@ -109,8 +108,7 @@ class NodeInternalError(RemoteError):
 
 
 _REMOTE_ERRORS = {
-    cls.code: cls
-    for cls in (InvalidRequest, UnknownSession, CacheExhausted, NodeUnavailable, NodeInternalError)
+    cls.code: cls for cls in (InvalidRequest, UnknownSession, CacheExhausted, NodeUnavailable, NodeInternalError)
 }
 
 

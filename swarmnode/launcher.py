@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarmnode.net.lifeline import start_lifeline, stop_lifeline
+
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
 
 
@@ -26,6 +28,7 @@ class SwarmProcess:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    lifeline: subprocess.Popen | None = None
     lines: queue.Queue = field(default_factory=queue.Queue)
     info: dict = field(default_factory=dict)
 
@@ -91,6 +94,7 @@ class SwarmProcess:
             self.popen.wait(5)
         except subprocess.TimeoutExpired:
             pass
+        stop_lifeline(self.lifeline)
 
 
 class LocalSwarm:
@@ -110,11 +114,16 @@ class LocalSwarm:
         log = open(log_path, "w")
         popen = subprocess.Popen(
             [sys.executable, "-m", "swarmnode.cli", *args],
-            stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-            text=True, env=self.env, start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=self.env,
+            start_new_session=True,
         )
         log.close()
-        proc = SwarmProcess(name, popen, log_path)
+        # If this launcher dies without closing (SIGKILL, a crashed test run), its swarm goes with it.
+        proc = SwarmProcess(name, popen, log_path, lifeline=start_lifeline([popen.pid]))
         self.processes.append(proc)
         return proc
 
@@ -127,11 +136,32 @@ class LocalSwarm:
         self.initial_peers.append(maddr)
         return maddr
 
-    def start_node(self, model: str, blocks: str = "auto", *extra: str, wait: bool = True,
-                   timeout: float = 120, name: str | None = None) -> SwarmProcess:
+    def start_node(
+        self,
+        model: str,
+        blocks: str = "auto",
+        *extra: str,
+        wait: bool = True,
+        timeout: float = 120,
+        name: str | None = None,
+    ) -> SwarmProcess:
         """Start ``swarmnode join``; with ``wait``, return once it printed its ONLINE line."""
-        args = ["join", "--model", model, "--blocks", blocks, "--initial-peers", *self.initial_peers,
-                "--host-maddrs", LOOPBACK, "--num-threads", "1", "--announce-period", "2", *extra]
+        args = [
+            "join",
+            "--model",
+            model,
+            "--blocks",
+            blocks,
+            "--initial-peers",
+            *self.initial_peers,
+            "--host-maddrs",
+            LOOPBACK,
+            "--num-threads",
+            "1",
+            "--announce-period",
+            "2",
+            *extra,
+        ]
         proc = self._spawn(name or f"node-{blocks.replace(':', '_')}", args)
         if wait:
             self.wait_online(proc, timeout)

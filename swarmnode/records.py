@@ -51,9 +51,7 @@ def model_id_from_name(name: str) -> str:
 def validate_model_id(model_id: str) -> str:
     """Return ``model_id`` if it is safe to use in DHT keys, else raise ValueError."""
     if not isinstance(model_id, str) or not _MODEL_ID_RE.match(model_id):
-        raise ValueError(
-            f"invalid model id {model_id!r}: use 1-128 letters, digits, '.', '_' or '-'"
-        )
+        raise ValueError(f"invalid model id {model_id!r}: use 1-128 letters, digits, '.', '_' or '-'")
     return model_id
 
 

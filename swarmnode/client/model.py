@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from transformers.generation.logits_process import (
@@ -93,15 +93,23 @@ class DistributedModelForCausalLM:
         self.remote = RemoteBlocks(self.connection, config, model_id, spec.num_blocks)
 
     @classmethod
-    def from_pretrained(cls, model_name_or_path: str, *, initial_peers: list[str] | tuple[str, ...],
-                        model_id: str | None = None, **client_options) -> DistributedModelForCausalLM:
+    def from_pretrained(
+        cls,
+        model_name_or_path: str,
+        *,
+        initial_peers: list[str] | tuple[str, ...],
+        model_id: str | None = None,
+        **client_options,
+    ) -> DistributedModelForCausalLM:
         """Load the head of ``model_name_or_path`` (folder or hub name) and connect to the swarm.
 
         ``client_options`` are :class:`~swarmnode.config.ClientConfig` fields (e.g. ``wait_for_servers``).
         """
         config = load_config(ClientConfig, {"initial_peers": tuple(initial_peers), **client_options})
         spec = load_model_spec(model_name_or_path)
-        model_id = validate_model_id(model_id) if model_id else (config.model_id or model_id_from_name(model_name_or_path))
+        model_id = (
+            validate_model_id(model_id) if model_id else (config.model_id or model_id_from_name(model_name_or_path))
+        )
         return cls(spec, config, model_id)
 
     # ---- sessions and forward ----------------------------------------------------------------------
@@ -121,32 +129,74 @@ class DistributedModelForCausalLM:
     __call__ = forward
 
     # ---- generation --------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor | None = None, *, max_new_tokens: int = 20, do_sample: bool = False,
-                 temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None, streamer=None,
-                 session: InferenceSession | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        streamer=None,
+        session: InferenceSession | None = None,
+    ) -> torch.Tensor:
         """Generate like ``transformers``' ``generate`` (greedy or sampling; same defaults).
 
         Returns the prompt followed by the new tokens; with ``session``, all tokens of the
         session so far (its earlier prompts and outputs, then this call's prompt and new tokens).
+        ``streamer`` takes any transformers streamer (``put`` / ``end``).
         """
-        tokens = None
-        for tokens in self._generate_steps(input_ids, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                           repetition_penalty, eos_token_id, pad_token_id, streamer, session):
-            pass
-        return tokens
+        steps = self._agenerate(
+            input_ids,
+            max_new_tokens,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            eos_token_id,
+            pad_token_id,
+            streamer,
+            session,
+        )
+        return self.connection.run(_last(steps))
 
     def stream_tokens(self, input_ids: torch.Tensor | None = None, **kwargs) -> Iterator[torch.Tensor]:
         """Like ``generate``, but yields each new token ([batch] tensor) as soon as it exists."""
-        steps = self._generate_steps(input_ids, **_stream_kwargs(kwargs))
-        next(steps)  # the prompt itself
-        for tokens in steps:
-            yield tokens[:, -1]
+        steps = self._agenerate(input_ids, **_stream_kwargs(kwargs))
+        try:
+            self.connection.run(anext(steps))  # the prompt itself
+            while True:
+                try:
+                    tokens = self.connection.run(anext(steps))
+                except StopAsyncIteration:
+                    return
+                yield tokens[:, -1]
+        finally:
+            self.connection.run(steps.aclose())
 
-    def _generate_steps(self, input_ids, max_new_tokens=20, do_sample=False, temperature=1.0, top_k=50, top_p=1.0,
-                        repetition_penalty=1.0, eos_token_id=None, pad_token_id=None, streamer=None, session=None):
-        """Yields all tokens so far: once before generating, then after each new token."""
+    async def _agenerate(
+        self,
+        input_ids,
+        max_new_tokens=20,
+        do_sample=False,
+        temperature=1.0,
+        top_k=50,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        eos_token_id=None,
+        pad_token_id=None,
+        streamer=None,
+        session=None,
+    ):
+        """Yields all tokens so far: once before generating, then after each new token.
+
+        Runs on the client's event loop thread, so a token costs no thread handoffs.
+        """
         if max_new_tokens < 0:
             raise ValueError("max_new_tokens must be >= 0")
         own_session = session is None
@@ -158,21 +208,18 @@ class DistributedModelForCausalLM:
         try:
             context, to_send = _session_inputs(session, prompt)
             processors = _processors(do_sample, temperature, top_k, top_p, repetition_penalty)
-            eos = _eos_ids(eos_token_id, self.generation_config.get("eos_token_id"))
-            pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+            eos = torch.tensor(_eos_ids(eos_token_id, self.generation_config.get("eos_token_id")), dtype=torch.long)
+            pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
             if streamer is not None and prompt is not None:
                 streamer.put(prompt.cpu())
             unfinished = torch.ones(context.shape[0], dtype=torch.bool)
             yield context
-            for _ in range(max_new_tokens):
-                positions = torch.arange(session.position, session.position + to_send.shape[1])[None]
-                hidden = session.step(self.head.embed(to_send, positions))
-                scores = self.head.logits(hidden[:, -1:].to(self.dtype))[:, -1].float()
-                scores = processors(context, scores)
-                if do_sample:
-                    next_ids = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-                else:
-                    next_ids = scores.argmax(dim=-1)
+            for index in range(max_new_tokens):
+                hidden = await session.step_async(self._embed(to_send, session.position))
+                if index == 0:
+                    session.first_prefix_lengths.append(session.reported_prefix_lengths)
+                    session.first_step_tokens.append(to_send.shape[1])
+                next_ids = self._next_tokens(hidden, context, processors, do_sample)
                 next_ids = torch.where(unfinished, next_ids, torch.full_like(next_ids, pad))
                 context = torch.cat([context, next_ids[:, None]], dim=1)
                 to_send = next_ids[:, None]
@@ -180,8 +227,8 @@ class DistributedModelForCausalLM:
                 if streamer is not None:
                     streamer.put(next_ids.cpu())
                 yield context
-                if eos:
-                    unfinished &= ~torch.isin(next_ids, torch.tensor(eos))
+                if len(eos):
+                    unfinished &= ~torch.isin(next_ids, eos)
                     if not unfinished.any():
                         break
             session.token_ids, session.pending_ids = context, to_send
@@ -189,7 +236,19 @@ class DistributedModelForCausalLM:
             if streamer is not None:
                 streamer.end()
             if own_session:
-                session.close()
+                await session.aclose()
+
+    @torch.inference_mode()
+    def _embed(self, ids: torch.Tensor, position: int) -> torch.Tensor:
+        return self.head.embed(ids, torch.arange(position, position + ids.shape[1])[None])
+
+    @torch.inference_mode()
+    def _next_tokens(self, hidden: torch.Tensor, context: torch.Tensor, processors, do_sample: bool) -> torch.Tensor:
+        scores = self.head.logits(hidden[:, -1:].to(self.dtype))[:, -1].float()
+        scores = processors(context, scores)
+        if do_sample:
+            return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        return scores.argmax(dim=-1)
 
     # ---- lifetime ----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -200,6 +259,13 @@ class DistributedModelForCausalLM:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+async def _last(steps):
+    result = None
+    async for tokens in steps:
+        result = tokens
+    return result
 
 
 def _as_batch(input_ids) -> torch.Tensor:
@@ -225,8 +291,9 @@ def _session_inputs(session: InferenceSession, prompt: torch.Tensor | None) -> t
     return torch.cat([session.token_ids, prompt], 1), torch.cat([pending, prompt], 1)
 
 
-def _processors(do_sample: bool, temperature: float, top_k: int, top_p: float,
-                repetition_penalty: float) -> LogitsProcessorList:
+def _processors(
+    do_sample: bool, temperature: float, top_k: int, top_p: float, repetition_penalty: float
+) -> LogitsProcessorList:
     """The same processors, in the same order, as transformers' generate."""
     processors = LogitsProcessorList()
     if repetition_penalty != 1.0:
@@ -264,8 +331,18 @@ def _generation_defaults(spec: ModelSpec) -> dict:
 
 
 def _stream_kwargs(kwargs: dict) -> dict:
-    allowed = {"max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
-               "eos_token_id", "pad_token_id", "streamer", "session"}
+    allowed = {
+        "max_new_tokens",
+        "do_sample",
+        "temperature",
+        "top_k",
+        "top_p",
+        "repetition_penalty",
+        "eos_token_id",
+        "pad_token_id",
+        "streamer",
+        "session",
+    }
     unknown = set(kwargs) - allowed
     if unknown:
         raise TypeError(f"unexpected arguments {sorted(unknown)}")

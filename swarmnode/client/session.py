@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING
 
 import torch
 from hivemind.proto import runtime_pb2
 
-from swarmnode.errors import NodeUnavailable, SessionClosed, SessionLengthExceeded
+from swarmnode.errors import NodeUnavailable, RemoteError, SessionClosed, SessionLengthExceeded
 from swarmnode.net.protocol import make_request, read_response
 from swarmnode.routing import Hop
 
@@ -34,7 +35,8 @@ class _HopStream:
     responses: AsyncIterator[runtime_pb2.ExpertResponse]
     history: list[torch.Tensor] = field(default_factory=list)  # every input sent, for replay
     cache_len_before: int = 0  # what the node reported for the last step
-    step_times: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)  # round trips, seconds
+    compute_times: list[float] = field(default_factory=list)  # the node's own compute, seconds
 
 
 async def _queue_iter(queue: asyncio.Queue):
@@ -65,6 +67,8 @@ class InferenceSession:
         self._streams: list[_HopStream] = []
         self._closed = False
         self._step = 0
+        self.first_prefix_lengths: list[list[int]] = []  # per generate call: what each hop reported it held
+        self.first_step_tokens: list[int] = []  # per generate call: tokens sent in its first step
 
     # ---- public ------------------------------------------------------------------------------------
     @property
@@ -77,6 +81,11 @@ class InferenceSession:
         return [s.cache_len_before for s in self._streams]
 
     def step(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Send new hidden states [batch, seq, hidden] through the chain; returns the last block's output."""
+        return self.remote.connection.run(self.step_async(hidden))
+
+    async def step_async(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``step`` for code that runs on the client's event loop."""
         if self._closed:
             raise SessionClosed("this inference session is closed")
         if hidden.ndim != 3:
@@ -85,16 +94,22 @@ class InferenceSession:
             raise SessionLengthExceeded(
                 f"session max_length is {self.max_length}: {self.position} tokens used, {hidden.shape[1]} more asked"
             )
-        out = self.remote.connection.run(self._step_async(hidden))
+        out = await self._step_async(hidden)
         self.position += hidden.shape[1]
         return out
 
     def close(self) -> None:
+        """End the session: the nodes free its KV caches."""
+        if not self._closed and self.remote.connection.loop.is_running():
+            self.remote.connection.run(self.aclose(), timeout=10)
+        self._closed = True
+
+    async def aclose(self) -> None:
+        """``close`` for code that runs on the client's event loop."""
         if self._closed:
             return
         self._closed = True
-        if self._streams and self.remote.connection.loop.is_running():
-            self.remote.connection.run(self._close_streams(), timeout=10)
+        await self._close_streams()
 
     def __enter__(self) -> InferenceSession:
         return self
@@ -125,21 +140,23 @@ class InferenceSession:
         began = time.perf_counter()
         await stream.requests.put(make_request(meta, (hidden,)))
         try:
-            response = await asyncio.wait_for(anext(stream.responses), self.remote.config.request_timeout)
+            async with asyncio.timeout(self.remote.config.request_timeout):  # no extra task, unlike wait_for
+                response = await anext(stream.responses)
         except StopAsyncIteration:
             self._hop_failed(hop, NodeUnavailable("the node closed the stream", hop.peer_id))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._hop_failed(hop, NodeUnavailable("the node did not answer in time", hop.peer_id))
         except Exception as e:  # noqa: BLE001 - p2p errors surface with many types
             self._hop_failed(hop, NodeUnavailable(f"stream failed: {e}", hop.peer_id))
         try:
             meta_out, tensors = read_response(response, hop.peer_id)
-        except Exception as e:
+        except RemoteError as e:
             self._hop_failed(hop, e)
         elapsed = time.perf_counter() - began
         stream.history.append(hidden)
         stream.cache_len_before = int(meta_out.get("cache_len_before", -1))
         stream.step_times.append(elapsed)
+        stream.compute_times.append(float(meta_out.get("compute_ms", 0.0)) / 1000)
         self.remote.router.report_step(hop, elapsed, hidden.shape[1])
         return tensors[0]
 
@@ -155,7 +172,5 @@ class InferenceSession:
         for stream in self._streams:
             try:
                 await asyncio.wait_for(stream.responses.aclose(), 2)
-            except (asyncio.TimeoutError, RuntimeError, ConnectionError):
+            except (TimeoutError, RuntimeError, ConnectionError):
                 pass
-
-

@@ -83,5 +83,3 @@ def format_status(report: dict) -> str:
                 f"cache left {n['cache_tokens_left']}  {n['dtype']}"
             )
     return "\n".join(lines)
-
-

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
+import uvloop
 from hivemind.p2p import PeerID
 
 from swarmnode.config import ClientConfig
@@ -27,14 +29,18 @@ class SwarmConnection:
         if not config.initial_peers:
             raise ConfigError("initial_peers is empty: pass the multiaddr of at least one swarm peer")
         self.config = config
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="swarmnode-client-loop", daemon=True)
         self._thread.start()
         self._lifeline = None
         self.dht = None
         try:
-            self.dht = start_dht(config.initial_peers, host_maddrs=("/ip4/127.0.0.1/tcp/0",), client_mode=True,
-                                 identity_path=config.identity_path)
+            self.dht = start_dht(
+                config.initial_peers,
+                host_maddrs=("/ip4/127.0.0.1/tcp/0",),
+                client_mode=True,
+                identity_path=config.identity_path,
+            )
             self._lifeline = start_lifeline([self.dht.pid])
             self.p2p = self.run(self.dht.replicate_p2p())
         except BaseException:

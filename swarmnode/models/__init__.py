@@ -119,5 +119,3 @@ def block_parameter_count(spec: ModelSpec) -> int:
     with torch.device("meta"):
         block = spec.family.new_block(spec.config, 0)
     return sum(p.numel() for p in block.parameters())
-
-

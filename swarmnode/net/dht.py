@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import hivemind
-from hivemind.utils import get_dht_time
 from hivemind.dht.node import DHTNode
+from hivemind.utils import get_dht_time
 from multiaddr import Multiaddr
 
 from swarmnode.errors import ConfigError, SwarmUnavailable
@@ -70,7 +70,7 @@ def full_maddrs(dht: hivemind.DHT) -> list[str]:
 
 
 async def _store_records(_dht, node: DHTNode, items: list[tuple[str, str, Any]], expiration: float) -> bool:
-    keys, subkeys, values = zip(*items)
+    keys, subkeys, values = zip(*items, strict=True)
     results = await node.store_many(list(keys), list(values), expiration, subkeys=list(subkeys), num_workers=8)
     return all(results.values())
 
@@ -126,5 +126,3 @@ async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> S
             if current is None or record.timestamp > current.timestamp:
                 nodes[peer_id] = record
     return SwarmSnapshot(model_id=model_id, num_blocks=num_blocks, nodes=nodes)
-
-

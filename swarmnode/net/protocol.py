@@ -19,7 +19,8 @@ output hidden states and ``{"cache_len_before", "cache_len", "step"}``.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator
+# hivemind recognizes streaming RPCs by typing.AsyncIterator's annotation name: collections.abc's won't do.
+from typing import Any, AsyncIterator  # noqa: UP035
 
 import msgpack
 import torch

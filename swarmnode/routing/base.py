@@ -29,8 +29,9 @@ class Hop:
 class Router(Protocol):
     """What the client needs from a routing policy."""
 
-    def choose_chain(self, snapshot: SwarmSnapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()
-                     ) -> list[Hop]:
+    def choose_chain(
+        self, snapshot: SwarmSnapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()
+    ) -> list[Hop]:
         """A chain covering blocks [start, end); raises NoServersForBlocks when none exists."""
         ...
 

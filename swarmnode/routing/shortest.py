@@ -45,8 +45,13 @@ class Bans:
         return frozenset(p for p, until in self._until.items() if until > now)
 
 
-def shortest_chain(snapshot: SwarmSnapshot, start: int, end: int, exclude: frozenset[str] = frozenset(),
-                   hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S) -> list[Hop]:
+def shortest_chain(
+    snapshot: SwarmSnapshot,
+    start: int,
+    end: int,
+    exclude: frozenset[str] = frozenset(),
+    hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S,
+) -> list[Hop]:
     """The chain over [start, end) with the least estimated latency (ties: fewer hops, then peer id)."""
     nodes = [r for r in snapshot.nodes.values() if r.state == NodeState.ONLINE and r.peer_id not in exclude]
     best: dict[int, tuple[float, int]] = {start: (0.0, 0)}
@@ -87,8 +92,9 @@ class ShortestPathRouter:
         self.hop_overhead_s = hop_overhead_s
         self.bans = bans or Bans()
 
-    def choose_chain(self, snapshot: SwarmSnapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()
-                     ) -> list[Hop]:
+    def choose_chain(
+        self, snapshot: SwarmSnapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()
+    ) -> list[Hop]:
         return shortest_chain(snapshot, start, end, exclude | self.bans.banned(), self.hop_overhead_s)
 
     def report_step(self, hop: Hop, seconds: float, tokens: int) -> None:

@@ -17,13 +17,15 @@ from swarmnode.models import LoadedBlocks, ModelSpec
 from swarmnode.server.cache import SessionCache
 
 ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+INLINE_TOKENS = 4  # steps this small run on the event loop: a thread handoff would cost more than the work
 
 
 class BlockBackend:
     """Blocks [start, end) of one model, with validation and a dedicated compute thread."""
 
-    def __init__(self, spec: ModelSpec, loaded: LoadedBlocks, device: str, dtype: torch.dtype,
-                 step_delay_s: float = 0.0):
+    def __init__(
+        self, spec: ModelSpec, loaded: LoadedBlocks, device: str, dtype: torch.dtype, step_delay_s: float = 0.0
+    ):
         self.spec, self.loaded = spec, loaded
         self.start, self.end = loaded.start, loaded.end
         self.device, self.dtype = torch.device(device), dtype
@@ -55,7 +57,13 @@ class BlockBackend:
             raise InvalidRequest("hidden states contain NaN or infinity")
 
     async def run(self, hidden: torch.Tensor, start: int, end: int, cache: SessionCache | None) -> torch.Tensor:
-        """Run blocks [start, end) on the compute thread; commits ``cache`` on success."""
+        """Run blocks [start, end); commits ``cache`` on success.
+
+        Decoding steps (a few tokens) run inline; prompts go to the compute thread so the
+        event loop stays responsive while they run.
+        """
+        if hidden.shape[0] * hidden.shape[1] <= INLINE_TOKENS and not self.step_delay_s:
+            return self._forward(hidden, start, end, cache)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._forward, hidden, start, end, cache)
 
@@ -83,8 +91,9 @@ class BlockBackend:
         kv_heads, head_dim = family.kv_heads_and_dim(config)
 
         def timed(tokens: int, past: int) -> float:
-            cache = SessionCache(self.start, self.start + 1, 1, past + tokens, kv_heads, head_dim,
-                                 self.dtype, self.device)
+            cache = SessionCache(
+                self.start, self.start + 1, 1, past + tokens, kv_heads, head_dim, self.dtype, self.device
+            )
             cache.length = past
             hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
             ctx = family.step_context(config, self.loaded.aux, hidden, past)

@@ -26,8 +26,17 @@ class SessionCache:
     block of the step has run.
     """
 
-    def __init__(self, start: int, end: int, batch: int, max_length: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        batch: int,
+        max_length: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
         shape = (end - start, batch, kv_heads, max_length, head_dim)
         self.start, self.end, self.batch, self.max_length = start, end, batch, max_length
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
@@ -66,8 +75,15 @@ class Session:
 class CacheManager:
     """Admits sessions while their reserved block-tokens fit the node-wide budget."""
 
-    def __init__(self, budget_block_tokens: int, max_session_length: int, kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str):
+    def __init__(
+        self,
+        budget_block_tokens: int,
+        max_session_length: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
         self.budget = budget_block_tokens
         self.max_session_length = max_session_length
         self._kv = (kv_heads, head_dim, dtype, device)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from hivemind.p2p import P2PContext
 from hivemind.proto import runtime_pb2
 
-from swarmnode.errors import InvalidRequest, NodeInternalError, NodeUnavailable, RemoteError
+from swarmnode.errors import InvalidRequest, NodeInternalError, NodeUnavailable, RemoteError, UnknownSession
 from swarmnode.net.protocol import (
     PROTOCOL_VERSION,
     error_response,
@@ -39,8 +40,14 @@ def _int_field(meta: dict, name: str, default: int | None = None) -> int:
 class NodeHandler:
     """Implements :class:`swarmnode.net.protocol.SwarmNodeService` for one node."""
 
-    def __init__(self, backend: BlockBackend, caches: CacheManager, info_fn: Callable[[], dict],
-                 state_fn: Callable[[], NodeState], session_idle_timeout: float = 600.0):
+    def __init__(
+        self,
+        backend: BlockBackend,
+        caches: CacheManager,
+        info_fn: Callable[[], dict],
+        state_fn: Callable[[], NodeState],
+        session_idle_timeout: float = 600.0,
+    ):
         self.backend, self.caches = backend, caches
         self.info_fn, self.state_fn = info_fn, state_fn
         self.session_idle_timeout = session_idle_timeout
@@ -70,8 +77,9 @@ class NodeHandler:
         try:
             while True:
                 try:
-                    request = await asyncio.wait_for(anext(requests), self.session_idle_timeout)
-                except (StopAsyncIteration, asyncio.TimeoutError):
+                    async with asyncio.timeout(self.session_idle_timeout):  # no extra task, unlike wait_for
+                        request = await anext(requests)
+                except (StopAsyncIteration, TimeoutError):
                     return  # client closed the stream, or went silent for too long
                 try:
                     meta = unpack_meta(request.metadata)
@@ -82,7 +90,7 @@ class NodeHandler:
                 except RemoteError as e:
                     yield error_response(e)
                     if session is None and not isinstance(e, InvalidRequest):
-                        return  # could not admit the session: nothing more to do here
+                        return  # the session cannot be admitted here: nothing more to do
         finally:
             if session is not None:
                 self.caches.close(session.session_id)
@@ -104,6 +112,9 @@ class NodeHandler:
         session_id = meta.get("session_id") or uuid.uuid4().hex
         if not isinstance(session_id, str) or len(session_id) > 128:
             raise InvalidRequest("session_id must be a string of at most 128 characters")
+        if _int_field(meta, "position", 0) != 0:
+            # A stream that starts past position 0 claims a session this node should already hold.
+            raise UnknownSession(f"no session {session_id!r} on this node: open it from position 0")
         self.backend.check_hidden(hidden, max_length)
         session = self.caches.open(session_id, start, end, hidden.shape[0], max_length)
         logger.debug("opened session %s for blocks %d:%d, max_length %d", session_id, start, end, max_length)
@@ -128,9 +139,12 @@ class NodeHandler:
             )
         cache.rollback(position)
         before = cache.length
+        began = time.perf_counter()
         out = await self._run(hidden, start, end, cache)
+        compute_ms = 1000 * (time.perf_counter() - began)
         return make_response(
-            {"cache_len_before": before, "cache_len": cache.length, "step": meta.get("step")}, (out,)
+            {"cache_len_before": before, "cache_len": cache.length, "step": meta.get("step"), "compute_ms": compute_ms},
+            (out,),
         )
 
     async def _run(self, hidden, start: int, end: int, cache):

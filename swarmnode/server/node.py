@@ -19,8 +19,7 @@ import swarmnode
 from swarmnode.config import NodeConfig
 from swarmnode.errors import ConfigError
 from swarmnode.membership.announcer import Announcer
-from swarmnode.models import DTYPES, ModelSpec, dtype_name, load_blocks, load_model_spec
-from swarmnode.models import block_parameter_count
+from swarmnode.models import DTYPES, ModelSpec, block_parameter_count, dtype_name, load_blocks, load_model_spec
 from swarmnode.net.dht import fetch_snapshot, full_maddrs, start_dht
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 from swarmnode.net.protocol import SwarmNodeService
@@ -106,8 +105,12 @@ class Node:
         )
         request = parse_blocks(cfg.blocks, spec.num_blocks)  # validate before starting anything
 
-        self.dht = start_dht(cfg.initial_peers, host_maddrs=cfg.host_maddrs, announce_maddrs=cfg.announce_maddrs,
-                             identity_path=cfg.identity_path)
+        self.dht = start_dht(
+            cfg.initial_peers,
+            host_maddrs=cfg.host_maddrs,
+            announce_maddrs=cfg.announce_maddrs,
+            identity_path=cfg.identity_path,
+        )
         self._lifeline = start_lifeline([self.dht.pid])
         self.p2p = await self.dht.replicate_p2p()
         self.peer_id = str(self.p2p.peer_id)
@@ -135,8 +138,9 @@ class Node:
         loaded = load_blocks(spec, self.start, self.end, cfg.device, self.dtype)
         self.loaded_parameters = loaded.loaded_parameters
         self.backend = BlockBackend(spec, loaded, cfg.device, self.dtype, self.step_delay_s)
-        self.caches = CacheManager(cache_tokens * (self.end - self.start), cfg.max_session_length,
-                                   kv_heads, head_dim, self.dtype, cfg.device)
+        self.caches = CacheManager(
+            cache_tokens * (self.end - self.start), cfg.max_session_length, kv_heads, head_dim, self.dtype, cfg.device
+        )
         if cfg.throughput == "auto":
             self.inference_rps, self.prefill_rps = self.backend.profile()
         else:
@@ -161,9 +165,12 @@ class Node:
             if self.handler is not None:
                 try:
                     await asyncio.wait_for(self.handler.sessions_done.wait(), drain_timeout)
-                except asyncio.TimeoutError:
-                    logger.warning("%d sessions still open after %.0f s; leaving anyway",
-                                   self.caches.active_sessions, drain_timeout)
+                except TimeoutError:
+                    logger.warning(
+                        "%d sessions still open after %.0f s; leaving anyway",
+                        self.caches.active_sessions,
+                        drain_timeout,
+                    )
             self.state = NodeState.OFFLINE
             await self.announcer.announce(NodeState.OFFLINE)
         await self._shutdown()
@@ -222,5 +229,3 @@ class Node:
             version=record.version,
             maddrs=self.maddrs,
         )
-
-

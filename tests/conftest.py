@@ -1,0 +1,50 @@
+"""Shared fixtures: small random-weight checkpoints and local swarms of real processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from swarmnode.launcher import LocalSwarm
+from swarmnode.models.tiny import tiny_checkpoint
+
+os.environ.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
+
+
+@pytest.fixture(scope="session")
+def llama_path(tmp_path_factory) -> str:
+    return str(tiny_checkpoint("tiny-llama", root=tmp_path_factory.mktemp("ckpt") / "tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def opt_path(tmp_path_factory) -> str:
+    return str(tiny_checkpoint("tiny-opt", root=tmp_path_factory.mktemp("ckpt") / "tiny-opt"))
+
+
+def start_swarm(workdir, model_path: str, spans: tuple[str, ...]) -> LocalSwarm:
+    """Bootstrap + one node per span, started in parallel; every process stopped on close()."""
+    swarm = LocalSwarm(workdir)
+    try:
+        swarm.start_bootstrap()
+        nodes = [swarm.start_node(model_path, span, wait=False) for span in spans]
+        for node in nodes:
+            swarm.wait_online(node)
+    except BaseException:
+        swarm.close()
+        raise
+    return swarm
+
+
+@pytest.fixture(scope="module")
+def llama_swarm(tmp_path_factory, llama_path):
+    swarm = start_swarm(tmp_path_factory.mktemp("llama-swarm"), llama_path, ("0:3", "3:6", "6:8"))
+    yield swarm
+    swarm.close()
+
+
+@pytest.fixture(scope="module")
+def llama_reference(llama_path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(llama_path).eval()

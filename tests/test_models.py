@@ -1,0 +1,126 @@
+"""Model families through their adapters, in-process (no network): every family's
+blocks, run in spans with SwarmBee's KV cache, must reproduce transformers' own greedy
+generation token for token; and a node reads only its own tensors."""
+
+import asyncio
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from swarmnode.errors import ModelLoadError
+from swarmnode.models import load_blocks, load_client_head, load_model_spec
+from swarmnode.server.backend import BlockBackend
+from swarmnode.server.cache import SessionCache
+
+SMALL = dict(vocab_size=128, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=256)
+LLAMA_LIKE = dict(intermediate_size=64, num_key_value_heads=2, initializer_range=0.3)
+
+CASES = {
+    "llama-gqa": (LlamaForCausalLM, LlamaConfig(**SMALL, **LLAMA_LIKE, tie_word_embeddings=False)),
+    "llama3-rope-scaling-tied": (
+        LlamaForCausalLM,
+        LlamaConfig(
+            **SMALL,
+            **LLAMA_LIKE,
+            tie_word_embeddings=True,
+            rope_parameters={
+                "rope_type": "llama3",
+                "rope_theta": 500000.0,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            },
+        ),
+    ),
+    "mistral-sliding-window": (MistralForCausalLM, MistralConfig(**SMALL, **LLAMA_LIKE, sliding_window=16)),
+    "qwen2-attention-bias": (Qwen2ForCausalLM, Qwen2Config(**SMALL, **LLAMA_LIKE)),
+    "opt": (OPTForCausalLM, OPTConfig(**SMALL, ffn_dim=64, init_std=0.3, word_embed_proj_dim=32)),
+    "opt-projected": (OPTForCausalLM, OPTConfig(**SMALL, ffn_dim=64, init_std=0.3, word_embed_proj_dim=16)),
+}
+
+
+def write(tmp_path, name):
+    model_cls, config = CASES[name]
+    torch.manual_seed(0)
+    model = model_cls(config)
+    model.generation_config.eos_token_id = None
+    path = tmp_path / name
+    model.save_pretrained(path, max_shard_size="20KB")
+    return str(path)
+
+
+def generate_through_spans(path, spans, prompt, new_tokens):
+    spec = load_model_spec(path)
+    head, _ = load_client_head(spec)
+    kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
+    backends = [
+        BlockBackend(spec, load_blocks(spec, s, e, "cpu", torch.float32), "cpu", torch.float32) for s, e in spans
+    ]
+    caches = [SessionCache(s, e, 1, 64, kv_heads, head_dim, torch.float32, "cpu") for s, e in spans]
+
+    async def run():
+        tokens, new = prompt, prompt
+        for _ in range(new_tokens):
+            past = tokens.shape[1] - new.shape[1]
+            hidden = head.embed(new, torch.arange(past, tokens.shape[1])[None])
+            for backend, cache in zip(backends, caches, strict=True):
+                hidden = await backend.run(hidden, backend.start, backend.end, cache)
+            new = head.logits(hidden)[:, -1].argmax(-1, keepdim=True)
+            tokens = torch.cat([tokens, new], 1)
+        return tokens
+
+    with torch.inference_mode():
+        return asyncio.run(run())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_family_matches_transformers_token_for_token(tmp_path, name):
+    path = write(tmp_path, name)
+    prompt = torch.tensor([[5, 17, 99, 3, 42, 7]])
+    ours = generate_through_spans(path, [(0, 1), (1, 3), (3, 4)], prompt, 24)  # 30 tokens > sliding window 16
+    reference = AutoModelForCausalLM.from_pretrained(path).generate(prompt, max_new_tokens=24, do_sample=False)
+    assert torch.equal(ours, reference)
+    assert len(set(ours[0, 6:].tolist())) > 5, "random weights should give varied tokens"
+
+
+def test_partial_loading_reads_only_the_span(llama_path):
+    spec = load_model_spec(llama_path)
+    total = sum(t.numel() for t in spec.checkpoint.load_tensors(spec.checkpoint.tensor_names).values())
+    loaded = load_blocks(spec, 6, 8, "cpu", torch.float32)
+    assert loaded.loaded_parameters / total < 0.40
+    assert loaded.loaded_parameters == sum(p.numel() for p in loaded.blocks.parameters())
+    assert len(spec.checkpoint.weight_map) > 1 and len(set(spec.checkpoint.weight_map.values())) > 2  # sharded
+
+
+def test_partial_loading_opens_only_needed_shards(llama_path, monkeypatch):
+    import swarmnode.models.checkpoint as ckpt
+
+    spec = load_model_spec(llama_path)
+    opened = []
+    real = ckpt.safe_open
+    monkeypatch.setattr(ckpt, "safe_open", lambda path, **kw: opened.append(path) or real(path, **kw))
+    load_blocks(spec, 6, 8, "cpu", torch.float32)
+    needed = {spec.checkpoint.weight_map[n] for n in spec.checkpoint.weight_map if n.startswith("model.layers.6.")}
+    needed |= {spec.checkpoint.weight_map[n] for n in spec.checkpoint.weight_map if n.startswith("model.layers.7.")}
+    assert {p.rsplit("/", 1)[-1] for p in opened} == needed
+    assert len(needed) < len(set(spec.checkpoint.weight_map.values()))
+
+
+def test_loading_errors_are_clear(tmp_path):
+    with pytest.raises(ModelLoadError):
+        load_model_spec(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="safetensors"):
+        load_model_spec(str(tmp_path / "empty"))

@@ -1,0 +1,54 @@
+import msgpack
+import pytest
+import torch
+from hivemind.proto import runtime_pb2
+
+from swarmnode.errors import CacheExhausted, InvalidRequest, RemoteError
+from swarmnode.net.protocol import (
+    error_response,
+    make_response,
+    one_tensor,
+    read_response,
+    tensor_to_proto,
+    unpack_meta,
+)
+
+
+def test_metadata_round_trip_and_garbage():
+    assert unpack_meta(msgpack.packb({"a": 1})) == {"a": 1}
+    assert unpack_meta(b"") == {}
+    with pytest.raises(InvalidRequest):
+        unpack_meta(b"\xc1\xff\x00garbage")
+    with pytest.raises(InvalidRequest, match="map"):
+        unpack_meta(msgpack.packb([1, 2]))
+
+
+def test_tensor_round_trip_and_garbage():
+    t = torch.randn(1, 3, 8)
+    assert torch.equal(one_tensor([tensor_to_proto(t)]), t)
+    broken = tensor_to_proto(t)
+    broken.buffer = b"\x00" * 5
+    with pytest.raises(InvalidRequest, match="cannot decode"):
+        one_tensor([broken])
+    with pytest.raises(InvalidRequest, match="exactly one"):
+        one_tensor([])
+
+
+def test_errors_travel_as_codes():
+    response = error_response(CacheExhausted("full"))
+    with pytest.raises(CacheExhausted, match="full") as info:
+        read_response(response, "peer")
+    assert info.value.peer_id == "peer"
+    odd = runtime_pb2.ExpertResponse(metadata=msgpack.packb({"error": {"code": "new_code", "message": "m"}}))
+    with pytest.raises(RemoteError):
+        read_response(odd, "peer")
+    meta, tensors = read_response(make_response({"x": 1}, (torch.ones(2),)), "peer")
+    assert meta == {"x": 1} and torch.equal(tensors[0], torch.ones(2))
+
+
+def test_inference_is_registered_as_a_bidirectional_stream():
+    from swarmnode.net.protocol import SwarmNodeService
+
+    SwarmNodeService._collect_rpc_handlers()
+    kinds = {h.method_name: (h.stream_input, h.stream_output) for h in SwarmNodeService._rpc_handlers}
+    assert kinds == {"rpc_inference": (True, True), "rpc_forward": (False, False), "rpc_info": (False, False)}

@@ -1,0 +1,73 @@
+import pytest
+
+from swarmnode.records import (
+    ModelRecord,
+    NodeRecord,
+    NodeState,
+    SwarmSnapshot,
+    block_key,
+    model_id_from_name,
+    validate_model_id,
+)
+
+
+def _record(**kw):
+    base = dict(peer_id="QmA", state=NodeState.ONLINE, start=2, end=5, inference_rps=100.0)
+    return NodeRecord(**{**base, **kw})
+
+
+def test_node_record_round_trip():
+    record = _record(cache_tokens_left=1000, active_sessions=2, public_name="box")
+    assert NodeRecord.from_wire(record.to_wire()) == record
+
+
+def test_node_record_ignores_unknown_fields_from_newer_versions():
+    wire = _record().to_wire() | {"v": 7, "gpu": "H100", "future": [1, 2]}
+    parsed = NodeRecord.from_wire(wire)
+    assert parsed is not None and parsed.v == 7 and parsed.start == 2
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        None,
+        "text",
+        [1, 2],
+        {"peer_id": "QmA"},  # required fields missing
+        {"peer_id": "QmA", "state": 99, "start": 0, "end": 1},  # unknown state
+        {"peer_id": "QmA", "state": 3, "start": 5, "end": 2},  # empty span
+        {"peer_id": "QmA", "state": 3, "start": "x", "end": 2},
+        {"peer_id": 12, "state": 3, "start": 0, "end": 2},
+    ],
+)
+def test_bad_node_records_are_skipped_not_raised(broken):
+    assert NodeRecord.from_wire(broken) is None
+
+
+def test_model_record_round_trip_and_rejects_nonsense():
+    record = ModelRecord("org--m", 32, "llama", "org/m", "abc")
+    assert ModelRecord.from_wire(record.to_wire()) == record
+    assert ModelRecord.from_wire({"model_id": "m", "num_blocks": 0, "family": "llama"}) is None
+    assert ModelRecord.from_wire({"model_id": "m", "family": "llama"}) is None
+
+
+def test_model_ids_are_dht_safe():
+    assert model_id_from_name("meta-llama/Llama-2-7b-hf") == "meta-llama--Llama-2-7b-hf"
+    assert model_id_from_name("/data/models/My Model 7B/") == "My-Model-7B"
+    assert block_key("m", 3) == "m.blocks.3"
+    with pytest.raises(ValueError):
+        validate_model_id("bad/id")
+
+
+def test_snapshot_coverage():
+    snap = SwarmSnapshot(
+        "m",
+        8,
+        {
+            "a": _record(peer_id="a", start=0, end=3),
+            "b": _record(peer_id="b", start=3, end=5, state=NodeState.JOINING),
+            "c": _record(peer_id="c", start=6, end=8),
+        },
+    )
+    assert snap.uncovered() == [3, 4, 5]
+    assert [r.peer_id for r in snap.serving(4, (NodeState.JOINING,))] == ["b"]

@@ -1,0 +1,63 @@
+import pytest
+
+from swarmnode.errors import NoServersForBlocks
+from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
+from swarmnode.routing import Bans, Hop, ShortestPathRouter, shortest_chain
+
+
+def snap(*records):
+    return SwarmSnapshot("m", 8, {r.peer_id: r for r in records})
+
+
+def node(peer, start, end, rps=100.0, state=NodeState.ONLINE):
+    return NodeRecord(peer, state, start, end, inference_rps=rps)
+
+
+def test_picks_the_faster_node_and_covers_all_blocks():
+    s = snap(node("a", 0, 4), node("slow", 4, 8, rps=10), node("fast", 4, 8, rps=1000))
+    assert shortest_chain(s, 0, 8) == [Hop("a", 0, 4), Hop("fast", 4, 8)]
+
+
+def test_uses_sub_spans_and_fewer_hops_when_equal():
+    s = snap(node("a", 0, 8), node("b", 0, 4), node("c", 4, 8))
+    assert shortest_chain(s, 0, 8) == [Hop("a", 0, 8)]  # one hop beats two of equal speed
+    s = snap(node("a", 0, 6), node("b", 3, 8, rps=1000))
+    chain = shortest_chain(s, 0, 8)
+    assert chain[0].peer_id == "a" and chain[1] == Hop("b", chain[0].end, 8) and chain[0].end == 3
+
+
+def test_skips_offline_joining_and_excluded_nodes():
+    s = snap(node("a", 0, 8, state=NodeState.JOINING), node("b", 0, 8, state=NodeState.DRAINING), node("c", 0, 8))
+    assert shortest_chain(s, 0, 8) == [Hop("c", 0, 8)]
+    with pytest.raises(NoServersForBlocks):
+        shortest_chain(s, 0, 8, exclude=frozenset({"c"}))
+
+
+def test_no_servers_names_the_missing_blocks():
+    s = snap(node("a", 0, 3), node("b", 6, 8))
+    with pytest.raises(NoServersForBlocks) as info:
+        shortest_chain(s, 0, 8)
+    assert info.value.blocks == [3, 4, 5]
+    assert "3:6" in str(info.value)
+
+
+def test_bans_back_off_exponentially_and_expire():
+    now = [0.0]
+    bans = Bans(base_s=2, max_s=10, clock=lambda: now[0])
+    assert bans.ban("x") == 2 and bans.banned() == {"x"}
+    now[0] = 2.5
+    assert bans.banned() == frozenset()
+    assert bans.ban("x") == 4 and bans.ban("x") == 8 and bans.ban("x") == 10  # capped
+    bans.clear("x")
+    assert bans.banned() == frozenset()
+
+
+def test_router_avoids_a_failed_node_until_its_ban_ends():
+    now = [0.0]
+    router = ShortestPathRouter(bans=Bans(base_s=5, clock=lambda: now[0]))
+    s = snap(node("fast", 0, 8, rps=1000), node("slow", 0, 8, rps=10))
+    assert router.choose_chain(s, 0, 8)[0].peer_id == "fast"
+    router.report_failure(Hop("fast", 0, 8), RuntimeError("boom"))
+    assert router.choose_chain(s, 0, 8)[0].peer_id == "slow"
+    now[0] = 6
+    assert router.choose_chain(s, 0, 8)[0].peer_id == "fast"

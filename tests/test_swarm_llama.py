@@ -1,0 +1,125 @@
+"""A real swarm on 127.0.0.1: bootstrap + 3 nodes serving [0:3], [3:6], [6:8] of an 8-block
+Llama-like checkpoint with grouped-query attention."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from swarmnode import DistributedModelForCausalLM
+from swarmnode.errors import SessionLengthExceeded
+
+pytestmark = pytest.mark.swarm
+PROMPT = torch.tensor([[72, 101, 108, 108, 111, 44, 32, 98, 101, 101, 115]])
+
+
+@pytest.fixture(scope="module")
+def model(llama_swarm, llama_path):
+    with DistributedModelForCausalLM.from_pretrained(llama_path, initial_peers=llama_swarm.initial_peers) as m:
+        yield m
+
+
+def test_greedy_64_tokens_equal_local_generation(model, llama_reference):
+    out = model.generate(PROMPT, max_new_tokens=64)
+    expected = llama_reference.generate(PROMPT, max_new_tokens=64, do_sample=False)
+    assert out.shape == (1, PROMPT.shape[1] + 64)
+    assert torch.equal(out, expected)
+    assert len(set(out[0, PROMPT.shape[1] :].tolist())) > 10
+
+
+def test_sampling_with_a_fixed_seed_equals_local_generation(model, llama_reference):
+    options = dict(max_new_tokens=64, do_sample=True, temperature=0.8, top_k=40, top_p=0.95, repetition_penalty=1.1)
+    torch.manual_seed(1234)
+    out = model.generate(PROMPT, **options)
+    torch.manual_seed(1234)
+    expected = llama_reference.generate(PROMPT, **options)
+    assert torch.equal(out, expected)
+
+
+def test_session_keeps_caches_and_sends_only_new_tokens(model, llama_reference):
+    more = torch.tensor([[33, 63, 10]])
+    with model.inference_session(max_length=128) as sess:
+        a = model.generate(PROMPT, max_new_tokens=16, session=sess)
+        assert [hop.end - hop.start for hop in sess.chain] == [3, 3, 2]
+        assert [(h.start, h.end) for h in sess.chain] == [(0, 3), (3, 6), (6, 8)]
+        assert sess.position == PROMPT.shape[1] + 15  # the 16th token is not sent yet
+        b = model.generate(more, max_new_tokens=16, session=sess)
+        # The nodes report the cached prefix that the second call's first step extended:
+        # only the pending token and the 3 new ones were sent, not the whole history.
+        first_step_of_b = sess.first_prefix_lengths[1]
+        assert first_step_of_b == [PROMPT.shape[1] + 15] * 3
+        assert sess.first_step_tokens[1] == 1 + more.shape[1]
+    expected = llama_reference.generate(torch.cat([a, more], 1), max_new_tokens=16, do_sample=False)
+    assert torch.equal(b, expected)
+
+
+def test_streaming_iterator_and_streamer(model, llama_reference):
+    seen = []
+
+    class Recorder:
+        def put(self, value):
+            seen.append(value.tolist())
+
+        def end(self):
+            seen.append("end")
+
+    tokens = [int(t[0]) for t in model.stream_tokens(PROMPT, max_new_tokens=8, streamer=Recorder())]
+    expected = llama_reference.generate(PROMPT, max_new_tokens=8, do_sample=False)[0, PROMPT.shape[1] :].tolist()
+    assert tokens == expected
+    assert seen[0] == PROMPT.tolist() and seen[1:-1] == [[t] for t in expected] and seen[-1] == "end"
+
+
+def test_stateless_forward_matches_local_logits(model, llama_reference):
+    logits = model(PROMPT)
+    expected = llama_reference(PROMPT).logits
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_session_beyond_max_length_is_a_clear_error(model):
+    with model.inference_session(max_length=PROMPT.shape[1] + 4) as sess:
+        with pytest.raises(SessionLengthExceeded, match="max_length"):
+            model.generate(PROMPT, max_new_tokens=10, session=sess)
+
+
+def test_status_cli_lists_nodes_and_no_gaps(llama_swarm):
+    out = subprocess.run(
+        [sys.executable, "-m", "swarmnode.cli", "status", "--initial-peers", *llama_swarm.initial_peers, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    (model,) = report["models"]
+    assert model["num_blocks"] == 8 and model["gaps"] == [] and model["family"] == "llama"
+    assert sorted((n["start"], n["end"], n["state"]) for n in model["nodes"]) == [
+        (0, 3, "ONLINE"),
+        (3, 6, "ONLINE"),
+        (6, 8, "ONLINE"),
+    ]
+    assert model["coverage"] == [1] * 8
+
+
+def test_generate_cli_streams_text(llama_swarm, llama_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "swarmnode.cli",
+            "generate",
+            "--initial-peers",
+            *llama_swarm.initial_peers,
+            "--model",
+            llama_path,
+            "--max-new-tokens",
+            "12",
+            "Hello",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Hello") and len(out.stdout.encode()) > len("Hello")
