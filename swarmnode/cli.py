@@ -31,10 +31,16 @@ def _setup_logging(level: str) -> None:
 
 
 def _run_async(coro) -> None:
-    """Run ``coro`` on uvloop (faster I/O for the many small messages of a session)."""
+    """Run ``coro`` on uvloop (faster I/O for the many small messages of a session), then make
+    sure no helper process outlives this one."""
     import uvloop
 
-    uvloop.run(coro)
+    from swarmnode.net.lifeline import reap_children
+
+    try:
+        uvloop.run(coro)
+    finally:
+        reap_children()
 
 
 def _say(line: str) -> None:

@@ -36,14 +36,22 @@ def start_swarm(workdir, model_path: str, spans: tuple[str, ...]) -> LocalSwarm:
     return swarm
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def llama_swarm(tmp_path_factory, llama_path):
     swarm = start_swarm(tmp_path_factory.mktemp("llama-swarm"), llama_path, ("0:3", "3:6", "6:8"))
     yield swarm
     swarm.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
+def llama_client(llama_swarm, llama_path):
+    from swarmnode import DistributedModelForCausalLM
+
+    with DistributedModelForCausalLM.from_pretrained(llama_path, initial_peers=llama_swarm.initial_peers) as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
 def llama_reference(llama_path):
     from transformers import AutoModelForCausalLM
 

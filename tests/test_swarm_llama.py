@@ -8,17 +8,15 @@ import sys
 import pytest
 import torch
 
-from swarmnode import DistributedModelForCausalLM
 from swarmnode.errors import SessionLengthExceeded
 
 pytestmark = pytest.mark.swarm
 PROMPT = torch.tensor([[72, 101, 108, 108, 111, 44, 32, 98, 101, 101, 115]])
 
 
-@pytest.fixture(scope="module")
-def model(llama_swarm, llama_path):
-    with DistributedModelForCausalLM.from_pretrained(llama_path, initial_peers=llama_swarm.initial_peers) as m:
-        yield m
+@pytest.fixture
+def model(llama_client):
+    return llama_client
 
 
 def test_greedy_64_tokens_equal_local_generation(model, llama_reference):

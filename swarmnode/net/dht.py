@@ -12,6 +12,7 @@ from typing import Any
 
 import hivemind
 from hivemind.dht.node import DHTNode
+from hivemind.p2p import P2P
 from hivemind.utils import get_dht_time
 from multiaddr import Multiaddr
 
@@ -56,7 +57,7 @@ def start_dht(
         path = Path(identity_path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            hivemind.P2P.generate_identity(str(path))  # stable peer id from now on
+            P2P.generate_identity(str(path))  # stable peer id from now on
         kwargs["identity_path"] = str(path)
     try:
         return hivemind.DHT(**kwargs)

@@ -41,6 +41,25 @@ def stop_lifeline(proc: subprocess.Popen | None) -> None:
             proc.kill()
 
 
+def reap_children(grace_s: float = 2.0) -> None:
+    """Stop every remaining descendant of this process (for CLI processes on their way out).
+
+    Besides the DHT process and p2pd, torch may leave its ``torch_shm_manager`` helper behind.
+    """
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(children, timeout=grace_s)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
 def _watch(parent: int, pids: list[int]) -> None:
     guarded = []
     for pid in pids:

@@ -109,6 +109,8 @@ class NodeHandler:
             raise NodeUnavailable(f"node is {self.state_fn().name}: not accepting new sessions")
         start, end = self._span(meta)
         max_length = _int_field(meta, "max_length")
+        if not 0 < max_length <= self.caches.max_session_length:
+            raise InvalidRequest(f"max_length must be in 1..{self.caches.max_session_length}, got {max_length}")
         session_id = meta.get("session_id") or uuid.uuid4().hex
         if not isinstance(session_id, str) or len(session_id) > 128:
             raise InvalidRequest("session_id must be a string of at most 128 characters")
