@@ -79,7 +79,10 @@ class ClientConfig:
     model_id: str = ""
     routing: str = "shortest"
     wait_for_servers: float = 30.0  # seconds to wait for missing blocks before NoServersForBlocks
-    request_timeout: float = 30.0  # seconds for one RPC before the node counts as unresponsive
+    request_timeout: float = 30.0  # upper bound on any one RPC before the node counts as unresponsive
+    # A hop that does not answer a step within floor + factor × its usual step time has failed.
+    step_timeout_floor: float = 1.0
+    step_timeout_factor: float = 10.0
     swarm_refresh_period: float = 2.0  # seconds between re-reads of the DHT records
     dtype: str = "float32"
     identity_path: str = ""
@@ -89,6 +92,8 @@ class ClientConfig:
             raise ConfigError("wait_for_servers must be >= 0")
         if self.request_timeout <= 0:
             raise ConfigError("request_timeout must be positive")
+        if self.step_timeout_floor <= 0 or self.step_timeout_factor <= 0:
+            raise ConfigError("step_timeout_floor and step_timeout_factor must be positive")
         known = ("shortest",)
         if self.routing not in known:
             raise ConfigError(f"unknown routing policy {self.routing!r}: choose one of {known}")

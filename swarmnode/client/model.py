@@ -39,16 +39,30 @@ class RemoteBlocks:
         self.connection, self.config = connection, config
         self.model_id, self.num_blocks = model_id, num_blocks
         self.router = make_router(config.routing)
+        self.last_snapshot = None
 
-    async def find_chain(self, start: int = 0, end: int | None = None) -> list[Hop]:
+    def expected_seconds(self, hop: Hop, tokens: int) -> float:
+        """What a step of ``tokens`` tokens should take on ``hop``, from its advertised throughput."""
+        record = self.last_snapshot.nodes.get(hop.peer_id) if self.last_snapshot else None
+        blocks = hop.end - hop.start
+        if record is None or record.inference_rps <= 0:
+            return 1.0
+        if tokens <= 4:
+            return blocks / record.inference_rps
+        return tokens * blocks / max(record.prefill_rps, record.inference_rps)
+
+    async def find_chain(
+        self, start: int = 0, end: int | None = None, exclude: frozenset[str] = frozenset()
+    ) -> list[Hop]:
         """A chain over [start, end), waiting up to ``wait_for_servers`` for missing blocks."""
         end = self.num_blocks if end is None else end
         began = time.monotonic()
         max_age = None
         while True:
             snapshot = await self.connection.snapshot(self.model_id, self.num_blocks, max_age=max_age)
+            self.last_snapshot = snapshot
             try:
-                return self.router.choose_chain(snapshot, start, end)
+                return self.router.choose_chain(snapshot, start, end, exclude=exclude)
             except NoServersForBlocks as e:
                 waited = time.monotonic() - began
                 if waited >= self.config.wait_for_servers:

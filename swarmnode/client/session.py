@@ -1,50 +1,72 @@
-"""Inference sessions: one stream per hop, KV caches kept on the nodes across steps.
+"""Inference sessions: one stream per hop, KV caches kept on the nodes across steps, and
+failover that keeps the output token-for-token identical.
 
-The session remembers every input it sent to each hop (``history``) so that a failed
-hop can later be replaced and replayed (see DESIGN.md, "A generation step"); every
-failure goes through :meth:`InferenceSession._hop_failed`, the one place where the
-router hears of it.
+The session keeps every input it sent to each hop (``history``). When a hop fails (an
+error, a closed stream, or no answer within an adaptive step timeout), only that hop's
+span is re-routed; its history is replayed to the replacement chain, chunk by chunk as it
+was first sent (so the replacement computes exactly what the failed node did) and the
+step goes on. A node that announces it is draining is left the same way, without a ban.
+Every failure passes through :meth:`InferenceSession._on_hop_failure`, the one place
+where the router hears of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
-from hivemind.proto import runtime_pb2
 
-from swarmnode.errors import NodeUnavailable, RemoteError, SessionClosed, SessionLengthExceeded
+from swarmnode.errors import (
+    InvalidRequest,
+    NodeUnavailable,
+    RemoteError,
+    SessionClosed,
+    SessionLengthExceeded,
+)
 from swarmnode.net.protocol import make_request, read_response
+from swarmnode.net.stream import NodeStream
 from swarmnode.routing import Hop
 
 if TYPE_CHECKING:
     from swarmnode.client.model import RemoteBlocks
 
+logger = logging.getLogger(__name__)
+RECENT_STEPS = 16
+
 
 @dataclass
-class _HopStream:
-    """The open rpc_inference stream of one hop."""
+class _HopState:
+    """One open hop of the chain."""
 
     hop: Hop
-    requests: asyncio.Queue
-    responses: AsyncIterator[runtime_pb2.ExpertResponse]
+    stream: NodeStream
     history: list[torch.Tensor] = field(default_factory=list)  # every input sent, for replay
     cache_len_before: int = 0  # what the node reported for the last step
     step_times: list[float] = field(default_factory=list)  # round trips, seconds
     compute_times: list[float] = field(default_factory=list)  # the node's own compute, seconds
+    draining: bool = False
+
+    @property
+    def sent_tokens(self) -> int:
+        return sum(h.shape[1] for h in self.history)
 
 
-async def _queue_iter(queue: asyncio.Queue):
-    while True:
-        item = await queue.get()
-        if item is None:
-            return
-        yield item
+@dataclass(frozen=True)
+class FailoverEvent:
+    """A hop that was replaced: when, why, and by what."""
+
+    at: float
+    failed: Hop
+    reason: str
+    replacement: tuple[Hop, ...]
+    replayed_tokens: int
+    seconds: float
 
 
 class InferenceSession:
@@ -52,7 +74,7 @@ class InferenceSession:
 
     Use through ``model.inference_session(max_length=...)`` as a context manager.
     ``step(hidden)`` sends new hidden states through the chain and returns the outputs
-    of the last block. ``chain`` lists the hops in use.
+    of the last block. ``chain`` lists the hops in use; ``failovers`` what was replaced.
     """
 
     def __init__(self, remote: RemoteBlocks, max_length: int):
@@ -64,21 +86,22 @@ class InferenceSession:
         self.position = 0  # tokens already processed by every hop
         self.token_ids: torch.Tensor | None = None  # all tokens of this session, for generate()
         self.pending_ids: torch.Tensor | None = None  # generated tokens not yet sent through the chain
-        self._streams: list[_HopStream] = []
-        self._closed = False
-        self._step = 0
+        self.failovers: list[FailoverEvent] = []
         self.first_prefix_lengths: list[list[int]] = []  # per generate call: what each hop reported it held
         self.first_step_tokens: list[int] = []  # per generate call: tokens sent in its first step
+        self._hops: list[_HopState] = []
+        self._closed = False
+        self._step = 0
 
     # ---- public ------------------------------------------------------------------------------------
     @property
     def chain(self) -> list[Hop]:
-        return [s.hop for s in self._streams]
+        return [h.hop for h in self._hops]
 
     @property
     def reported_prefix_lengths(self) -> list[int]:
         """The cached prefix length each hop reported for the last step."""
-        return [s.cache_len_before for s in self._streams]
+        return [h.cache_len_before for h in self._hops]
 
     def step(self, hidden: torch.Tensor) -> torch.Tensor:
         """Send new hidden states [batch, seq, hidden] through the chain; returns the last block's output."""
@@ -94,7 +117,12 @@ class InferenceSession:
             raise SessionLengthExceeded(
                 f"session max_length is {self.max_length}: {self.position} tokens used, {hidden.shape[1]} more asked"
             )
-        out = await self._step_async(hidden)
+        try:
+            out = await self._step_async(hidden)
+        except BaseException:
+            self._closed = True  # a step that failed for good leaves the nodes' caches inconsistent
+            await self._close_streams()
+            raise
         self.position += hidden.shape[1]
         return out
 
@@ -117,60 +145,136 @@ class InferenceSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ---- internals --------------------------------------------------------------------------------
+    # ---- one step ---------------------------------------------------------------------------------
     async def _step_async(self, hidden: torch.Tensor) -> torch.Tensor:
-        if not self._streams:
-            chain = await self.remote.find_chain()
-            self._streams = [await self._open(hop) for hop in chain]
+        if not self._hops:
+            self._hops = [await self._open(hop) for hop in await self.remote.find_chain()]
         self._step += 1
-        for stream in self._streams:
-            hidden = await self._run_hop(stream, hidden)
+        index = 0
+        while index < len(self._hops):
+            state = self._hops[index]
+            try:
+                out = await self._run_hop(state, hidden)
+            except (NodeUnavailable, RemoteError) as error:
+                if isinstance(error, InvalidRequest):
+                    raise  # our own request was wrong: another node would say the same
+                await self._replace(index, error)
+                continue  # run this step on the replacement
+            hidden = out
+            index += 1
+        for index in reversed(range(len(self._hops))):
+            if self._hops[index].draining:  # the node is leaving: move before it does
+                await self._replace(index, None)
         return hidden
 
-    async def _open(self, hop: Hop) -> _HopStream:
-        queue: asyncio.Queue = asyncio.Queue()
-        responses = await self.remote.connection.stub(hop.peer_id).rpc_inference(_queue_iter(queue))
-        return _HopStream(hop, queue, responses)
+    async def _open(self, hop: Hop) -> _HopState:
+        return _HopState(hop, await NodeStream.open(self.remote.connection.p2p, hop.peer_id))
 
-    async def _run_hop(self, stream: _HopStream, hidden: torch.Tensor) -> torch.Tensor:
-        hop = stream.hop
-        meta = {"session_id": self.session_id, "step": self._step, "position": self.position}
-        if not stream.history:
-            meta.update(start=hop.start, end=hop.end, max_length=self.max_length)
+    def _request(self, state: _HopState, hidden: torch.Tensor, position: int):
+        meta = {"session_id": self.session_id, "step": self._step, "position": position}
+        if position == 0:
+            meta.update(start=state.hop.start, end=state.hop.end, max_length=self.max_length)
+        return make_request(meta, (hidden,))
+
+    async def _run_hop(self, state: _HopState, hidden: torch.Tensor) -> torch.Tensor:
         began = time.perf_counter()
-        await stream.requests.put(make_request(meta, (hidden,)))
+        await state.stream.send(self._request(state, hidden, state.sent_tokens))
         try:
-            async with asyncio.timeout(self.remote.config.request_timeout):  # no extra task, unlike wait_for
-                response = await anext(stream.responses)
-        except StopAsyncIteration:
-            self._hop_failed(hop, NodeUnavailable("the node closed the stream", hop.peer_id))
+            async with asyncio.timeout(self._step_timeout(state, hidden.shape[1])):
+                response = await state.stream.recv()
         except TimeoutError:
-            self._hop_failed(hop, NodeUnavailable("the node did not answer in time", hop.peer_id))
-        except Exception as e:  # noqa: BLE001 - p2p errors surface with many types
-            self._hop_failed(hop, NodeUnavailable(f"stream failed: {e}", hop.peer_id))
-        try:
-            meta_out, tensors = read_response(response, hop.peer_id)
-        except RemoteError as e:
-            self._hop_failed(hop, e)
+            raise NodeUnavailable("the node did not answer within the step timeout", state.hop.peer_id) from None
+        meta, (out,) = read_response(response, state.hop.peer_id)
         elapsed = time.perf_counter() - began
-        stream.history.append(hidden)
-        stream.cache_len_before = int(meta_out.get("cache_len_before", -1))
-        stream.step_times.append(elapsed)
-        stream.compute_times.append(float(meta_out.get("compute_ms", 0.0)) / 1000)
-        self.remote.router.report_step(hop, elapsed, hidden.shape[1])
-        return tensors[0]
+        state.history.append(hidden)
+        state.cache_len_before = int(meta.get("cache_len_before", -1))
+        state.step_times.append(elapsed)
+        state.compute_times.append(float(meta.get("compute_ms", 0.0)) / 1000)
+        state.draining = bool(meta.get("draining", False))
+        self.remote.router.report_step(state.hop, elapsed, hidden.shape[1])
+        return out
 
-    def _hop_failed(self, hop: Hop, error: BaseException):
-        """Every hop failure passes here: the router learns of it, then the error surfaces."""
+    def _step_timeout(self, state: _HopState, tokens: int) -> float:
+        """How long to wait for a hop: a floor plus a multiple of what this hop usually takes."""
+        cfg = self.remote.config
+        recent = state.step_times[-RECENT_STEPS:]
+        if recent and tokens <= 4:
+            expected = statistics.median(recent)
+        else:
+            expected = self.remote.expected_seconds(state.hop, tokens)
+        return min(cfg.request_timeout, cfg.step_timeout_floor + cfg.step_timeout_factor * expected)
+
+    # ---- failover ---------------------------------------------------------------------------------
+    async def _replace(self, index: int, error: BaseException | None) -> None:
+        """Re-route hop ``index``'s span and replay its history to the replacement chain."""
+        failed = self._hops[index]
+        began = time.monotonic()
+        if error is not None:
+            self._on_hop_failure(failed.hop, error)
+        await failed.stream.close()
+        exclude = {failed.hop.peer_id}
+        while True:
+            chain = await self.remote.find_chain(failed.hop.start, failed.hop.end, exclude=frozenset(exclude))
+            try:
+                replacement = await self._replay_chain(chain, failed.history)
+                break
+            except (NodeUnavailable, RemoteError) as e:
+                if isinstance(e, InvalidRequest):
+                    raise
+                exclude.add(e.peer_id)
+                self._on_hop_failure(next(h for h in chain if h.peer_id == e.peer_id), e)
+        self._hops[index : index + 1] = replacement
+        event = FailoverEvent(
+            time.time(),
+            failed.hop,
+            "draining" if error is None else f"{type(error).__name__}: {error}",
+            tuple(h.hop for h in replacement),
+            failed.sent_tokens,
+            time.monotonic() - began,
+        )
+        self.failovers.append(event)
+        logger.info("replaced %s by %s (%s) in %.2f s", failed.hop, event.replacement, event.reason, event.seconds)
+
+    async def _replay_chain(self, chain: list[Hop], history: list[torch.Tensor]) -> list[_HopState]:
+        states: list[_HopState] = []
+        try:
+            inputs = history
+            for hop in chain:
+                state = await self._open(hop)
+                states.append(state)
+                inputs = await self._replay(state, inputs)
+        except BaseException:
+            for state in states:
+                await state.stream.close()
+            raise
+        return states
+
+    async def _replay(self, state: _HopState, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Send a hop its whole history, chunk by chunk, pipelined; returns the outputs."""
+
+        async def send_all() -> None:
+            position = 0
+            for chunk in inputs:
+                await state.stream.send(self._request(state, chunk, position))
+                position += chunk.shape[1]
+
+        async def receive_all() -> list[torch.Tensor]:
+            outputs = []
+            for _ in inputs:
+                async with asyncio.timeout(self.remote.config.request_timeout):
+                    meta, (out,) = read_response(await state.stream.recv(), state.hop.peer_id)
+                outputs.append(out)
+            return outputs
+
+        _, outputs = await asyncio.gather(send_all(), receive_all())
+        state.history = list(inputs)
+        return outputs
+
+    def _on_hop_failure(self, hop: Hop, error: BaseException) -> None:
+        """Every hop failure passes here, so the router bans and learns."""
+        logger.warning("hop %s failed: %s", hop, error)
         self.remote.router.report_failure(hop, error)
-        self._closed = True
-        raise error
 
     async def _close_streams(self) -> None:
-        for stream in self._streams:
-            await stream.requests.put(None)
-        for stream in self._streams:
-            try:
-                await asyncio.wait_for(stream.responses.aclose(), 2)
-            except (TimeoutError, RuntimeError, ConnectionError):
-                pass
+        for state in self._hops:
+            await state.stream.close()

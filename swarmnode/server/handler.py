@@ -145,7 +145,13 @@ class NodeHandler:
         out = await self._run(hidden, start, end, cache)
         compute_ms = 1000 * (time.perf_counter() - began)
         return make_response(
-            {"cache_len_before": before, "cache_len": cache.length, "step": meta.get("step"), "compute_ms": compute_ms},
+            {
+                "cache_len_before": before,
+                "cache_len": cache.length,
+                "step": meta.get("step"),
+                "compute_ms": compute_ms,
+                "draining": self.state_fn() == NodeState.DRAINING,  # clients move before the node leaves
+            },
             (out,),
         )
 

@@ -1,0 +1,66 @@
+"""A client's rpc_inference stream to one node, framed exactly like hivemind's protobuf
+streams but driven directly: one write per request, one read per response.
+
+Unlike ``P2P.iterate_protobuf_handler``, a connection that closes (the node died) or an
+error the node's RPC layer sends surfaces at once from :meth:`NodeStream.recv`, and no
+background writer task is left waiting on a request iterator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from hivemind.p2p import P2P, PeerID
+from hivemind.proto import runtime_pb2
+
+from swarmnode.errors import NodeUnavailable, RemoteError
+from swarmnode.net.protocol import SwarmNodeService
+
+INFERENCE_HANDLE = SwarmNodeService._get_handle_name(None, "rpc_inference")
+
+
+class NodeStream:
+    """An open rpc_inference stream: ``send`` requests, ``recv`` responses, ``close``."""
+
+    def __init__(self, peer_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.peer_id = peer_id
+        self._reader, self._writer = reader, writer
+        self.closed = False
+
+    @classmethod
+    async def open(cls, p2p: P2P, peer_id: str) -> NodeStream:
+        try:
+            _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), INFERENCE_HANDLE)
+        except Exception as e:  # noqa: BLE001 - the daemon reports dial failures with several types
+            raise NodeUnavailable(f"cannot open a stream: {e}", peer_id) from e
+        return cls(peer_id, reader, writer)
+
+    async def send(self, request: runtime_pb2.ExpertRequest) -> None:
+        if self.closed:
+            raise NodeUnavailable("the stream is closed", self.peer_id)
+        try:
+            await P2P.send_protobuf(request, self._writer)
+        except (ConnectionError, OSError, RuntimeError) as e:
+            self.closed = True
+            raise NodeUnavailable(f"the connection broke: {e}", self.peer_id) from e
+
+    async def recv(self) -> runtime_pb2.ExpertResponse:
+        try:
+            response, error = await P2P.receive_protobuf(runtime_pb2.ExpertResponse, self._reader)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            self.closed = True
+            raise NodeUnavailable("the node closed the stream", self.peer_id) from e
+        if error is not None:
+            self.closed = True
+            raise RemoteError(f"the node's RPC layer failed: {error.message}", self.peer_id)
+        return response
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await P2P.send_protobuf(P2P.END_OF_STREAM, self._writer)
+        except (ConnectionError, OSError, RuntimeError):
+            pass
+        self._writer.close()
