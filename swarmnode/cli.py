@@ -119,6 +119,8 @@ def cmd_join(args: argparse.Namespace) -> int:
             "announce_period",
             "throughput",
             "public_name",
+            "gossip_period",
+            "suspicion_timeout",
         )
     }
     overrides["identity_path"] = args.identity
@@ -208,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--announce-period", type=float, default=None, help="seconds between re-announcements")
     p.add_argument("--throughput", default=None, help="auto (profile) or tokens/s per block")
     p.add_argument("--public-name", default=None)
+    p.add_argument("--gossip-period", type=float, default=None, help="seconds between SWIM probes (default 1)")
+    p.add_argument("--suspicion-timeout", type=float, default=None, help="seconds SUSPECT before DEAD (default 1.5)")
     p.add_argument("--config", default=None, help="TOML file with a [node] table")
     p.add_argument(
         "--debug-step-delay-ms",

@@ -58,13 +58,16 @@ class NodeConfig:
     announce_period: float = 10.0
     throughput: str = "auto"  # auto = profile; or a number (tokens/s per block)
     public_name: str = ""
-    stats_interval: float = 0.0
+    gossip_period: float = 1.0  # seconds between SWIM probes
+    suspicion_timeout: float = 1.5  # seconds a member stays SUSPECT before it is declared DEAD
 
     def __post_init__(self) -> None:
         if self.announce_period <= 0:
             raise ConfigError("announce_period must be positive")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"unknown device {self.device!r}: use cpu, cuda or cuda:N")
+        if self.gossip_period <= 0 or self.suspicion_timeout <= 0:
+            raise ConfigError("gossip_period and suspicion_timeout must be positive")
         if self.max_session_length <= 0:
             raise ConfigError("max_session_length must be positive")
         if self.cache_tokens is not None and self.cache_tokens <= 0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -35,6 +35,11 @@ class NodeState(enum.IntEnum):
 def block_key(model_id: str, block: int) -> str:
     """DHT key under which nodes serving ``block`` of ``model_id`` announce themselves."""
     return f"{model_id}.blocks.{block}"
+
+
+def dead_key(model_id: str) -> str:
+    """DHT key of gossip's dead verdicts about ``model_id``'s nodes (subkey: peer id)."""
+    return f"{model_id}.dead"
 
 
 def model_id_from_name(name: str) -> str:
@@ -78,6 +83,7 @@ class NodeRecord:
     public_name: str = ""
     metrics_addr: str = ""
     timestamp: float = 0.0  # DHT time of the announcement; the newest one wins
+    incarnation: int = 0  # raised by every (re)start; a dead verdict only covers older or equal ones
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -104,7 +110,7 @@ class NodeRecord:
         try:
             kwargs = _known_fields(cls, raw)
             kwargs["state"] = NodeState(int(kwargs["state"]))
-            for name in ("start", "end", "cache_tokens_left", "active_sessions", "v"):
+            for name in ("start", "end", "cache_tokens_left", "active_sessions", "incarnation", "v"):
                 if name in kwargs:
                     kwargs[name] = int(kwargs[name])
             for name in ("inference_rps", "prefill_rps", "timestamp"):
@@ -150,16 +156,52 @@ class ModelRecord:
 
 
 @dataclass(frozen=True)
+class DeadVerdict:
+    """Gossip's verdict that a node (at some incarnation) is dead; short-lived in the DHT."""
+
+    peer_id: str
+    incarnation: int
+    reporter: str = ""
+    v: int = SCHEMA_VERSION
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> DeadVerdict | None:
+        if not isinstance(raw, dict):
+            return None
+        try:
+            kwargs = _known_fields(cls, raw)
+            if not isinstance(kwargs["peer_id"], str) or isinstance(kwargs["incarnation"], bool):
+                return None
+            kwargs["incarnation"] = int(kwargs["incarnation"])
+            return cls(**kwargs)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
 class SwarmSnapshot:
-    """What one reader saw of one model's swarm at one moment: node records by peer id."""
+    """What one reader saw of one model's swarm at one moment: node records by peer id,
+    and gossip's dead verdicts (peer id → the incarnation declared dead)."""
 
     model_id: str
     num_blocks: int
     nodes: dict[str, NodeRecord]
+    dead: dict[str, int] = field(default_factory=dict)
+
+    def is_dead(self, record: NodeRecord) -> bool:
+        """A verdict covers the record's incarnation: the node died since it announced it."""
+        return record.peer_id in self.dead and self.dead[record.peer_id] >= record.incarnation
+
+    def live(self, states: tuple[NodeState, ...] = (NodeState.ONLINE,)) -> list[NodeRecord]:
+        """Nodes in ``states`` without a dead verdict."""
+        return [r for r in self.nodes.values() if r.state in states and not self.is_dead(r)]
 
     def serving(self, block: int, states: tuple[NodeState, ...] = (NodeState.ONLINE,)) -> list[NodeRecord]:
-        """Nodes in ``states`` whose span contains ``block``."""
-        return [r for r in self.nodes.values() if r.state in states and r.serves(block)]
+        """Live nodes in ``states`` whose span contains ``block``."""
+        return [r for r in self.live(states) if r.serves(block)]
 
     def uncovered(self, start: int = 0, end: int | None = None) -> list[int]:
         """Blocks in [start, end) that no ONLINE node serves."""

@@ -28,7 +28,7 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
         "nodes": [
             {
                 "peer_id": r.peer_id,
-                "state": r.state.name,
+                "state": "DEAD" if snapshot.is_dead(r) else r.state.name,
                 "start": r.start,
                 "end": r.end,
                 "inference_rps": round(r.inference_rps, 1),

@@ -17,7 +17,15 @@ from hivemind.utils import get_dht_time
 from multiaddr import Multiaddr
 
 from swarmnode.errors import ConfigError, SwarmUnavailable
-from swarmnode.records import MODELS_KEY, ModelRecord, NodeRecord, SwarmSnapshot, block_key
+from swarmnode.records import (
+    MODELS_KEY,
+    DeadVerdict,
+    ModelRecord,
+    NodeRecord,
+    SwarmSnapshot,
+    block_key,
+    dead_key,
+)
 
 
 def validate_maddrs(maddrs: tuple[str, ...] | list[str], *, need_peer_id: bool, what: str) -> list[str]:
@@ -114,9 +122,14 @@ async def fetch_models(dht: hivemind.DHT) -> dict[str, ModelRecord]:
 
 
 async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> SwarmSnapshot:
-    """Read every block's records of ``model_id`` into a snapshot (bad records are skipped)."""
+    """Read every block's records and the dead verdicts of ``model_id`` (bad records are skipped)."""
     keys = [block_key(model_id, i) for i in range(num_blocks)]
-    found = await get_subkeys(dht, keys)
+    found = await get_subkeys(dht, [*keys, dead_key(model_id)])
+    dead: dict[str, int] = {}
+    for peer_id, value in found.get(dead_key(model_id), {}).items():
+        verdict = DeadVerdict.from_wire(value)
+        if verdict is not None and verdict.peer_id == peer_id:
+            dead[peer_id] = max(dead.get(peer_id, -1), verdict.incarnation)
     nodes: dict[str, NodeRecord] = {}
     for key in keys:
         for peer_id, value in found.get(key, {}).items():
@@ -126,4 +139,4 @@ async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> S
             current = nodes.get(peer_id)
             if current is None or record.timestamp > current.timestamp:
                 nodes[peer_id] = record
-    return SwarmSnapshot(model_id=model_id, num_blocks=num_blocks, nodes=nodes)
+    return SwarmSnapshot(model_id=model_id, num_blocks=num_blocks, nodes=nodes, dead=dead)

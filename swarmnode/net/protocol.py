@@ -52,6 +52,21 @@ class SwarmNodeService(ServicerBase):
         raise NotImplementedError
 
 
+class GossipService(ServicerBase):
+    """RPC signatures of the SWIM failure detector among nodes (see swarmnode.membership.gossip).
+
+    ``rpc_ping``: metadata ``{"from", "incarnation", "updates"}``; the answer carries the
+    responder's piggybacked ``updates``. ``rpc_ping_req``: the same plus ``"target"``: the
+    responder pings the target on the sender's behalf and answers ``{"ack": bool}``.
+    """
+
+    async def rpc_ping(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        raise NotImplementedError
+
+    async def rpc_ping_req(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        raise NotImplementedError
+
+
 def pack_meta(meta: dict[str, Any]) -> bytes:
     return msgpack.packb(meta, use_bin_type=True)
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from swarmnode.errors import NoServersForBlocks
-from swarmnode.records import NodeState, SwarmSnapshot
+from swarmnode.records import SwarmSnapshot
 from swarmnode.routing.base import Hop
 
 DEFAULT_HOP_OVERHEAD_S = 1e-3  # one RPC round trip when nothing better is known
@@ -53,7 +53,7 @@ def shortest_chain(
     hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S,
 ) -> list[Hop]:
     """The chain over [start, end) with the least estimated latency (ties: fewer hops, then peer id)."""
-    nodes = [r for r in snapshot.nodes.values() if r.state == NodeState.ONLINE and r.peer_id not in exclude]
+    nodes = [r for r in snapshot.live() if r.peer_id not in exclude]
     best: dict[int, tuple[float, int]] = {start: (0.0, 0)}
     came_from: dict[int, Hop] = {}
     queue = [(0.0, 0, start)]

@@ -63,8 +63,8 @@ def blocks_for_memory(budget_bytes: int, block_bytes: int, cache_bytes_per_block
 def served_throughput(snapshot: SwarmSnapshot, exclude: str | None = None) -> list[float]:
     """Per block, the summed inference throughput of live nodes (except ``exclude``)."""
     served = [0.0] * snapshot.num_blocks
-    for record in snapshot.nodes.values():
-        if record.state not in _LIVE or record.peer_id == exclude:
+    for record in snapshot.live(_LIVE):
+        if record.peer_id == exclude:
             continue
         rps = record.inference_rps if record.inference_rps > 0 else _UNPROFILED_RPS
         for block in range(record.start, min(record.end, snapshot.num_blocks)):

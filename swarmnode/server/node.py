@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import hivemind
 import psutil
@@ -19,6 +20,7 @@ import swarmnode
 from swarmnode.config import NodeConfig
 from swarmnode.errors import ConfigError
 from swarmnode.membership.announcer import Announcer
+from swarmnode.membership.gossip import GossipConfig, SwimGossip
 from swarmnode.models import DTYPES, ModelSpec, block_parameter_count, dtype_name, load_blocks, load_model_spec
 from swarmnode.net.dht import fetch_snapshot, full_maddrs, start_dht
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
@@ -68,6 +70,9 @@ class Node:
         self.inference_rps = self.prefill_rps = 0.0
         self._lifeline = None
         self._closed = asyncio.Event()
+        self.gossip: SwimGossip | None = None
+        # Raised by every (re)start, so a node back with the same identity outranks its old dead verdict.
+        self.incarnation = int(time.time() * 1000)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Node:
@@ -154,6 +159,11 @@ class Node:
         self.state = NodeState.ONLINE
         await self.announcer.announce()
         self.announcer.start()
+        gossip_config = GossipConfig(period=cfg.gossip_period, suspicion_timeout=cfg.suspicion_timeout)
+        self.gossip = SwimGossip(
+            self.p2p, self.dht, model_id, spec.num_blocks, self.incarnation, gossip_config, on_refute=self._refuted
+        )
+        await self.gossip.start()
         logger.info("node %s is ONLINE", self.peer_id)
 
     async def leave(self, drain_timeout: float = 5.0) -> None:
@@ -177,6 +187,8 @@ class Node:
 
     async def _shutdown(self) -> None:
         self.state = NodeState.OFFLINE
+        if self.gossip is not None:
+            await self.gossip.stop()
         if self.announcer is not None:
             await self.announcer.stop()
         if self.handler is not None and self.p2p is not None:
@@ -192,6 +204,11 @@ class Node:
             self.dht.shutdown()
         stop_lifeline(self._lifeline)
         self._closed.set()
+
+    async def _refuted(self) -> None:
+        """Gossip suspected us and we refuted with a higher incarnation: announce it now."""
+        self.incarnation = self.gossip.membership.incarnation
+        await self.announcer.announce()
 
     # ---- what the node tells others ---------------------------------------------------------------
     def record(self) -> NodeRecord:
@@ -209,6 +226,7 @@ class Node:
             dtype=dtype_name(self.dtype),
             version=swarmnode.__version__,
             public_name=self.config.public_name,
+            incarnation=self.incarnation,
         )
 
     def info(self) -> dict:
@@ -228,4 +246,6 @@ class Node:
             inference_rps=self.inference_rps,
             version=record.version,
             maddrs=self.maddrs,
+            incarnation=self.incarnation,
+            membership=self.gossip.view() if self.gossip is not None else {},
         )

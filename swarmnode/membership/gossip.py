@@ -1,0 +1,205 @@
+"""The SWIM failure detector running among a model's nodes.
+
+Every protocol period a node probes one member (round-robin over a shuffled list): a
+direct ``rpc_ping``; if it gets no answer within ``ping_timeout``, ``indirect_k`` other
+members are asked to ping it (``rpc_ping_req``); no answer at all makes the member
+SUSPECT. Membership updates ride on every ping and answer. Suspicions time out into DEAD
+verdicts (see :mod:`swarmnode.membership.swim`), which are also written to the DHT under
+``{model}.dead`` with a short expiry, so clients drop the node within seconds instead of
+waiting for its record to expire. Members are seeded from the DHT records.
+
+This never relies on a connection error alone: a hung node (SIGSTOP) keeps its
+connections open and is caught by the ping timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import hivemind
+from hivemind.p2p import P2P, P2PContext, PeerID
+from hivemind.proto import runtime_pb2
+
+from swarmnode.errors import RemoteError
+from swarmnode.membership.swim import Membership, Status, Update
+from swarmnode.net.dht import fetch_snapshot, store_records
+from swarmnode.net.protocol import GossipService, make_request, make_response, read_response, unpack_meta
+from swarmnode.records import DeadVerdict, NodeState, dead_key
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GossipConfig:
+    """Timing of the failure detector; defaults detect a dead node in about 3-4 s."""
+
+    period: float = 1.0  # seconds between probes
+    ping_timeout: float = 0.4  # direct ping
+    indirect_k: int = 3  # members asked to ping on our behalf
+    suspicion_timeout: float = 1.5  # SUSPECT → DEAD
+    seed_period: float = 2.0  # seconds between re-reads of the DHT records
+    verdict_ttl: float = 60.0  # seconds a dead verdict stays in the DHT
+
+
+class SwimGossip:
+    """Runs the failure detector for one node (an async component: start / stop)."""
+
+    def __init__(
+        self,
+        p2p: P2P,
+        dht: hivemind.DHT,
+        model_id: str,
+        num_blocks: int,
+        incarnation: int,
+        config: GossipConfig = GossipConfig(),
+        rng: random.Random | None = None,
+        on_refute: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self.p2p, self.dht, self.model_id, self.num_blocks = p2p, dht, model_id, num_blocks
+        self.self_id = str(p2p.peer_id)
+        self.config = config
+        self.membership = Membership(self.self_id, incarnation, config.suspicion_timeout)
+        self.rng = rng or random.Random()
+        self.on_refute = on_refute  # called when we raised our incarnation: re-announce it at once
+        self._announced_incarnation = incarnation
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await GossipService().add_p2p_handlers(self.p2p, wrapper=self)
+        await self._seed()
+        self._tasks = [asyncio.create_task(self._protocol_loop()), asyncio.create_task(self._seed_loop())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        try:
+            await GossipService().remove_p2p_handlers(self.p2p)
+        except Exception as e:  # noqa: BLE001 - the daemon may already be gone
+            logger.debug("removing gossip handlers failed: %s", e)
+
+    def view(self) -> dict[str, str]:
+        return self.membership.view()
+
+    # ---- RPC handlers ------------------------------------------------------------------------------
+    async def rpc_ping(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        self._absorb(request.metadata)
+        return self._answer({"ack": True})
+
+    async def rpc_ping_req(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        meta = self._absorb(request.metadata)
+        target = meta.get("target")
+        ack = isinstance(target, str) and await self._ping(target, self.config.ping_timeout)
+        return self._answer({"ack": bool(ack)})
+
+    def _absorb(self, raw: bytes) -> dict:
+        """Apply the updates a message carries (a malformed one is ignored, never fatal)."""
+        try:
+            meta = unpack_meta(raw)
+        except RemoteError:
+            return {}
+        sender, incarnation = meta.get("from"), meta.get("incarnation")
+        if isinstance(sender, str) and isinstance(incarnation, int):
+            self.membership.add_seed(sender, incarnation)
+        for raw_update in meta.get("updates", [])[:64] if isinstance(meta.get("updates"), list) else []:
+            update = Update.from_wire(raw_update)
+            if update is not None:
+                self.membership.apply(update)
+        return meta
+
+    def _message(self, to: str | None = None, **extra) -> dict:
+        updates = [u.to_wire() for u in self.membership.piggyback()]
+        suspicion = self.membership.members.get(to) if to else None
+        if suspicion is not None and suspicion.status == Status.SUSPECT:
+            # Lifeguard's buddy system: tell a suspect it is suspected, so it can refute at once.
+            updates.insert(0, Update(to, Status.SUSPECT, suspicion.incarnation).to_wire())
+        return {"from": self.self_id, "incarnation": self.membership.incarnation, "updates": updates, **extra}
+
+    def _answer(self, extra: dict) -> runtime_pb2.ExpertResponse:
+        return make_response(self._message(**extra))
+
+    # ---- probing -----------------------------------------------------------------------------------
+    async def _call(self, peer_id: str, method: str, timeout: float, **extra) -> bool:
+        stub = GossipService.get_stub(self.p2p, PeerID.from_base58(peer_id))
+        try:
+            request = make_request(self._message(to=peer_id, **extra))
+            response = await getattr(stub, method)(request, timeout=timeout)
+            meta, _ = read_response(response, peer_id)
+        except Exception:  # noqa: BLE001 - unreachable, timed out, refused: all mean "no ack"
+            return False
+        for raw_update in meta.get("updates", [])[:64] if isinstance(meta.get("updates"), list) else []:
+            update = Update.from_wire(raw_update)
+            if update is not None:
+                self.membership.apply(update)
+        return bool(meta.get("ack"))
+
+    async def _ping(self, peer_id: str, timeout: float) -> bool:
+        return await self._call(peer_id, "rpc_ping", timeout)
+
+    async def probe(self, target: str) -> bool:
+        """SWIM's probe: direct ping, then indirect pings; a silent target becomes SUSPECT."""
+        if await self._ping(target, self.config.ping_timeout):
+            return True
+        helpers = self.membership.others(target, self.config.indirect_k, self.rng)
+        remaining = max(0.1, self.config.period - self.config.ping_timeout)
+        if helpers:
+            acks = await asyncio.gather(*(self._call(h, "rpc_ping_req", remaining, target=target) for h in helpers))
+            if any(acks):
+                return True
+        if self.membership.suspect(target):
+            logger.info("suspecting %s", target)
+        return False
+
+    async def _protocol_loop(self) -> None:
+        while True:
+            began = asyncio.get_running_loop().time()
+            await self._publish(self.membership.tick())
+            target = self.membership.next_target(self.rng)
+            if target is not None:
+                await self.probe(target)
+            await self._publish(self.membership.tick())
+            if self.membership.incarnation != self._announced_incarnation and self.on_refute is not None:
+                self._announced_incarnation = self.membership.incarnation
+                await self.on_refute()
+            elapsed = asyncio.get_running_loop().time() - began
+            await asyncio.sleep(max(0.0, self.config.period - elapsed))
+
+    async def _publish(self, verdicts: list[Update]) -> None:
+        """Write dead verdicts to the DHT so clients stop using those nodes at once."""
+        if not verdicts:
+            return
+        for verdict in verdicts:
+            logger.warning("declaring %s dead (incarnation %d)", verdict.peer_id, verdict.incarnation)
+        items = [
+            (dead_key(self.model_id), v.peer_id, DeadVerdict(v.peer_id, v.incarnation, self.self_id).to_wire())
+            for v in verdicts
+        ]
+        try:
+            await store_records(self.dht, items, ttl=self.config.verdict_ttl)
+        except Exception as e:  # noqa: BLE001 - retried with the next verdict; gossip itself goes on
+            logger.warning("could not publish dead verdicts: %s", e)
+
+    # ---- seeding from the DHT ---------------------------------------------------------------------
+    async def _seed(self) -> None:
+        try:
+            snapshot = await fetch_snapshot(self.dht, self.model_id, self.num_blocks)
+        except Exception as e:  # noqa: BLE001 - try again next period
+            logger.debug("seeding from the DHT failed: %s", e)
+            return
+        for record in snapshot.nodes.values():
+            if record.state == NodeState.OFFLINE:
+                self.membership.forget(record.peer_id)  # left gracefully: no verdict needed
+            elif record.state != NodeState.JOINING and not snapshot.is_dead(record):
+                # JOINING nodes are still loading and answer no pings yet: they join the group once ONLINE.
+                self.membership.add_seed(record.peer_id, record.incarnation)
+
+    async def _seed_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.seed_period)
+            await self._seed()
