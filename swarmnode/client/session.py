@@ -45,7 +45,7 @@ class _HopState:
     """One open hop of the chain."""
 
     hop: Hop
-    stream: NodeStream
+    stream: NodeStream | None = None  # opened on first use, so a dead node fails like any step
     history: list[torch.Tensor] = field(default_factory=list)  # every input sent, for replay
     cache_len_before: int = 0  # what the node reported for the last step
     step_times: list[float] = field(default_factory=list)  # round trips, seconds
@@ -148,7 +148,7 @@ class InferenceSession:
     # ---- one step ---------------------------------------------------------------------------------
     async def _step_async(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self._hops:
-            self._hops = [await self._open(hop) for hop in await self.remote.find_chain()]
+            self._hops = [_HopState(hop) for hop in await self.remote.find_chain()]
         self._step += 1
         index = 0
         while index < len(self._hops):
@@ -177,6 +177,8 @@ class InferenceSession:
         return make_request(meta, (hidden,))
 
     async def _run_hop(self, state: _HopState, hidden: torch.Tensor) -> torch.Tensor:
+        if state.stream is None:
+            state.stream = await NodeStream.open(self.remote.connection.p2p, state.hop.peer_id)
         began = time.perf_counter()
         await state.stream.send(self._request(state, hidden, state.sent_tokens))
         try:
@@ -211,7 +213,8 @@ class InferenceSession:
         began = time.monotonic()
         if error is not None:
             self._on_hop_failure(failed.hop, error)
-        await failed.stream.close()
+        if failed.stream is not None:
+            await failed.stream.close()
         exclude = {failed.hop.peer_id}
         while True:
             chain = await self.remote.find_chain(failed.hop.start, failed.hop.end, exclude=frozenset(exclude))
@@ -245,7 +248,8 @@ class InferenceSession:
                 inputs = await self._replay(state, inputs)
         except BaseException:
             for state in states:
-                await state.stream.close()
+                if state.stream is not None:
+                    await state.stream.close()
             raise
         return states
 
@@ -277,4 +281,5 @@ class InferenceSession:
 
     async def _close_streams(self) -> None:
         for state in self._hops:
-            await state.stream.close()
+            if state.stream is not None:
+                await state.stream.close()
