@@ -46,9 +46,9 @@ def test_errors_travel_as_codes():
     assert meta == {"x": 1} and torch.equal(tensors[0], torch.ones(2))
 
 
-def test_inference_is_registered_as_a_bidirectional_stream():
+def test_unary_rpcs_are_registered_as_unary():
     from swarmnode.net.protocol import SwarmNodeService
 
     SwarmNodeService._collect_rpc_handlers()
     kinds = {h.method_name: (h.stream_input, h.stream_output) for h in SwarmNodeService._rpc_handlers}
-    assert kinds == {"rpc_inference": (True, True), "rpc_forward": (False, False), "rpc_info": (False, False)}
+    assert kinds == {"rpc_forward": (False, False), "rpc_info": (False, False)}

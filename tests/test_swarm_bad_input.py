@@ -9,7 +9,8 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
 from swarmnode.errors import InvalidRequest, UnknownSession
-from swarmnode.net.protocol import SwarmNodeService, make_request, pack_meta, read_response, tensor_to_proto
+from swarmnode.net.protocol import INFERENCE_HANDLE, make_request, pack_meta, read_response, tensor_to_proto
+from swarmnode.net.stream import NodeStream
 
 pytestmark = pytest.mark.swarm
 HIDDEN = 64
@@ -21,22 +22,15 @@ def first_node(swarm):
 
 async def exchange(connection, peer_id, requests):
     """Send requests one by one on one rpc_inference stream; collect (meta, tensors) or the error raised."""
-    queue: asyncio.Queue = asyncio.Queue()
-
-    async def feed():
-        while (item := await queue.get()) is not None:
-            yield item
-
-    responses = await connection.stub(peer_id).rpc_inference(feed())
+    stream = await NodeStream.open(connection.p2p, peer_id)
     results = []
     for request in requests:
-        await queue.put(request)
+        await stream.send(request)
         try:
-            results.append(read_response(await asyncio.wait_for(anext(responses), 30), peer_id))
+            results.append(read_response(await asyncio.wait_for(stream.recv(), 30), peer_id))
         except (InvalidRequest, UnknownSession) as e:
             results.append(e)
-    await queue.put(None)
-    await responses.aclose()
+    await stream.close()
     return results
 
 
@@ -133,8 +127,7 @@ def test_raw_garbage_bytes_on_the_wire_do_not_break_the_node(llama_swarm, llama_
     connection = llama_client.connection
 
     async def send_garbage():
-        handle = SwarmNodeService._get_handle_name(None, "rpc_inference")
-        _, reader, writer = await connection.p2p.call_binary_stream_handler(PeerID.from_base58(peer), handle)
+        _, reader, writer = await connection.p2p.call_binary_stream_handler(PeerID.from_base58(peer), INFERENCE_HANDLE)
         await P2P.send_raw_data(b"\xff" * 64 + b"not a protobuf at all", writer)
         writer.close()
 

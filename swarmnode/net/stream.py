@@ -14,9 +14,7 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
 from swarmnode.errors import NodeUnavailable, RemoteError
-from swarmnode.net.protocol import SwarmNodeService
-
-INFERENCE_HANDLE = SwarmNodeService._get_handle_name(None, "rpc_inference")
+from swarmnode.net.protocol import INFERENCE_HANDLE
 
 
 class NodeStream:

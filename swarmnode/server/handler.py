@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
-from hivemind.p2p import P2PContext
+from hivemind.p2p import P2P, P2PContext
 from hivemind.proto import runtime_pb2
 
 from swarmnode.errors import InvalidRequest, NodeInternalError, NodeUnavailable, RemoteError, UnknownSession
@@ -20,6 +20,7 @@ from swarmnode.net.protocol import (
     error_response,
     make_response,
     one_tensor,
+    read_requests,
     unpack_meta,
 )
 from swarmnode.records import NodeState
@@ -68,8 +69,18 @@ class NodeHandler:
         except RemoteError as e:
             return error_response(e)
 
+    async def handle_inference_stream(self, stream_info, reader, writer) -> None:
+        """Serve one raw rpc_inference stream (see swarmnode.net.protocol.INFERENCE_HANDLE)."""
+        try:
+            async for response in self.rpc_inference(read_requests(reader), None):
+                await P2P.send_protobuf(response, writer)
+        except (ConnectionError, OSError, RemoteError) as e:
+            logger.debug("inference stream ended: %s", e)
+        finally:
+            writer.close()
+
     async def rpc_inference(
-        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext | None
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
         session: Session | None = None
         self._streams += 1

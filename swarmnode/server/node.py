@@ -24,7 +24,7 @@ from swarmnode.membership.gossip import GossipConfig, SwimGossip
 from swarmnode.models import DTYPES, ModelSpec, block_parameter_count, dtype_name, load_blocks, load_model_spec
 from swarmnode.net.dht import fetch_snapshot, full_maddrs, start_dht
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
-from swarmnode.net.protocol import SwarmNodeService
+from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.block_selection import blocks_for_memory, choose_span, parse_blocks, served_throughput
@@ -156,6 +156,7 @@ class Node:
 
         self.handler = NodeHandler(self.backend, self.caches, self.info, lambda: self.state)
         await SwarmNodeService().add_p2p_handlers(self.p2p, wrapper=self.handler)
+        await self.p2p.add_binary_stream_handler(INFERENCE_HANDLE, self.handler.handle_inference_stream)
         self.state = NodeState.ONLINE
         await self.announcer.announce()
         self.announcer.start()
@@ -194,6 +195,7 @@ class Node:
         if self.handler is not None and self.p2p is not None:
             try:
                 await SwarmNodeService().remove_p2p_handlers(self.p2p)
+                await self.p2p.remove_binary_stream_handler(INFERENCE_HANDLE)
             except Exception as e:  # noqa: BLE001 - the daemon may be gone already
                 logger.debug("removing handlers failed: %s", e)
         if self.backend is not None:
