@@ -80,7 +80,19 @@ class ClientConfig:
 
     initial_peers: tuple[str, ...] = ()
     model_id: str = ""
-    routing: str = "shortest"
+    routing: str = "aco"  # aco | shortest | shortest_load | random
+    share_period: float = 5.0  # seconds between publications of our routing observations
+    # Ant-colony parameters (see swarmnode.routing.aco.AcoParams for what each does and why).
+    aco_alpha: float = 1.0
+    aco_beta: float = 2.0
+    aco_q0: float = 0.9
+    aco_tau0: float = 0.5
+    aco_tau_min: float = 0.05
+    aco_tau_max: float = 1.0
+    aco_deposit: float = 0.3
+    aco_half_life_s: float = 30.0
+    aco_reinforce_every: int = 8
+    aco_load_penalty: float = 0.5
     wait_for_servers: float = 30.0  # seconds to wait for missing blocks before NoServersForBlocks
     request_timeout: float = 30.0  # upper bound on any one RPC before the node counts as unresponsive
     # A hop that does not answer a step within floor + factor × its usual step time has failed.
@@ -97,9 +109,22 @@ class ClientConfig:
             raise ConfigError("request_timeout must be positive")
         if self.step_timeout_floor <= 0 or self.step_timeout_factor <= 0:
             raise ConfigError("step_timeout_floor and step_timeout_factor must be positive")
-        known = ("shortest",)
+        known = ("aco", "shortest", "shortest_load", "random")
         if self.routing not in known:
             raise ConfigError(f"unknown routing policy {self.routing!r}: choose one of {known}")
+
+    def aco_params(self):
+        """The ant-colony parameters as :class:`swarmnode.routing.AcoParams`."""
+        from swarmnode.routing.aco import AcoParams
+
+        prefix = "aco_"
+        return AcoParams(
+            **{
+                f.name[len(prefix) :]: getattr(self, f.name)
+                for f in dataclasses.fields(self)
+                if f.name.startswith(prefix)
+            }
+        )
 
 
 T = TypeVar("T")

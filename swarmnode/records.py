@@ -42,6 +42,11 @@ def dead_key(model_id: str) -> str:
     return f"{model_id}.dead"
 
 
+def observations_key(model_id: str) -> str:
+    """DHT key of clients' shared routing observations (subkey: the publishing client)."""
+    return f"{model_id}.observations"
+
+
 def model_id_from_name(name: str) -> str:
     """Turn a hub name or local path into a DHT-safe model id ('org/Model-7B' → 'org--Model-7B')."""
     base = name.rstrip("/")
@@ -190,6 +195,7 @@ class SwarmSnapshot:
     num_blocks: int
     nodes: dict[str, NodeRecord]
     dead: dict[str, int] = field(default_factory=dict)
+    shared: dict[str, dict] = field(default_factory=dict)  # publisher → its per-node observations
 
     def is_dead(self, record: NodeRecord) -> bool:
         """A verdict covers the record's incarnation: the node died since it announced it."""

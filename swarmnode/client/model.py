@@ -25,8 +25,9 @@ from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
 from swarmnode.errors import NoServersForBlocks, SessionError
 from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spec
+from swarmnode.net.dht import store_records
 from swarmnode.net.protocol import make_request, read_response
-from swarmnode.records import model_id_from_name, validate_model_id
+from swarmnode.records import model_id_from_name, observations_key, validate_model_id
 from swarmnode.routing import Hop, make_router
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,24 @@ class RemoteBlocks:
     def __init__(self, connection: SwarmConnection, config: ClientConfig, model_id: str, num_blocks: int):
         self.connection, self.config = connection, config
         self.model_id, self.num_blocks = model_id, num_blocks
-        self.router = make_router(config.routing)
+        self.router = make_router(config.routing, config.aco_params())
+        self.client_id = str(connection.p2p.peer_id)
+        self._shared_at = 0.0
         self.last_snapshot = None
+
+    async def _share_observations(self) -> None:
+        """Stigmergy: publish what we measured of each node (short-lived), for other clients."""
+        observations = getattr(self.router, "observations", None)
+        if observations is None or time.monotonic() - self._shared_at < self.config.share_period:
+            return
+        self._shared_at = time.monotonic()
+        measured = observations()
+        if measured:
+            item = (observations_key(self.model_id), self.client_id, measured)
+            try:
+                await store_records(self.connection.dht, [item], ttl=3 * self.config.share_period)
+            except Exception as e:  # noqa: BLE001 - sharing is best effort
+                logger.debug("could not share observations: %s", e)
 
     def expected_seconds(self, hop: Hop, tokens: int) -> float:
         """What a step of ``tokens`` tokens should take on ``hop``, from its advertised throughput."""
@@ -61,6 +78,7 @@ class RemoteBlocks:
         while True:
             snapshot = await self.connection.snapshot(self.model_id, self.num_blocks, max_age=max_age)
             self.last_snapshot = snapshot
+            await self._share_observations()
             try:
                 return self.router.choose_chain(snapshot, start, end, exclude=exclude)
             except NoServersForBlocks as e:

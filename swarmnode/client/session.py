@@ -193,7 +193,7 @@ class InferenceSession:
         state.step_times.append(elapsed)
         state.compute_times.append(float(meta.get("compute_ms", 0.0)) / 1000)
         state.draining = bool(meta.get("draining", False))
-        self.remote.router.report_step(state.hop, elapsed, hidden.shape[1])
+        self.remote.router.report_step(state.hop, elapsed, hidden.shape[1], state.compute_times[-1])
         return out
 
     def _step_timeout(self, state: _HopState, tokens: int) -> float:
@@ -216,8 +216,12 @@ class InferenceSession:
         if failed.stream is not None:
             await failed.stream.close()
         exclude = {failed.hop.peer_id}
+        planned = getattr(self.remote.router, "backup", lambda hop: None)(failed.hop)
         while True:
-            chain = await self.remote.find_chain(failed.hop.start, failed.hop.end, exclude=frozenset(exclude))
+            if planned and not exclude & {h.peer_id for h in planned}:
+                chain, planned = planned, None  # the backup chosen in advance, when the chain was picked
+            else:
+                chain = await self.remote.find_chain(failed.hop.start, failed.hop.end, exclude=frozenset(exclude))
             try:
                 replacement = await self._replay_chain(chain, failed.history)
                 break

@@ -25,6 +25,7 @@ from swarmnode.records import (
     SwarmSnapshot,
     block_key,
     dead_key,
+    observations_key,
 )
 
 
@@ -124,7 +125,12 @@ async def fetch_models(dht: hivemind.DHT) -> dict[str, ModelRecord]:
 async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> SwarmSnapshot:
     """Read every block's records and the dead verdicts of ``model_id`` (bad records are skipped)."""
     keys = [block_key(model_id, i) for i in range(num_blocks)]
-    found = await get_subkeys(dht, [*keys, dead_key(model_id)])
+    found = await get_subkeys(dht, [*keys, dead_key(model_id), observations_key(model_id)])
+    shared = {
+        publisher: value
+        for publisher, value in found.get(observations_key(model_id), {}).items()
+        if isinstance(value, dict) and len(value) <= 4096 and all(isinstance(v, dict) for v in value.values())
+    }
     dead: dict[str, int] = {}
     for peer_id, value in found.get(dead_key(model_id), {}).items():
         verdict = DeadVerdict.from_wire(value)
@@ -139,4 +145,4 @@ async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> S
             current = nodes.get(peer_id)
             if current is None or record.timestamp > current.timestamp:
                 nodes[peer_id] = record
-    return SwarmSnapshot(model_id=model_id, num_blocks=num_blocks, nodes=nodes, dead=dead)
+    return SwarmSnapshot(model_id=model_id, num_blocks=num_blocks, nodes=nodes, dead=dead, shared=shared)

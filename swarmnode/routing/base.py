@@ -35,8 +35,9 @@ class Router(Protocol):
         """A chain covering blocks [start, end); raises NoServersForBlocks when none exists."""
         ...
 
-    def report_step(self, hop: Hop, seconds: float, tokens: int) -> None:
-        """A hop answered a step of ``tokens`` tokens in ``seconds`` (round trip)."""
+    def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
+        """A hop answered a step of ``tokens`` tokens in ``seconds`` (round trip; the node's own
+        compute time, when it reported it, in ``compute_seconds``)."""
         ...
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:

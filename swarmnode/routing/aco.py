@@ -1,0 +1,345 @@
+"""The ant-colony path selector: adaptive, failure-aware, shares what it learns.
+
+Pure code (no sockets): the client, the unit tests and ``scripts/simulate_routing.py`` run
+exactly this. References: AntNet (Di Caro & Dorigo, 1998) for trip-time statistics and
+relative reinforcement, Ant Colony System for the pseudo-random-proportional choice and
+MAX–MIN Ant System for the pheromone bounds.
+
+A chain is built hop by hop: at block boundary b the selector picks a node q serving b and
+an end e within q's span, with probability ∝ τ[b][q]^α · η^β where
+
+    η = 1 / (delay(q) + (e - b) · per_block(q) · load(q) + rest(e))
+
+``rest(e)`` is the cheapest estimated cost from e to the end (a backward pass over the
+same cost model), so with τ constant and pure exploitation the selector *is*
+shortest-latency routing. With probability q0 it draws two candidates and keeps the
+better ("best of two": clients that share the same information do not all pile onto
+one node); otherwise it takes a single proportional draw (exploration).
+
+Learning: every K tokens a hop's observed time per block is compared to the best recent
+time seen at that boundary; the ratio r ∈ (0, 1] is deposited: τ ← (1 − d)·τ + d·r.
+Pheromone evaporates toward τ0 with a half-life in wall time, so a recovered node gets
+tried again. A failed node's τ drops to τ_min and it is banned with exponential backoff.
+Estimates of each node's per-block time and network delay come from the client's own
+measurements blended with other clients' shared observations (robustly: a median over
+publishers, clamped to a factor of the prior), never from their raw pheromone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from swarmnode.errors import NoServersForBlocks
+from swarmnode.records import NodeRecord, SwarmSnapshot
+from swarmnode.routing.base import Hop
+from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, Bans
+
+
+@dataclass(frozen=True)
+class AcoParams:
+    """Selector parameters; every one is also a ClientConfig field (``aco_<name>``)."""
+
+    alpha: float = 1.0  # weight of pheromone: learned experience
+    beta: float = 2.0  # weight of the latency heuristic: it is usually right, so it dominates
+    q0: float = 0.9  # probability of a best-of-two draw; 1 - q0 explores with a single draw
+    tau0: float = 0.5  # neutral pheromone: new and recovered nodes start here
+    tau_min: float = 0.05  # MAX-MIN bounds keep every node choosable, none dominant forever
+    tau_max: float = 1.0
+    deposit: float = 0.3  # how far one reinforcement moves τ toward r
+    half_life_s: float = 30.0  # evaporation toward τ0: a node that failed is retried after ~minutes
+    reinforce_every: int = 8  # K: tokens per backward ant
+    load_penalty: float = 0.5  # load(q) = 1 + penalty × active sessions (0 disables the load term)
+    best_window: int = 64  # per-boundary samples kept for mean / variance / best
+    estimate_decay: float = 0.3  # EWMA weight of a new measurement of a node's per-block time
+    shared_weight: float = 0.5  # weight of other clients' observations vs our own
+    shared_clamp: float = 10.0  # shared estimates are clamped to [prior / c, prior × c]
+
+
+@dataclass
+class NodeEstimate:
+    """What this client believes about one node."""
+
+    per_block_s: float | None = None  # compute time per block per token
+    delay_s: float | None = None  # network round trip
+    samples: int = 0
+    failures: int = 0
+
+
+@dataclass
+class _Pending:
+    tokens: int = 0
+    seconds: float = 0.0
+    compute: float = 0.0
+
+
+class AntColonyRouter:
+    """Router policy ``"aco"`` (and, frozen, ``"shortest_load"``); see the module docstring."""
+
+    def __init__(
+        self,
+        params: AcoParams = AcoParams(),
+        *,
+        learn: bool = True,
+        use_load: bool = True,
+        use_sharing: bool = True,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        bans: Bans | None = None,
+        hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S,
+    ):
+        self.params, self.learn, self.use_load, self.use_sharing = params, learn, use_load, use_sharing
+        self.rng = rng or random.Random()
+        self.clock = clock
+        self.bans = bans or Bans(clock=clock)
+        self.hop_overhead_s = hop_overhead_s
+        self.estimates: dict[str, NodeEstimate] = defaultdict(NodeEstimate)
+        self.shared: dict[str, NodeEstimate] = {}  # blended from other clients' observations
+        self._tau: dict[tuple[int, str], tuple[float, float]] = {}  # (b, peer) → (τ, time of last update)
+        self._boundary_times: dict[int, deque] = defaultdict(lambda: deque(maxlen=params.best_window))
+        self._pending: dict[Hop, _Pending] = defaultdict(_Pending)
+        self._backups: dict[Hop, list[Hop]] = {}
+
+    # ---- pheromone -------------------------------------------------------------------------------
+    def tau(self, boundary: int, peer_id: str) -> float:
+        """τ[b][q] evaporated toward τ0 up to now."""
+        value, at = self._tau.get((boundary, peer_id), (self.params.tau0, self.clock()))
+        decay = 0.5 ** (max(0.0, self.clock() - at) / self.params.half_life_s)
+        return self.params.tau0 + (value - self.params.tau0) * decay
+
+    def _set_tau(self, boundary: int, peer_id: str, value: float) -> None:
+        p = self.params
+        self._tau[(boundary, peer_id)] = (min(p.tau_max, max(p.tau_min, value)), self.clock())
+
+    # ---- cost model ------------------------------------------------------------------------------
+    def per_block_s(self, record: NodeRecord) -> float:
+        own, shared = self.estimates.get(record.peer_id), self.shared.get(record.peer_id)
+        advertised = 1.0 / max(record.inference_rps, MIN_RPS)
+        value = own.per_block_s if own is not None and own.per_block_s is not None else None
+        if shared is not None and shared.per_block_s is not None:
+            weight = self.params.shared_weight * (1.0 if value is None else 4 / (4 + own.samples))
+            value = shared.per_block_s if value is None else (1 - weight) * value + weight * shared.per_block_s
+        return advertised if value is None else value
+
+    def delay_s(self, record: NodeRecord) -> float:
+        own = self.estimates.get(record.peer_id)
+        if own is not None and own.delay_s is not None:
+            return own.delay_s
+        shared = self.shared.get(record.peer_id)
+        return shared.delay_s if shared is not None and shared.delay_s is not None else self.hop_overhead_s
+
+    def load(self, record: NodeRecord) -> float:
+        if not self.use_load:
+            return 1.0
+        return 1.0 + self.params.load_penalty * max(0, record.active_sessions)
+
+    def hop_cost(self, record: NodeRecord, b: int, e: int) -> float:
+        return self.delay_s(record) + (e - b) * self.per_block_s(record) * self.load(record)
+
+    def _candidates(self, nodes: list[NodeRecord], b: int, end: int) -> list[tuple[NodeRecord, int]]:
+        """(node, hop end) pairs at boundary b. A hop ends where the node's span ends or where
+        another node's span starts: with costs linear in blocks, an optimal switch from one node
+        to another happens at one of those points, and no chain splits a span for nothing."""
+        starts = {r.start for r in nodes}
+        pairs = []
+        for r in nodes:
+            if r.serves(b):
+                last = min(r.end, end)
+                pairs += [(r, e) for e in sorted({last} | {s for s in starts if b < s < last})]
+        return pairs
+
+    def _rest_costs(self, nodes: list[NodeRecord], start: int, end: int) -> dict[int, float]:
+        """Cheapest estimated cost from each boundary to ``end`` (backward dynamic programming)."""
+        rest = {end: 0.0}
+        for b in range(end - 1, start - 1, -1):
+            options = [self.hop_cost(r, b, e) + rest[e] for r, e in self._candidates(nodes, b, end) if e in rest]
+            if options:
+                rest[b] = min(options)
+        return rest
+
+    # ---- choosing --------------------------------------------------------------------------------
+    def choose_chain(
+        self,
+        snapshot: SwarmSnapshot,
+        start: int,
+        end: int,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        greedy: bool = False,
+    ) -> list[Hop]:
+        """A chain over [start, end); ``greedy`` = pure exploitation (argmax, no draws)."""
+        if self.use_sharing:
+            self.absorb_shared(snapshot.shared)
+        excluded = exclude | self.bans.banned()
+        nodes = [r for r in snapshot.live() if r.peer_id not in excluded]
+        rest = self._rest_costs(nodes, start, end)
+        if start not in rest:
+            missing = [blk for blk in range(start, end) if not any(r.serves(blk) for r in nodes)]
+            raise NoServersForBlocks(missing, snapshot.model_id, 0.0)
+        chain, b = [], start
+        while b < end:
+            previous = chain[-1].peer_id if chain else None
+            options = [(r, e) for r, e in self._candidates(nodes, b, end) if e in rest and r.peer_id != previous]
+            options = options or [(r, e) for r, e in self._candidates(nodes, b, end) if e in rest]
+            record, e = self._pick(options, b, rest, greedy)
+            chain.append(Hop(record.peer_id, b, e))
+            b = e
+        self._remember_backups(chain, nodes, rest)
+        return chain
+
+    def _score(self, record: NodeRecord, b: int, e: int, rest: dict[int, float]) -> float:
+        eta = 1.0 / max(1e-9, self.hop_cost(record, b, e) + rest[e])
+        return self.tau(b, record.peer_id) ** self.params.alpha * eta**self.params.beta
+
+    def _pick(self, options, b: int, rest, greedy: bool):
+        scores = [self._score(r, b, e, rest) for r, e in options]
+        if greedy:
+            best = max(range(len(options)), key=lambda i: (scores[i], options[i][1]))  # ties: fewer hops
+            return options[best]
+        if self.rng.random() < self.params.q0:
+            first, second = self.rng.choices(range(len(options)), weights=scores, k=2)
+            return options[first if scores[first] >= scores[second] else second]
+        return options[self.rng.choices(range(len(options)), weights=scores, k=1)[0]]
+
+    def _remember_backups(self, chain: list[Hop], nodes: list[NodeRecord], rest) -> None:
+        """For each hop, the best chain over its span without its node: the failover plan."""
+        if len(self._backups) > 1024:  # plans of long-gone chains
+            self._backups.clear()
+        for hop in chain:
+            others = [r for r in nodes if r.peer_id != hop.peer_id]
+            sub_rest = self._rest_costs(others, hop.start, hop.end)
+            if hop.start not in sub_rest:
+                continue
+            backup, b = [], hop.start
+            while b < hop.end:
+                r, e = min(
+                    ((r, e) for r, e in self._candidates(others, b, hop.end) if e in sub_rest),
+                    key=lambda re: (self.hop_cost(re[0], b, re[1]) + sub_rest[re[1]], re[0].peer_id),
+                )
+                backup.append(Hop(r.peer_id, b, e))
+                b = e
+            self._backups[hop] = backup
+
+    def backup(self, hop: Hop) -> list[Hop] | None:
+        """The replacement planned for ``hop`` when its chain was chosen (None if there was none)."""
+        return self._backups.get(hop)
+
+    # ---- learning --------------------------------------------------------------------------------
+    def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
+        """A hop answered a step; every K tokens this becomes a backward ant."""
+        self.bans.clear(hop.peer_id)
+        pending = self._pending[hop]
+        pending.tokens += tokens
+        pending.seconds += seconds
+        pending.compute += compute_seconds if compute_seconds is not None else 0.0
+        if pending.tokens >= self.params.reinforce_every:
+            steps = max(1, pending.tokens)
+            self._reinforce(hop, pending.seconds / steps, (pending.compute / steps) if compute_seconds else None)
+            del self._pending[hop]
+
+    def _reinforce(self, hop: Hop, seconds_per_token: float, compute_per_token: float | None) -> None:
+        blocks = hop.end - hop.start
+        estimate = self.estimates[hop.peer_id]
+        decay = self.params.estimate_decay
+        compute = compute_per_token if compute_per_token is not None else seconds_per_token
+        per_block = max(1e-9, compute / blocks)
+        estimate.per_block_s = (
+            per_block if estimate.per_block_s is None else ((1 - decay) * estimate.per_block_s + decay * per_block)
+        )
+        if compute_per_token is not None:
+            delay = max(0.0, seconds_per_token - compute_per_token)
+            estimate.delay_s = delay if estimate.delay_s is None else (1 - decay) * estimate.delay_s + decay * delay
+        estimate.samples += 1
+        if not self.learn:
+            return
+        normalized = seconds_per_token / blocks
+        window = self._boundary_times[hop.start]
+        window.append(normalized)
+        r = min(window) / normalized  # relative to the best recent time at this boundary, in (0, 1]
+        d = self.params.deposit
+        self._set_tau(hop.start, hop.peer_id, (1 - d) * self.tau(hop.start, hop.peer_id) + d * r)
+
+    def boundary_stats(self, boundary: int) -> dict[str, float]:
+        """Mean, variance and best of the recent per-block hop times at ``boundary``."""
+        window = list(self._boundary_times.get(boundary, ()))
+        if not window:
+            return {}
+        return {"mean": statistics.fmean(window), "var": statistics.pvariance(window), "best": min(window)}
+
+    def report_failure(self, hop: Hop, error: BaseException) -> None:
+        """τ → τ_min at every boundary the node was used at, and a ban with backoff."""
+        self.estimates[hop.peer_id].failures += 1
+        for b, peer in list(self._tau):
+            if peer == hop.peer_id:
+                self._set_tau(b, peer, self.params.tau_min)
+        self._set_tau(hop.start, hop.peer_id, self.params.tau_min)
+        self.bans.ban(hop.peer_id)
+        self._pending.pop(hop, None)
+
+    # ---- stigmergy -------------------------------------------------------------------------------
+    def observations(self) -> dict[str, dict]:
+        """What this client measured, to share through the DHT (measurements, never pheromone)."""
+        return {
+            peer: {"per_block_s": e.per_block_s, "delay_s": e.delay_s, "samples": e.samples, "failures": e.failures}
+            for peer, e in self.estimates.items()
+            if e.samples or e.failures
+        }
+
+    def absorb_shared(self, published: dict[str, dict]) -> None:
+        """Blend other clients' observations: per node, the median over publishers (one vote each),
+        clamped to a factor of what we believed before."""
+        per_peer: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for observations in published.values():
+            for peer, obs in observations.items():
+                for name in ("per_block_s", "delay_s"):
+                    value = obs.get(name)
+                    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+                        per_peer[peer][name].append(float(value))
+        shared = {}
+        for peer, values in per_peer.items():
+            estimate = NodeEstimate(samples=sum(1 for _ in values.get("per_block_s", ())))
+            prior = self.estimates.get(peer)
+            for name in ("per_block_s", "delay_s"):
+                if values.get(name):
+                    value = statistics.median(values[name])
+                    anchor = getattr(prior, name) if prior is not None else None
+                    if anchor:
+                        c = self.params.shared_clamp
+                        value = min(anchor * c, max(anchor / c, value))
+                    setattr(estimate, name, value)
+            shared[peer] = estimate
+        self.shared = shared
+
+
+class RandomRouter:
+    """Router policy ``"random"``: a uniformly random node at each boundary, to its span end."""
+
+    def __init__(self, rng: random.Random | None = None, bans: Bans | None = None):
+        self.rng = rng or random.Random()
+        self.bans = bans or Bans()
+
+    def choose_chain(
+        self, snapshot: SwarmSnapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()
+    ) -> list[Hop]:
+        nodes = [r for r in snapshot.live() if r.peer_id not in exclude | self.bans.banned()]
+        chain, b = [], start
+        while b < end:
+            options = [r for r in nodes if r.serves(b)]
+            if not options:
+                missing = [blk for blk in range(b, end) if not any(r.serves(blk) for r in nodes)]
+                raise NoServersForBlocks(missing, snapshot.model_id, 0.0)
+            record = self.rng.choice(options)
+            chain.append(Hop(record.peer_id, b, min(record.end, end)))
+            b = chain[-1].end
+        return chain
+
+    def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
+        self.bans.clear(hop.peer_id)
+
+    def report_failure(self, hop: Hop, error: BaseException) -> None:
+        self.bans.ban(hop.peer_id)

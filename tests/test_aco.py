@@ -1,0 +1,142 @@
+"""The ant-colony selector's rules, pure (no sockets)."""
+
+import math
+import random
+
+import pytest
+
+from swarmnode.errors import NoServersForBlocks
+from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
+from swarmnode.routing import AcoParams, AntColonyRouter, Hop, RandomRouter, shortest_chain
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def node(peer, start, end, rps=100.0, sessions=0):
+    return NodeRecord(peer, NodeState.ONLINE, start, end, inference_rps=rps, active_sessions=sessions)
+
+
+def snap(*records, shared=None):
+    return SwarmSnapshot("m", 8, {r.peer_id: r for r in records}, shared=shared or {})
+
+
+def chain_cost(router, snapshot, chain):
+    return sum(router.hop_cost(snapshot.nodes[h.peer_id], h.start, h.end) for h in chain)
+
+
+def test_constant_tau_and_pure_exploitation_is_shortest_latency_routing():
+    rng = random.Random(5)
+    for _ in range(30):
+        records = []
+        for i in range(rng.randint(3, 9)):
+            start = rng.randrange(0, 7)
+            records.append(node(f"n{i}", start, rng.randint(start + 1, 8), rps=rng.uniform(5, 500)))
+        records += [node("full", 0, 8, rps=rng.uniform(5, 50))]  # always a chain
+        s = snap(*records)
+        router = AntColonyRouter(AcoParams(), use_load=False, hop_overhead_s=1e-3)
+        ours = router.choose_chain(s, 0, 8, greedy=True)
+        reference = shortest_chain(s, 0, 8, hop_overhead_s=1e-3)
+        assert math.isclose(chain_cost(router, s, ours), chain_cost(router, s, reference), rel_tol=1e-9)
+
+
+def test_choice_probabilities_follow_tau_alpha_eta_beta():
+    clock = Clock()
+    router = AntColonyRouter(AcoParams(q0=0.0), rng=random.Random(1), clock=clock, use_load=False)
+    s = snap(node("a", 0, 8, rps=100), node("b", 0, 8, rps=100))  # equal η: τ decides
+    router._set_tau(0, "a", 0.8)
+    router._set_tau(0, "b", 0.2)
+    picks = [router.choose_chain(s, 0, 8)[0].peer_id for _ in range(4000)]
+    assert abs(picks.count("a") / len(picks) - 0.8) < 0.03  # 0.8^1 / (0.8 + 0.2)
+
+
+def test_best_of_two_prefers_but_does_not_herd():
+    s = snap(node("fast", 0, 8, rps=200), node("slow", 0, 8, rps=100))
+
+    def share_of_fast(q0):
+        router = AntColonyRouter(AcoParams(q0=q0), rng=random.Random(2), use_load=False)
+        picks = [router.choose_chain(s, 0, 8)[0].peer_id for _ in range(4000)]
+        return picks.count("fast") / len(picks)
+
+    single, best_of_two = share_of_fast(0.0), share_of_fast(1.0)
+    assert 0.6 < single < best_of_two < 0.97  # prefers the fast node, yet never herds onto it
+
+
+def test_load_term_steers_away_from_busy_nodes():
+    router = AntColonyRouter(AcoParams(load_penalty=0.5))
+    s = snap(node("busy", 0, 8, rps=100, sessions=6), node("idle", 0, 8, rps=100))
+    assert router.choose_chain(s, 0, 8, greedy=True)[0].peer_id == "idle"
+    assert AntColonyRouter(use_load=False).hop_cost(s.nodes["busy"], 0, 8) == pytest.approx(1e-3 + 8 / 100)
+
+
+def test_reinforcement_is_relative_to_the_best_recent_time():
+    router = AntColonyRouter(AcoParams(reinforce_every=4, deposit=0.5), clock=Clock())
+    fast, slow = Hop("fast", 0, 4), Hop("slow", 0, 4)
+    for _ in range(4):
+        router.report_step(fast, 0.004, 1)
+        router.report_step(slow, 0.016, 1)
+    assert router.tau(0, "fast") == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
+    assert router.tau(0, "slow") == pytest.approx(0.5 * 0.5 + 0.5 * 0.25)
+    assert router.boundary_stats(0)["best"] == pytest.approx(0.001)
+
+
+def test_evaporation_returns_to_tau0_over_wall_time():
+    clock = Clock()
+    router = AntColonyRouter(AcoParams(half_life_s=10), clock=clock)
+    router._set_tau(0, "x", 1.0)
+    clock.now += 10
+    assert router.tau(0, "x") == pytest.approx(0.75)
+    clock.now += 1000
+    assert router.tau(0, "x") == pytest.approx(0.5, abs=1e-6)
+
+
+def test_tau_stays_within_bounds():
+    router = AntColonyRouter(AcoParams(tau_min=0.1, tau_max=0.9), clock=Clock())
+    router._set_tau(0, "x", 5.0)
+    router._set_tau(1, "x", -3.0)
+    assert router.tau(0, "x") == pytest.approx(0.9) and router.tau(1, "x") == pytest.approx(0.1)
+
+
+def test_failure_drops_tau_bans_with_backoff_and_plans_backups():
+    clock = Clock()
+    router = AntColonyRouter(AcoParams(), clock=clock)
+    s = snap(node("a", 0, 4, rps=1000), node("b", 4, 8, rps=1000), node("b2", 4, 8, rps=100), node("c", 0, 8))
+    chain = router.choose_chain(s, 0, 8, greedy=True)
+    assert [h.peer_id for h in chain] == ["a", "b"]
+    assert router.backup(chain[1]) == [Hop("b2", 4, 8)]
+    router.report_failure(chain[1], RuntimeError("gone"))
+    assert router.tau(4, "b") == pytest.approx(AcoParams().tau_min)
+    assert "b" in router.bans.banned()
+    assert all(h.peer_id != "b" for h in router.choose_chain(s, 0, 8, greedy=True))
+    clock.now += 2.5  # first ban: 2 s
+    assert "b" not in router.bans.banned()
+    router.report_failure(chain[1], RuntimeError("again"))
+    clock.now += 2.5
+    assert "b" in router.bans.banned()  # second ban: 4 s
+
+
+def test_shared_observations_are_aggregated_robustly():
+    router = AntColonyRouter()
+    record = node("x", 0, 8, rps=100)  # advertised 10 ms per block
+    honest = {"per_block_s": 0.02, "delay_s": 0.001, "samples": 5, "failures": 0}
+    shared = {f"client{i}": {"x": honest} for i in range(4)}
+    shared["liar"] = {"x": {"per_block_s": 1e6, "delay_s": 1e6, "samples": 10**9, "failures": 0}}
+    router.absorb_shared(shared)
+    assert router.per_block_s(record) == pytest.approx(0.02)  # the median ignores the absurd publisher
+    router.absorb_shared({"liar": {"x": {"per_block_s": 1e6}}, "junk": {"x": {"per_block_s": "fast"}}})
+    router.estimates["x"].per_block_s, router.estimates["x"].samples = 0.01, 50
+    router.absorb_shared({"liar": {"x": {"per_block_s": 1e6}}})
+    assert router.per_block_s(record) < 0.01 * 2  # clamped, and weighed against our own 50 samples
+
+
+def test_no_servers_and_random_policy():
+    with pytest.raises(NoServersForBlocks) as info:
+        AntColonyRouter().choose_chain(snap(node("a", 0, 3)), 0, 8)
+    assert info.value.blocks == [3, 4, 5, 6, 7]
+    chain = RandomRouter(random.Random(0)).choose_chain(snap(node("a", 0, 5), node("b", 3, 8)), 0, 8)
+    assert chain[0] == Hop("a", 0, 5) and chain[-1].end == 8
