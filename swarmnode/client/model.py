@@ -31,6 +31,7 @@ from swarmnode.records import model_id_from_name, observations_key, validate_mod
 from swarmnode.routing import Hop, make_router
 
 logger = logging.getLogger(__name__)
+SHARED_TTL_S = 60.0  # shared observations outlive a client briefly, so later clients still benefit
 
 
 class RemoteBlocks:
@@ -54,7 +55,7 @@ class RemoteBlocks:
         if measured:
             item = (observations_key(self.model_id), self.client_id, measured)
             try:
-                await store_records(self.connection.dht, [item], ttl=3 * self.config.share_period)
+                await store_records(self.connection.dht, [item], ttl=max(SHARED_TTL_S, 3 * self.config.share_period))
             except Exception as e:  # noqa: BLE001 - sharing is best effort
                 logger.debug("could not share observations: %s", e)
 

@@ -1,0 +1,59 @@
+"""The ant-colony selector in a live swarm: it learns to avoid a slow node, and a client
+started later avoids it from its first sessions by reading the first client's shared
+observations from the DHT."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from swarmnode import DistributedModelForCausalLM
+from swarmnode.launcher import LocalSwarm
+
+pytestmark = pytest.mark.swarm
+
+
+def test_sessions_avoid_a_slow_node_and_a_new_client_learns_it_from_the_dht(tmp_path, llama_path):
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        nodes = [
+            swarm.start_node(llama_path, "0:4", wait=False),
+            swarm.start_node(llama_path, "4:8", wait=False, name="fast"),
+            swarm.start_node(llama_path, "4:8", "--debug-step-delay-ms", "40", wait=False, name="slow"),
+        ]
+        for node in nodes:
+            swarm.wait_online(node)
+        slow = nodes[2].info["peer_id"]
+
+        with DistributedModelForCausalLM.from_pretrained(
+            llama_path, initial_peers=swarm.initial_peers, share_period=0.5
+        ) as model:
+            assert model.client_config.routing == "aco"
+
+            def session_tail(i):
+                with model.inference_session(max_length=24) as session:
+                    model.generate(torch.tensor([[5 + i, 6, 7, 8]]), max_new_tokens=12, session=session)
+                    return session.chain[-1].peer_id
+
+            warmup = [session_tail(i) for i in range(8)]
+            later = [session_tail(i) for i in range(20)]
+            avoided = sum(peer != slow for peer in later) / len(later)
+            print(f"warm-up tails on the slow node: {warmup.count(slow)}/8; later sessions avoiding it: {avoided:.0%}")
+            assert avoided >= 0.8
+            model.connection.run(model.remote.find_chain())  # publishes the observations (share_period passed)
+
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("routing_client.py")), llama_path, "5", *swarm.initial_peers],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        print(out.stderr.strip().splitlines()[-1])
+        chains = json.loads(out.stdout.strip().splitlines()[-1])
+        first_sessions_avoiding = sum(slow not in chain for chain in chains)
+        print(f"second client, first 5 sessions avoiding the slow node: {first_sessions_avoiding}/5")
+        assert first_sessions_avoiding >= 4
