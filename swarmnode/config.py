@@ -84,7 +84,7 @@ class ClientConfig:
     share_period: float = 5.0  # seconds between publications of our routing observations
     # Ant-colony parameters (see swarmnode.routing.aco.AcoParams for what each does and why).
     aco_alpha: float = 1.0
-    aco_beta: float = 2.0
+    aco_beta: float = 6.0
     aco_q0: float = 0.9
     aco_tau0: float = 0.5
     aco_tau_min: float = 0.05

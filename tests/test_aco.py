@@ -59,7 +59,7 @@ def test_best_of_two_prefers_but_does_not_herd():
     s = snap(node("fast", 0, 8, rps=200), node("slow", 0, 8, rps=100))
 
     def share_of_fast(q0):
-        router = AntColonyRouter(AcoParams(q0=q0), rng=random.Random(2), use_load=False)
+        router = AntColonyRouter(AcoParams(q0=q0, beta=2.0), rng=random.Random(2), use_load=False)
         picks = [router.choose_chain(s, 0, 8)[0].peer_id for _ in range(4000)]
         return picks.count("fast") / len(picks)
 

@@ -46,7 +46,7 @@ class AcoParams:
     """Selector parameters; every one is also a ClientConfig field (``aco_<name>``)."""
 
     alpha: float = 1.0  # weight of pheromone: learned experience
-    beta: float = 2.0  # weight of the latency heuristic: it is usually right, so it dominates
+    beta: float = 6.0  # weight of the latency heuristic: sharp, so exploring costs little at low load (sim)
     q0: float = 0.9  # probability of a best-of-two draw; 1 - q0 explores with a single draw
     tau0: float = 0.5  # neutral pheromone: new and recovered nodes start here
     tau_min: float = 0.05  # MAX-MIN bounds keep every node choosable, none dominant forever
@@ -92,18 +92,21 @@ class AntColonyRouter:
         clock: Callable[[], float] = time.monotonic,
         bans: Bans | None = None,
         hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S,
+        pings: dict[str, float] | None = None,
     ):
         self.params, self.learn, self.use_load, self.use_sharing = params, learn, use_load, use_sharing
         self.rng = rng or random.Random()
         self.clock = clock
         self.bans = bans or Bans(clock=clock)
         self.hop_overhead_s = hop_overhead_s
+        self.pings = pings if pings is not None else {}  # peer → measured round trip, before any step
         self.estimates: dict[str, NodeEstimate] = defaultdict(NodeEstimate)
         self.shared: dict[str, NodeEstimate] = {}  # blended from other clients' observations
         self._tau: dict[tuple[int, str], tuple[float, float]] = {}  # (b, peer) → (τ, time of last update)
         self._boundary_times: dict[int, deque] = defaultdict(lambda: deque(maxlen=params.best_window))
         self._pending: dict[Hop, _Pending] = defaultdict(_Pending)
         self._backups: dict[Hop, list[Hop]] = {}
+        self._last_choice: tuple[list[Hop], list[NodeRecord]] | None = None
 
     # ---- pheromone -------------------------------------------------------------------------------
     def tau(self, boundary: int, peer_id: str) -> float:
@@ -130,6 +133,8 @@ class AntColonyRouter:
         own = self.estimates.get(record.peer_id)
         if own is not None and own.delay_s is not None:
             return own.delay_s
+        if record.peer_id in self.pings:
+            return self.pings[record.peer_id]
         shared = self.shared.get(record.peer_id)
         return shared.delay_s if shared is not None and shared.delay_s is not None else self.hop_overhead_s
 
@@ -189,7 +194,7 @@ class AntColonyRouter:
             record, e = self._pick(options, b, rest, greedy)
             chain.append(Hop(record.peer_id, b, e))
             b = e
-        self._remember_backups(chain, nodes, rest)
+        self._last_choice = (chain, nodes)
         return chain
 
     def _score(self, record: NodeRecord, b: int, e: int, rest: dict[int, float]) -> float:
@@ -206,7 +211,7 @@ class AntColonyRouter:
             return options[first if scores[first] >= scores[second] else second]
         return options[self.rng.choices(range(len(options)), weights=scores, k=1)[0]]
 
-    def _remember_backups(self, chain: list[Hop], nodes: list[NodeRecord], rest) -> None:
+    def _remember_backups(self, chain: list[Hop], nodes: list[NodeRecord]) -> None:
         """For each hop, the best chain over its span without its node: the failover plan."""
         if len(self._backups) > 1024:  # plans of long-gone chains
             self._backups.clear()
@@ -226,7 +231,10 @@ class AntColonyRouter:
             self._backups[hop] = backup
 
     def backup(self, hop: Hop) -> list[Hop] | None:
-        """The replacement planned for ``hop`` when its chain was chosen (None if there was none)."""
+        """The replacement for ``hop`` planned from what was known when its chain was chosen
+        (None if there was none). Planned on first request: most hops never fail."""
+        if hop not in self._backups and self._last_choice is not None and hop in self._last_choice[0]:
+            self._remember_backups(self._last_choice[0], self._last_choice[1])
         return self._backups.get(hop)
 
     # ---- learning --------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def shortest_chain(
     end: int,
     exclude: frozenset[str] = frozenset(),
     hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S,
+    pings: dict[str, float] | None = None,
 ) -> list[Hop]:
     """The chain over [start, end) with the least estimated latency (ties: fewer hops, then peer id)."""
     nodes = [r for r in snapshot.live() if r.peer_id not in exclude]
@@ -67,8 +68,9 @@ def shortest_chain(
             if not record.serves(b):
                 continue
             per_block = 1.0 / max(record.inference_rps, MIN_RPS)
+            delay = (pings or {}).get(record.peer_id, hop_overhead_s)
             for e in range(b + 1, min(record.end, end) + 1):
-                candidate = (cost + hop_overhead_s + (e - b) * per_block, hops + 1)
+                candidate = (cost + delay + (e - b) * per_block, hops + 1)
                 if candidate < best.get(e, (float("inf"), 0)):
                     best[e] = candidate
                     came_from[e] = Hop(record.peer_id, b, e)
@@ -88,14 +90,17 @@ def shortest_chain(
 class ShortestPathRouter:
     """Router policy ``"shortest"``: Dijkstra over advertised throughput, skipping banned nodes."""
 
-    def __init__(self, hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S, bans: Bans | None = None):
+    def __init__(
+        self, hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S, bans: Bans | None = None, pings: dict | None = None
+    ):
         self.hop_overhead_s = hop_overhead_s
         self.bans = bans or Bans()
+        self.pings = pings if pings is not None else {}  # peer → measured round trip, seconds
 
     def choose_chain(
         self, snapshot: SwarmSnapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()
     ) -> list[Hop]:
-        return shortest_chain(snapshot, start, end, exclude | self.bans.banned(), self.hop_overhead_s)
+        return shortest_chain(snapshot, start, end, exclude | self.bans.banned(), self.hop_overhead_s, self.pings)
 
     def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
         self.bans.clear(hop.peer_id)

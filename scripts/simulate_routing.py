@@ -1,0 +1,384 @@
+"""Discrete-event simulation of the routing policies, driving the real swarmnode.routing code.
+
+A swarm of 20-40 nodes over 32-64 blocks, spans placed by the real ``--blocks auto`` code
+(``swarmnode.server.block_selection``), per-block speeds 1:2:6, client-node round trips of
+5-250 ms, FIFO service at every node (so latency grows with concurrent sessions), sessions
+arriving as a Poisson process from several clients, each client with its own router.
+Scenarios: ``static-low``, ``contention``, ``gray`` (a popular node becomes 5x slower without
+any error), ``churn`` (crashes and rejoins; a dead node stays advertised ONLINE until gossip
+declares it dead, 3 s later). Seeds use common random numbers: every policy sees the same
+swarm, arrivals and faults.
+
+    python scripts/simulate_routing.py --scenario contention --seeds 10 --json out.json
+    python scripts/simulate_routing.py --sweep --seeds 5 --plot docs/routing_p95.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import statistics
+from dataclasses import dataclass, field
+
+from swarmnode.errors import NoServersForBlocks
+from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
+from swarmnode.routing import AcoParams, AntColonyRouter, Bans, Hop, RandomRouter, ShortestPathRouter
+from swarmnode.server.block_selection import choose_span, served_throughput
+
+POLICIES = ("aco", "shortest", "shortest_load", "random", "aco-noshare", "aco-noload")
+ACO_OVERRIDES: dict[str, float] = {}  # --aco name=value, for exploring parameters
+SCENARIOS = {
+    "static-low": dict(load=0.2),
+    "contention": dict(load=0.75),
+    "gray": dict(load=0.4, gray_at=40.0),
+    "churn": dict(load=0.4, churn=True),
+}
+BASE_PER_BLOCK_S = 0.01  # a fast consumer GPU on a 70B-class block; slower nodes are 2x and 6x
+TOKENS, PROMPT = 32, 8
+CLIENTS = 6
+DURATION_S = 120.0
+REFRESH_S = 2.0  # how often a client re-reads the DHT (records, shared observations)
+DETECT_S = 3.0  # gossip: a crashed node is declared dead this long after the crash
+PREFILL_SPEEDUP = 4.0  # a prompt token costs this much less than a decoding step
+
+
+@dataclass
+class SimNode:
+    peer_id: str
+    start: int
+    end: int
+    per_block_s: float
+    advertised_rps: float
+    delay_s: float
+    alive: bool = True
+    died_at: float = -1.0
+    busy_until: float = 0.0
+    busy_s: float = 0.0
+    sessions: int = 0
+
+
+@dataclass
+class Session:
+    sid: int
+    client: int
+    began: float
+    chain: list[Hop] = field(default_factory=list)
+    history_tokens: dict[int, int] = field(default_factory=dict)  # hop start → tokens it holds
+    step: int = 0
+    hop_index: int = 0
+    step_began: float = 0.0
+    last_token_at: float = 0.0
+    stalled_since: float | None = None
+
+
+class Simulation:
+    def __init__(self, scenario: str, policy: str, seed: int, load: float | None = None, duration: float = DURATION_S):
+        self.scenario, self.policy, self.seed, self.duration = scenario, policy, seed, duration
+        self.cfg = dict(SCENARIOS[scenario])
+        if load is not None:
+            self.cfg["load"] = load
+        self.now = 0.0
+        self.events: list = []
+        self._seq = 0
+        self.board: dict[str, dict] = {}  # clients' shared observations, as the DHT would hold them
+        world = random.Random(seed)  # common random numbers: the same for every policy
+        self.nodes = self._build_swarm(world)
+        self.arrivals = random.Random(seed * 7919 + 1)
+        self.faults = random.Random(seed * 7919 + 2)
+        self.routers = [self._router(random.Random(seed * 1000 + c)) for c in range(CLIENTS)]
+        self.snapshots: list[SwarmSnapshot | None] = [None] * CLIENTS
+        self.token_latencies: list[float] = []
+        self.stalls: list[float] = []
+        self.tokens = 0
+        self.session_log: list[tuple[float, list[str]]] = []
+        self.gray_peer: str | None = None
+        capacity = sum(1 / n.per_block_s for n in self.nodes) / self.num_blocks  # tokens/s, perfect balance
+        self.rate = self.cfg["load"] * capacity / (TOKENS + PROMPT / PREFILL_SPEEDUP)
+
+    # ---- world --------------------------------------------------------------------------------
+    def _build_swarm(self, rng: random.Random) -> list[SimNode]:
+        n, self.num_blocks = rng.randint(20, 40), rng.randint(32, 64)
+        nodes: list[SimNode] = []
+        while len(nodes) < n or self._uncovered(nodes):
+            per_block = BASE_PER_BLOCK_S * rng.choice((1, 2, 6))
+            count = min(self.num_blocks, rng.randint(4, 12))
+            snapshot = self._snapshot_of(nodes, 0.0, dead_after=None)
+            start, end = choose_span(served_throughput(snapshot), count)
+            nodes.append(SimNode(f"n{len(nodes):02d}", start, end, per_block, 1 / per_block, rng.uniform(0.005, 0.25)))
+        return nodes
+
+    def _uncovered(self, nodes: list[SimNode]) -> bool:
+        return any(not any(x.start <= b < x.end for x in nodes) for b in range(self.num_blocks))
+
+    def _snapshot_of(self, nodes, now: float, dead_after: float | None = DETECT_S) -> SwarmSnapshot:
+        records = {}
+        for x in nodes:
+            visible = x.alive or (dead_after is not None and now - x.died_at < dead_after)
+            if visible:
+                records[x.peer_id] = NodeRecord(
+                    x.peer_id,
+                    NodeState.ONLINE,
+                    x.start,
+                    x.end,
+                    inference_rps=x.advertised_rps,
+                    active_sessions=x.sessions,
+                )
+        shared = self.board if self.policy not in ("aco-noshare",) else {}
+        return SwarmSnapshot("sim", self.num_blocks, records, shared=dict(shared))
+
+    def _router(self, rng: random.Random):
+        clock = lambda: self.now  # noqa: E731 - the routers run on simulated time
+        pings = {x.peer_id: x.delay_s for x in self.nodes}  # every policy knows the round trips
+        if self.policy == "shortest":
+            return ShortestPathRouter(bans=Bans(clock=clock), pings=pings)
+        if self.policy == "random":
+            return RandomRouter(rng, bans=Bans(clock=clock))
+        if self.policy == "shortest_load":
+            return AntColonyRouter(AcoParams(), learn=False, use_sharing=False, rng=rng, clock=clock, pings=pings)
+        return AntColonyRouter(
+            AcoParams(**ACO_OVERRIDES),
+            rng=rng,
+            clock=clock,
+            pings=pings,
+            use_load=self.policy != "aco-noload",
+            use_sharing=self.policy != "aco-noshare",
+        )
+
+    # ---- event loop ---------------------------------------------------------------------------
+    def at(self, t: float, fn, *args) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, self._seq, fn, args))
+
+    def run(self) -> dict:
+        self.at(self.arrivals.expovariate(self.rate), self.arrive)
+        for c in range(CLIENTS):
+            self.at(0.0, self.refresh, c)
+        if "gray_at" in self.cfg:
+            self.at(self.cfg["gray_at"], self.gray)
+        if self.cfg.get("churn"):
+            self.at(self.faults.uniform(5, 15), self.crash)
+        while self.events:
+            t, _, fn, args = heapq.heappop(self.events)
+            if t > self.duration:
+                break
+            self.now = t
+            fn(*args)
+        return self.metrics()
+
+    def refresh(self, client: int) -> None:
+        router = self.routers[client]
+        if hasattr(router, "observations"):
+            self.board[f"c{client}"] = router.observations()
+        self.snapshots[client] = self._snapshot_of(self.nodes, self.now)
+        self.at(self.now + REFRESH_S, self.refresh, client)
+
+    def arrive(self) -> None:
+        session = Session(len(self.session_log), self.arrivals.randrange(CLIENTS), self.now)
+        self.at(self.now + self.arrivals.expovariate(self.rate), self.arrive)
+        self.start_session(session)
+
+    def start_session(self, session: Session) -> None:
+        try:
+            session.chain = self.routers[session.client].choose_chain(
+                self.snapshots[session.client], 0, self.num_blocks
+            )
+        except NoServersForBlocks:
+            self.at(self.now + 1.0, self.start_session, session)
+            return
+        self.session_log.append((self.now, [h.peer_id for h in session.chain]))
+        for hop in session.chain:
+            self.node(hop.peer_id).sessions += 1
+        session.step_began = session.last_token_at = self.now
+        self.send(session)
+
+    def node(self, peer_id: str) -> SimNode:
+        return self.nodes[int(peer_id[1:])]
+
+    # ---- one hop of one step --------------------------------------------------------------------
+    def step_tokens(self, session: Session) -> int:
+        return PROMPT if session.step == 0 else 1
+
+    def send(self, session: Session) -> None:
+        hop = session.chain[session.hop_index]
+        x = self.node(hop.peer_id)
+        self.at(self.now + x.delay_s / 2, self.reach, session, hop, self.now)
+
+    def reach(self, session: Session, hop: Hop, sent_at: float) -> None:
+        x = self.node(hop.peer_id)
+        if not x.alive:  # the connection is refused: the client learns after the way back
+            self.at(self.now + x.delay_s / 2, self.failed, session, hop)
+            return
+        tokens = self.step_tokens(session)
+        replay = session.history_tokens.get(-hop.start - 1, 0)  # tokens to rebuild after a failover
+        work = (tokens if session.step > 0 else tokens / PREFILL_SPEEDUP) + replay / PREFILL_SPEEDUP
+        service = work * (hop.end - hop.start) * x.per_block_s
+        begin = max(self.now, x.busy_until)
+        x.busy_until = begin + service
+        x.busy_s += service
+        session.history_tokens.pop(-hop.start - 1, None)
+        self.at(x.busy_until + x.delay_s / 2, self.answered, session, hop, sent_at, service)
+
+    def answered(self, session: Session, hop: Hop, sent_at: float, service: float) -> None:
+        if session.chain[session.hop_index] != hop:
+            return
+        tokens = self.step_tokens(session)
+        self.routers[session.client].report_step(hop, self.now - sent_at, tokens, service)
+        session.hop_index += 1
+        if session.hop_index < len(session.chain):
+            self.send(session)
+            return
+        if session.step > 0:
+            self.token_latencies.append(self.now - session.step_began)
+        if session.stalled_since is not None:
+            self.stalls.append(self.now - session.stalled_since)
+            session.stalled_since = None
+        self.tokens += tokens if session.step > 0 else 0
+        session.step += 1
+        session.hop_index = 0
+        session.step_began = session.last_token_at = self.now
+        if session.step > TOKENS:
+            for h in session.chain:
+                self.node(h.peer_id).sessions -= 1
+            return
+        self.send(session)
+
+    def failed(self, session: Session, hop: Hop) -> None:
+        router = self.routers[session.client]
+        router.report_failure(hop, ConnectionError("refused"))
+        if session.stalled_since is None:
+            session.stalled_since = session.last_token_at
+        self.node(hop.peer_id).sessions -= 1
+        planned = getattr(router, "backup", lambda h: None)(hop)
+        replacement = planned if planned and all(self.node(h.peer_id).alive or True for h in planned) else None
+        if replacement is None:
+            try:
+                replacement = router.choose_chain(
+                    self.snapshots[session.client], hop.start, hop.end, exclude=frozenset({hop.peer_id})
+                )
+            except NoServersForBlocks:
+                self.node(hop.peer_id).sessions += 1
+                self.at(self.now + 1.0, self.failed, session, hop)
+                return
+        index = session.chain.index(hop)
+        session.chain[index : index + 1] = replacement
+        held = PROMPT + max(0, session.step - 1)
+        for h in replacement:
+            self.node(h.peer_id).sessions += 1
+            session.history_tokens[-h.start - 1] = held
+        self.send(session)
+
+    # ---- faults -----------------------------------------------------------------------------------
+    def gray(self) -> None:
+        """A fast node whose blocks others also serve (so it can be avoided) turns 5x slower,
+        with no error and the same advertised throughput. Chosen by the world's random stream,
+        so every policy faces the same node."""
+
+        def replaceable(x):
+            return all(any(y is not x and y.start <= b < y.end for y in self.nodes) for b in range(x.start, x.end))
+
+        candidates = [x for x in self.nodes if replaceable(x) and x.per_block_s == BASE_PER_BLOCK_S]
+        victim = self.faults.choice(sorted(candidates or self.nodes, key=lambda x: x.peer_id))
+        self.gray_peer = victim.peer_id
+        victim.per_block_s *= 5
+
+    def crash(self) -> None:
+        alive = [x for x in self.nodes if x.alive]
+        victim = self.faults.choice(alive)
+        victim.alive, victim.died_at = False, self.now
+        victim.busy_until = self.now
+        self.at(self.now + self.faults.uniform(10, 20), self.rejoin, victim)
+        self.at(self.now + self.faults.uniform(5, 15), self.crash)
+
+    def rejoin(self, x: SimNode) -> None:
+        x.alive, x.sessions = True, 0
+
+    # ---- results -------------------------------------------------------------------------------
+    def metrics(self) -> dict:
+        lat = sorted(self.token_latencies)
+        busy = [x.busy_s / self.duration for x in self.nodes]
+        jain = sum(busy) ** 2 / (len(busy) * sum(b * b for b in busy)) if any(busy) else 0.0
+        result = {
+            "mean_ms": 1000 * statistics.fmean(lat) if lat else math.nan,
+            "p50_ms": 1000 * lat[len(lat) // 2] if lat else math.nan,
+            "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))] if lat else math.nan,
+            "recovery_s": statistics.fmean(self.stalls) if self.stalls else 0.0,
+            "failovers": len(self.stalls),
+            "jain": jain,
+            "tokens_per_s": self.tokens / self.duration,
+            "offered_load": self.cfg["load"],
+        }
+        if self.gray_peer is not None:
+            after = [chain for t, chain in self.session_log if self.cfg["gray_at"] + 30 <= t]
+            before = [chain for t, chain in self.session_log if self.cfg["gray_at"] - 30 <= t < self.cfg["gray_at"]]
+            result["gray_share_before"] = sum(self.gray_peer in c for c in before) / max(1, len(before))
+            result["gray_share_after_30s"] = sum(self.gray_peer in c for c in after) / max(1, len(after))
+        return result
+
+
+def summarize(runs: list[dict]) -> dict:
+    keys = runs[0].keys()
+    return {k: statistics.fmean(r[k] for r in runs if not math.isnan(r[k])) for k in keys}
+
+
+def run_scenario(scenario: str, seeds: int, policies=POLICIES, load: float | None = None) -> dict:
+    return {p: summarize([Simulation(scenario, p, s, load).run() for s in range(seeds)]) for p in policies}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="contention")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--json", default=None, help="write the per-policy results here")
+    parser.add_argument("--sweep", action="store_true", help="p95 latency against offered load")
+    parser.add_argument("--plot", default=None, help="with --sweep: write a PNG plot here")
+    parser.add_argument("--aco", nargs="*", default=[], help="override AcoParams for aco*, e.g. q0=0.8")
+    parser.add_argument("--policies", nargs="*", default=list(POLICIES))
+    args = parser.parse_args()
+    for item in args.aco:
+        name, value = item.split("=")
+        ACO_OVERRIDES[name] = type(getattr(AcoParams(), name))(value)
+    if args.sweep:
+        loads = (0.1, 0.3, 0.5, 0.7, 0.85)
+        results = {str(load): run_scenario("contention", args.seeds, load=load) for load in loads}
+        for load, per_policy in results.items():
+            print(load, {p: round(v["p95_ms"], 1) for p, v in per_policy.items()})
+        if args.plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            for policy in POLICIES:
+                plt.plot(loads, [results[str(x)][policy]["p95_ms"] for x in loads], marker="o", label=policy)
+            plt.xlabel("offered load (fraction of the swarm's ideal capacity)")
+            plt.ylabel("p95 per-token latency (ms)")
+            plt.yscale("log")
+            plt.legend()
+            plt.title(f"Routing policies, {args.seeds} seeds each")
+            plt.savefig(args.plot, dpi=120, bbox_inches="tight")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
+        return
+    results = run_scenario(args.scenario, args.seeds, policies=args.policies)
+    print(f"scenario {args.scenario}, {args.seeds} seeds (means over seeds)")
+    for policy, m in results.items():
+        extra = (
+            f"  gray share before {m['gray_share_before']:.0%} after 30 s {m['gray_share_after_30s']:.0%}"
+            if ("gray_share_after_30s" in m)
+            else ""
+        )
+        print(
+            f"{policy:14s} mean {m['mean_ms']:8.1f} ms  p50 {m['p50_ms']:8.1f}  p95 {m['p95_ms']:8.1f}  "
+            f"recovery {m['recovery_s']:.2f} s  jain {m['jain']:.2f}  {m['tokens_per_s']:.1f} tok/s{extra}"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"scenario": args.scenario, "seeds": args.seeds, "policies": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
