@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -20,6 +23,19 @@ def llama_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def opt_path(tmp_path_factory) -> str:
     return str(tiny_checkpoint("tiny-opt", root=tmp_path_factory.mktemp("ckpt") / "tiny-opt"))
+
+
+def status_cli(peers) -> dict:
+    """``swarmnode status --json`` run as a user would; the report of the swarm's only model."""
+    out = subprocess.run(
+        [sys.executable, "-m", "swarmnode.cli", "status", "--initial-peers", *peers, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    (model,) = json.loads(out.stdout)["models"]
+    return model
 
 
 def start_swarm(workdir, model_path: str, spans: tuple[str, ...]) -> LocalSwarm:

@@ -1,10 +1,7 @@
 """Gossip membership with real processes: a SIGKILLed node is marked dead by every survivor
 within 5 s, and `swarmnode status` shows it dead long before its record would expire."""
 
-import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -14,6 +11,7 @@ from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig
 from swarmnode.launcher import LocalSwarm
 from swarmnode.net.protocol import read_response
+from tests.conftest import status_cli
 
 pytestmark = pytest.mark.swarm
 
@@ -68,13 +66,6 @@ def test_sigkilled_node_is_declared_dead_everywhere_within_5s(tmp_path, llama_pa
         finally:
             connection.close()
 
-        out = subprocess.run(
-            [sys.executable, "-m", "swarmnode.cli", "status", "--initial-peers", *swarm.initial_peers, "--json"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert out.returncode == 0, out.stderr
-        states = {n["peer_id"]: n["state"] for n in json.loads(out.stdout)["models"][0]["nodes"]}
+        states = {n["peer_id"]: n["state"] for n in status_cli(swarm.initial_peers)["nodes"]}
         assert states[victim_id] == "DEAD"
         assert sorted(states.values()) == ["DEAD", "ONLINE", "ONLINE", "ONLINE"]

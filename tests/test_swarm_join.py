@@ -1,10 +1,7 @@
 """Joining and leaving: --blocks auto placement, bounded NoServersForBlocks, partial loading
 as a running node reports it, SIGTERM leaving cleanly, stable bootstrap identities."""
 
-import json
 import signal
-import subprocess
-import sys
 import time
 
 import psutil
@@ -16,20 +13,10 @@ from swarmnode.errors import NoServersForBlocks
 from swarmnode.launcher import LocalSwarm
 from swarmnode.models import block_parameter_count, load_model_spec
 from swarmnode.net.protocol import read_response
+from tests.conftest import status_cli
 
 pytestmark = pytest.mark.swarm
 CACHE_TOKENS = 256
-
-
-def status(peers):
-    out = subprocess.run(
-        [sys.executable, "-m", "swarmnode.cli", "status", "--initial-peers", *peers, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)["models"][0]
 
 
 def test_auto_blocks_cover_the_model_and_sigterm_leaves_cleanly(tmp_path, llama_path):
@@ -71,7 +58,7 @@ def test_auto_blocks_cover_the_model_and_sigterm_leaves_cleanly(tmp_path, llama_
         assert first.popen.wait(timeout=30) == 0
         time.sleep(1)
         assert not [p for p in helpers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        report = status(swarm.initial_peers)
+        report = status_cli(swarm.initial_peers)
         states = {(n["start"], n["end"]): n["state"] for n in report["nodes"]}
         assert states.get((0, 3)) in (None, "OFFLINE")
         assert report["gaps"] == [[0, 3]]

@@ -1,7 +1,6 @@
 """A real swarm on 127.0.0.1: bootstrap + 3 nodes serving [0:3], [3:6], [6:8] of an 8-block
 Llama-like checkpoint with grouped-query attention."""
 
-import json
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from swarmnode.errors import SessionLengthExceeded
+from tests.conftest import status_cli
 
 pytestmark = pytest.mark.swarm
 PROMPT = torch.tensor([[72, 101, 108, 108, 111, 44, 32, 98, 101, 101, 115]])
@@ -82,15 +82,7 @@ def test_session_beyond_max_length_is_a_clear_error(model):
 
 
 def test_status_cli_lists_nodes_and_no_gaps(llama_swarm):
-    out = subprocess.run(
-        [sys.executable, "-m", "swarmnode.cli", "status", "--initial-peers", *llama_swarm.initial_peers, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout)
-    (model,) = report["models"]
+    model = status_cli(llama_swarm.initial_peers)
     assert model["num_blocks"] == 8 and model["gaps"] == [] and model["family"] == "llama"
     assert sorted((n["start"], n["end"], n["state"]) for n in model["nodes"]) == [
         (0, 3, "ONLINE"),
