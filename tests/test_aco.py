@@ -140,3 +140,20 @@ def test_no_servers_and_random_policy():
     assert info.value.blocks == [3, 4, 5, 6, 7]
     chain = RandomRouter(random.Random(0)).choose_chain(snap(node("a", 0, 5), node("b", 3, 8)), 0, 8)
     assert chain[0] == Hop("a", 0, 5) and chain[-1].end == 8
+
+
+def test_prompt_steps_do_not_feed_the_ants():
+    router = AntColonyRouter(AcoParams(reinforce_every=2), clock=Clock())
+    hop = Hop("x", 0, 4)
+    router.report_step(hop, 0.010, 64, compute_seconds=0.008)  # a 64-token prompt: not a decoding step
+    assert "x" not in router.estimates and router.boundary_stats(0) == {}
+    router.report_step(hop, 0.010, 1, compute_seconds=0.008)
+    router.report_step(hop, 0.010, 1, compute_seconds=0.008)
+    assert router.estimates["x"].per_block_s == pytest.approx(0.002)
+    assert router.estimates["x"].delay_s == pytest.approx(0.002)
+
+
+def test_the_frozen_variant_does_not_learn():
+    router = AntColonyRouter(AcoParams(reinforce_every=1), learn=False, clock=Clock())
+    router.report_step(Hop("x", 0, 4), 1.0, 1, compute_seconds=0.9)
+    assert "x" not in router.estimates and router.tau(0, "x") == pytest.approx(AcoParams().tau0)

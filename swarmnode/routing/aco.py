@@ -41,6 +41,9 @@ from swarmnode.routing.base import Hop
 from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, Bans
 
 
+DECODE_TOKENS = 4  # steps with at most this many new tokens count as decoding steps
+
+
 @dataclass(frozen=True)
 class AcoParams:
     """Selector parameters; every one is also a ClientConfig field (``aco_<name>``)."""
@@ -239,8 +242,14 @@ class AntColonyRouter:
 
     # ---- learning --------------------------------------------------------------------------------
     def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
-        """A hop answered a step; every K tokens this becomes a backward ant."""
+        """A hop answered a step; every K decoding steps become a backward ant.
+
+        Prompt steps (many tokens at once) are not learned from: their time per token says
+        little about decoding, and mixing them in would make a node look several times faster.
+        """
         self.bans.clear(hop.peer_id)
+        if tokens > DECODE_TOKENS or not self.learn:  # the frozen variant routes on advertised numbers only
+            return
         pending = self._pending[hop]
         pending.tokens += tokens
         pending.seconds += seconds
@@ -263,8 +272,6 @@ class AntColonyRouter:
             delay = max(0.0, seconds_per_token - compute_per_token)
             estimate.delay_s = delay if estimate.delay_s is None else (1 - decay) * estimate.delay_s + decay * delay
         estimate.samples += 1
-        if not self.learn:
-            return
         normalized = seconds_per_token / blocks
         window = self._boundary_times[hop.start]
         window.append(normalized)
