@@ -40,7 +40,6 @@ from swarmnode.records import NodeRecord, SwarmSnapshot
 from swarmnode.routing.base import Hop
 from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, Bans
 
-
 DECODE_TOKENS = 4  # steps with at most this many new tokens count as decoding steps
 
 
