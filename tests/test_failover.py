@@ -130,3 +130,22 @@ def test_node_restarted_with_the_same_identity_is_used_again(tmp_path, llama_pat
                 out = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, session=session)
                 assert session.chain[-1].peer_id == peer_id
         assert torch.equal(out, reference)
+
+
+def test_replacement_on_a_node_already_in_the_chain(tmp_path, llama_path, reference):
+    """B [4:8] dies; the only replacement is A, which already serves [0:4] of the same session."""
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        a = swarm.start_node(llama_path, "0:8", "--throughput", "100", wait=False)
+        b = swarm.start_node(llama_path, "4:8", "--throughput", "100000", wait=False)
+        for node in (a, b):
+            swarm.wait_online(node)
+        out, stamper, session, victim = generate_with_fault(
+            swarm, llama_path, lambda p: p.signal(signal.SIGKILL), routing="shortest"
+        )
+        assert victim is b
+        assert torch.equal(out, reference)
+        assert [(h.peer_id, h.start, h.end) for h in session.chain] == [
+            (a.info["peer_id"], 0, 4),
+            (a.info["peer_id"], 4, 8),
+        ]

@@ -51,6 +51,7 @@ class _HopState:
     step_times: list[float] = field(default_factory=list)  # round trips, seconds
     compute_times: list[float] = field(default_factory=list)  # the node's own compute, seconds
     draining: bool = False
+    stream_id: str = ""  # the id the node keeps this hop's cache under
 
     @property
     def sent_tokens(self) -> int:
@@ -92,6 +93,7 @@ class InferenceSession:
         self._hops: list[_HopState] = []
         self._closed = False
         self._step = 0
+        self._streams_opened = 0
 
     # ---- public ------------------------------------------------------------------------------------
     @property
@@ -148,7 +150,7 @@ class InferenceSession:
     # ---- one step ---------------------------------------------------------------------------------
     async def _step_async(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self._hops:
-            self._hops = [_HopState(hop) for hop in await self.remote.find_chain()]
+            self._hops = [self._new_state(hop) for hop in await self.remote.find_chain()]
         self._step += 1
         index = 0
         while index < len(self._hops):
@@ -168,10 +170,17 @@ class InferenceSession:
         return hidden
 
     async def _open(self, hop: Hop) -> _HopState:
-        return _HopState(hop, await NodeStream.open(self.remote.connection.p2p, hop.peer_id))
+        state = self._new_state(hop)
+        state.stream = await NodeStream.open(self.remote.connection.p2p, hop.peer_id)
+        return state
+
+    def _new_state(self, hop: Hop) -> _HopState:
+        # One id per hop stream: after a failover, one node may hold two spans of this session.
+        self._streams_opened += 1
+        return _HopState(hop, stream_id=f"{self.session_id}.{self._streams_opened}")
 
     def _request(self, state: _HopState, hidden: torch.Tensor, position: int):
-        meta = {"session_id": self.session_id, "step": self._step, "position": position}
+        meta = {"session_id": state.stream_id, "step": self._step, "position": position}
         if position == 0:
             meta.update(start=state.hop.start, end=state.hop.end, max_length=self.max_length)
         return make_request(meta, (hidden,))
