@@ -154,7 +154,15 @@ class SwimGossip:
                 return True
         if self.membership.suspect(target):
             logger.info("suspecting %s", target)
+            await self._spread(self.config.indirect_k)  # others start their suspicion timers now
         return False
+
+    async def _spread(self, fanout: int) -> None:
+        """Push our freshest updates at once with pings to ``fanout`` random live members,
+        instead of waiting for the next protocol periods to carry them."""
+        peers = self.membership.others("", fanout, self.rng)
+        if peers:
+            await asyncio.gather(*(self._ping(p, self.config.ping_timeout) for p in peers))
 
     async def _protocol_loop(self) -> None:
         while True:
@@ -171,9 +179,11 @@ class SwimGossip:
             await asyncio.sleep(max(0.0, self.config.period - elapsed))
 
     async def _publish(self, verdicts: list[Update]) -> None:
-        """Write dead verdicts to the DHT so clients stop using those nodes at once."""
+        """Tell every member (small swarms: a ping each) and write the verdicts to the DHT, so
+        other nodes and clients stop using those nodes at once."""
         if not verdicts:
             return
+        await self._spread(len(self.membership.members))
         for verdict in verdicts:
             logger.warning("declaring %s dead (incarnation %d)", verdict.peer_id, verdict.incarnation)
         items = [
