@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
-from swarmnode.records import SwarmSnapshot
+from swarmnode.records import NodeState, SwarmSnapshot
 
 
 def coverage_gaps(snapshot: SwarmSnapshot) -> list[list[int]]:
@@ -28,7 +28,8 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
         "nodes": [
             {
                 "peer_id": r.peer_id,
-                "state": "DEAD" if snapshot.is_dead(r) else r.state.name,
+                # A node that said goodbye is OFFLINE even if gossip saw it vanish and called it dead.
+                "state": "DEAD" if snapshot.is_dead(r) and r.state != NodeState.OFFLINE else r.state.name,
                 "start": r.start,
                 "end": r.end,
                 "inference_rps": round(r.inference_rps, 1),
