@@ -112,19 +112,23 @@ class ClientConfig:
         known = ("aco", "shortest", "shortest_load", "random")
         if self.routing not in known:
             raise ConfigError(f"unknown routing policy {self.routing!r}: choose one of {known}")
+        self.aco_params()  # validates the aco_* fields
 
     def aco_params(self):
         """The ant-colony parameters as :class:`swarmnode.routing.AcoParams`."""
         from swarmnode.routing.aco import AcoParams
 
         prefix = "aco_"
-        return AcoParams(
-            **{
-                f.name[len(prefix) :]: getattr(self, f.name)
-                for f in dataclasses.fields(self)
-                if f.name.startswith(prefix)
-            }
-        )
+        try:
+            return AcoParams(
+                **{
+                    f.name[len(prefix) :]: getattr(self, f.name)
+                    for f in dataclasses.fields(self)
+                    if f.name.startswith(prefix)
+                }
+            )
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
 
 
 T = TypeVar("T")

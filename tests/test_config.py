@@ -36,3 +36,7 @@ def test_config_errors_are_clear(tmp_path):
         load_config(NodeConfig, {"announce_period": "soon"}, env={})
     with pytest.raises(ConfigError, match="routing"):
         load_config(ClientConfig, {"routing": "teleport"}, env={})
+    with pytest.raises(ConfigError, match="tau_min"):
+        load_config(ClientConfig, {"aco_tau_min": 0.9, "aco_tau_max": 0.5}, env={})
+    params = load_config(ClientConfig, {"aco_beta": "3"}, env={"SWARMNODE_ACO_Q0": "0.5"}).aco_params()
+    assert (params.beta, params.q0) == (3.0, 0.5)

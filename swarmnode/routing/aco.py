@@ -62,6 +62,19 @@ class AcoParams:
     shared_weight: float = 0.5  # weight of other clients' observations vs our own
     shared_clamp: float = 10.0  # shared estimates are clamped to [prior / c, prior × c]
 
+    def __post_init__(self) -> None:
+        checks = {
+            "0 < tau_min <= tau0 <= tau_max": 0 < self.tau_min <= self.tau0 <= self.tau_max,
+            "0 <= q0 <= 1": 0 <= self.q0 <= 1,
+            "0 < deposit <= 1": 0 < self.deposit <= 1,
+            "half_life_s > 0": self.half_life_s > 0,
+            "reinforce_every >= 1": self.reinforce_every >= 1,
+            "alpha, beta, load_penalty >= 0": min(self.alpha, self.beta, self.load_penalty) >= 0,
+        }
+        broken = [rule for rule, ok in checks.items() if not ok]
+        if broken:
+            raise ValueError(f"invalid ant-colony parameters: need {', '.join(broken)}")
+
 
 @dataclass
 class NodeEstimate:
