@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import asyncio
 
-# hivemind recognizes streaming RPCs by typing.AsyncIterator's annotation name: collections.abc's won't do.
-from typing import Any, AsyncIterator  # noqa: UP035
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgpack
 import torch
@@ -41,6 +41,10 @@ class SwarmNodeService(ServicerBase):
     """Unary RPC signatures of a node. The server registers an implementation of these
     methods with ``SwarmNodeService().add_p2p_handlers(p2p, wrapper=impl)``; clients call
     them through ``SwarmNodeService.get_stub(p2p, peer_id)``.
+
+    A streaming ``rpc_*`` added to a ServicerBase must be annotated with ``typing.AsyncIterator``:
+    hivemind recognizes streams by that annotation's name, and ``collections.abc``'s would make
+    the method silently unary.
 
     ``rpc_inference`` is served as a raw stream under :data:`INFERENCE_HANDLE` with
     hivemind's protobuf framing, read and written directly on both sides: this avoids a
