@@ -20,7 +20,6 @@ output hidden states and ``{"cache_len_before", "cache_len", "step"}``.
 from __future__ import annotations
 
 import asyncio
-
 from collections.abc import AsyncIterator
 from typing import Any
 
