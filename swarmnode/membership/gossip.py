@@ -107,11 +107,16 @@ class SwimGossip:
         sender, incarnation = meta.get("from"), meta.get("incarnation")
         if isinstance(sender, str) and isinstance(incarnation, int):
             self.membership.add_seed(sender, incarnation)
-        for raw_update in meta.get("updates", [])[:64] if isinstance(meta.get("updates"), list) else []:
+        self._apply_updates(meta)
+        return meta
+
+    def _apply_updates(self, meta: dict) -> None:
+        """Apply the piggybacked updates of a request or an answer (at most 64; bad ones skipped)."""
+        raw_updates = meta.get("updates")
+        for raw_update in raw_updates[:64] if isinstance(raw_updates, list) else []:
             update = Update.from_wire(raw_update)
             if update is not None:
                 self.membership.apply(update)
-        return meta
 
     def _message(self, to: str | None = None, **extra) -> dict:
         updates = [u.to_wire() for u in self.membership.piggyback()]
@@ -133,10 +138,7 @@ class SwimGossip:
             meta, _ = read_response(response, peer_id)
         except Exception:  # noqa: BLE001 - unreachable, timed out, refused: all mean "no ack"
             return False
-        for raw_update in meta.get("updates", [])[:64] if isinstance(meta.get("updates"), list) else []:
-            update = Update.from_wire(raw_update)
-            if update is not None:
-                self.membership.apply(update)
+        self._apply_updates(meta)
         return bool(meta.get("ack"))
 
     async def _ping(self, peer_id: str, timeout: float) -> bool:

@@ -9,8 +9,7 @@ returns its room at once.
 from __future__ import annotations
 
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -68,8 +67,6 @@ class Session:
     session_id: str
     cache: SessionCache
     cost: int  # block-tokens reserved
-    opened_at: float = field(default_factory=time.monotonic)
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class CacheManager:
