@@ -6,11 +6,16 @@ A swarm of 20-40 nodes over 32-64 blocks, spans placed by the real ``--blocks au
 arriving as a Poisson process from several clients, each client with its own router.
 Scenarios: ``static-low``, ``contention``, ``gray`` (a popular node becomes 5x slower without
 any error), ``churn`` (crashes and rejoins; a dead node stays advertised ONLINE until gossip
-declares it dead, 3 s later). Seeds use common random numbers: every policy sees the same
-swarm, arrivals and faults.
+declares it dead, 3 s later). As in the real system, a node re-announces its record (session
+count included) every 10 s, clients re-read the DHT every 2 s and publish observations every
+5 s, and a node advertises the throughput a start-up microbenchmark measured, which is off from
+its speed in service (``--profile-error``). Seeds use common random numbers: every policy sees
+the same swarm, arrivals and faults. Policy ``oracle`` is a reference no client can run (the
+cost model over the simulation's true, current state) that bounds what better information buys.
 
     python scripts/simulate_routing.py --scenario contention --seeds 10 --json out.json
-    python scripts/simulate_routing.py --sweep --seeds 5 --plot docs/routing_p95.png
+    python scripts/simulate_routing.py --sweep load --seeds 5 --plot docs/routing_p95_vs_load.png
+    python scripts/simulate_routing.py --sweep error --seeds 5 --plot docs/routing_p95_vs_error.png
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.routing import AcoParams, AntColonyRouter, Bans, Hop, RandomRouter, ShortestPathRouter
 from swarmnode.server.block_selection import choose_span, served_throughput
 
-POLICIES = ("aco", "shortest", "shortest_load", "random", "aco-noshare", "aco-noload")
+POLICIES = ("aco", "shortest", "shortest_load", "random", "aco-noshare", "aco-noload", "oracle")
 ACO_OVERRIDES: dict[str, float] = {}  # --aco name=value, for exploring parameters
 SCENARIOS = {
     "static-low": dict(load=0.2),
@@ -40,9 +45,16 @@ BASE_PER_BLOCK_S = 0.01  # a fast consumer GPU on a 70B-class block; slower node
 TOKENS, PROMPT = 32, 8
 CLIENTS = 6
 DURATION_S = 120.0
-REFRESH_S = 2.0  # how often a client re-reads the DHT (records, shared observations)
+REFRESH_S = 2.0  # how often a client re-reads the DHT (ClientConfig.swarm_refresh_period)
+ANNOUNCE_S = 10.0  # how often a node re-announces its record, session count included (NodeConfig.announce_period)
+SHARE_S = 5.0  # how often a client publishes its observations (ClientConfig.share_period)
 DETECT_S = 3.0  # gossip: a crashed node is declared dead this long after the crash
 PREFILL_SPEEDUP = 4.0  # a prompt token costs this much less than a decoding step
+# A node advertises the throughput a start-up microbenchmark measured, not its speed in service:
+# advertised time per block = true time x a per-node lognormal factor of this sigma. 0.2 is what
+# scripts/measure_profile_error.py measured on identical nodes sharing one machine (spreads of
+# 0.02-0.34 over four runs, RMS 0.19); devices of a real swarm differ more. 0 = exact advertisements.
+PROFILE_ERROR = 0.2
 
 
 @dataclass
@@ -58,6 +70,7 @@ class SimNode:
     busy_until: float = 0.0
     busy_s: float = 0.0
     sessions: int = 0
+    announced_sessions: int = 0  # the count in its last DHT record: what clients see
 
 
 @dataclass
@@ -75,11 +88,20 @@ class Session:
 
 
 class Simulation:
-    def __init__(self, scenario: str, policy: str, seed: int, load: float | None = None, duration: float = DURATION_S):
+    def __init__(
+        self,
+        scenario: str,
+        policy: str,
+        seed: int,
+        load: float | None = None,
+        duration: float = DURATION_S,
+        profile_error: float = PROFILE_ERROR,
+    ):
         self.scenario, self.policy, self.seed, self.duration = scenario, policy, seed, duration
         self.cfg = dict(SCENARIOS[scenario])
         if load is not None:
             self.cfg["load"] = load
+        self.profile_error = profile_error
         self.now = 0.0
         self.events: list = []
         self._seq = 0
@@ -88,7 +110,8 @@ class Simulation:
         self.nodes = self._build_swarm(world)
         self.arrivals = random.Random(seed * 7919 + 1)
         self.faults = random.Random(seed * 7919 + 2)
-        self.routers = [self._router(random.Random(seed * 1000 + c)) for c in range(CLIENTS)]
+        self.phases = random.Random(seed * 7919 + 3)  # when each node announces, each client shares
+        self.routers = [self._router(random.Random(seed * 1000 + c), f"c{c}") for c in range(CLIENTS)]
         self.snapshots: list[SwarmSnapshot | None] = [None] * CLIENTS
         self.token_latencies: list[float] = []
         self.stalls: list[float] = []
@@ -101,13 +124,15 @@ class Simulation:
     # ---- world --------------------------------------------------------------------------------
     def _build_swarm(self, rng: random.Random) -> list[SimNode]:
         n, self.num_blocks = rng.randint(20, 40), rng.randint(32, 64)
+        profiling = random.Random(self.seed * 7919 + 4)  # its own stream: sigma 0 leaves the rest unchanged
         nodes: list[SimNode] = []
         while len(nodes) < n or self._uncovered(nodes):
             per_block = BASE_PER_BLOCK_S * rng.choice((1, 2, 6))
             count = min(self.num_blocks, rng.randint(4, 12))
             snapshot = self._snapshot_of(nodes, 0.0, dead_after=None)
-            start, end = choose_span(served_throughput(snapshot), count)
-            nodes.append(SimNode(f"n{len(nodes):02d}", start, end, per_block, 1 / per_block, rng.uniform(0.005, 0.25)))
+            start, end = choose_span(served_throughput(snapshot), count)  # placed by advertised speeds
+            advertised = 1 / (per_block * profiling.lognormvariate(0.0, self.profile_error))
+            nodes.append(SimNode(f"n{len(nodes):02d}", start, end, per_block, advertised, rng.uniform(0.005, 0.25)))
         return nodes
 
     def _uncovered(self, nodes: list[SimNode]) -> bool:
@@ -124,12 +149,12 @@ class Simulation:
                     x.start,
                     x.end,
                     inference_rps=x.advertised_rps,
-                    active_sessions=x.sessions,
+                    active_sessions=x.announced_sessions,
                 )
         shared = self.board if self.policy not in ("aco-noshare",) else {}
         return SwarmSnapshot("sim", self.num_blocks, records, shared=dict(shared))
 
-    def _router(self, rng: random.Random):
+    def _router(self, rng: random.Random, client_id: str):
         clock = lambda: self.now  # noqa: E731 - the routers run on simulated time
         pings = {x.peer_id: x.delay_s for x in self.nodes}  # every policy knows the round trips
         if self.policy == "shortest":
@@ -138,6 +163,8 @@ class Simulation:
             return RandomRouter(rng, bans=Bans(clock=clock))
         if self.policy == "shortest_load":
             return AntColonyRouter(AcoParams(), learn=False, use_sharing=False, rng=rng, clock=clock, pings=pings)
+        if self.policy == "oracle":
+            return OracleRouter(self, AcoParams(), learn=False, use_sharing=False, rng=rng, clock=clock)
         return AntColonyRouter(
             AcoParams(**ACO_OVERRIDES),
             rng=rng,
@@ -145,6 +172,7 @@ class Simulation:
             pings=pings,
             use_load=self.policy != "aco-noload",
             use_sharing=self.policy != "aco-noshare",
+            publisher_id=client_id,
         )
 
     # ---- event loop ---------------------------------------------------------------------------
@@ -156,6 +184,9 @@ class Simulation:
         self.at(self.arrivals.expovariate(self.rate), self.arrive)
         for c in range(CLIENTS):
             self.at(0.0, self.refresh, c)
+            self.at(self.phases.uniform(0, SHARE_S), self.share, c)
+        for x in self.nodes:  # nodes announce on their own clocks, not in step
+            self.at(self.phases.uniform(0, ANNOUNCE_S), self.announce, x)
         if "gray_at" in self.cfg:
             self.at(self.cfg["gray_at"], self.gray)
         if self.cfg.get("churn"):
@@ -169,11 +200,19 @@ class Simulation:
         return self.metrics()
 
     def refresh(self, client: int) -> None:
+        self.snapshots[client] = self._snapshot_of(self.nodes, self.now)
+        self.at(self.now + REFRESH_S, self.refresh, client)
+
+    def share(self, client: int) -> None:
         router = self.routers[client]
         if hasattr(router, "observations"):
             self.board[f"c{client}"] = router.observations()
-        self.snapshots[client] = self._snapshot_of(self.nodes, self.now)
-        self.at(self.now + REFRESH_S, self.refresh, client)
+        self.at(self.now + SHARE_S, self.share, client)
+
+    def announce(self, x: SimNode) -> None:
+        if x.alive:
+            x.announced_sessions = x.sessions
+        self.at(self.now + ANNOUNCE_S, self.announce, x)
 
     def arrive(self) -> None:
         session = Session(len(self.session_log), self.arrivals.randrange(CLIENTS), self.now)
@@ -189,6 +228,7 @@ class Simulation:
             self.at(self.now + 1.0, self.start_session, session)
             return
         self.session_log.append((self.now, [h.peer_id for h in session.chain]))
+        self.routers[session.client].hold(session.chain)
         for hop in session.chain:
             self.node(hop.peer_id).sessions += 1
         session.step_began = session.last_token_at = self.now
@@ -240,6 +280,7 @@ class Simulation:
         session.hop_index = 0
         session.step_began = session.last_token_at = self.now
         if session.step > TOKENS:
+            self.routers[session.client].release(session.chain)
             for h in session.chain:
                 self.node(h.peer_id).sessions -= 1
             return
@@ -264,6 +305,8 @@ class Simulation:
                 return
         index = session.chain.index(hop)
         session.chain[index : index + 1] = replacement
+        router.release([hop])
+        router.hold(replacement)
         held = PROMPT + max(0, session.step - 1)
         for h in replacement:
             self.node(h.peer_id).sessions += 1
@@ -293,7 +336,7 @@ class Simulation:
         self.at(self.now + self.faults.uniform(5, 15), self.crash)
 
     def rejoin(self, x: SimNode) -> None:
-        x.alive, x.sessions = True, 0
+        x.alive, x.sessions, x.announced_sessions = True, 0, 0
 
     # ---- results -------------------------------------------------------------------------------
     def metrics(self) -> dict:
@@ -318,53 +361,71 @@ class Simulation:
         return result
 
 
+class OracleRouter(AntColonyRouter):
+    """A reference no client can run: the same cost model over the simulation's true state, read
+    the instant a chain is chosen (true speeds, true delays, current session counts) plus each
+    node's current queue backlog. It bounds what better information buys under this cost model."""
+
+    def __init__(self, sim: Simulation, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sim = sim
+
+    def hop_cost(self, record: NodeRecord, b: int, e: int) -> float:
+        x = self.sim.node(record.peer_id)
+        backlog = max(0.0, x.busy_until - self.sim.now)
+        return x.delay_s + (e - b) * x.per_block_s * (1 + self.params.load_penalty * x.sessions) + backlog
+
+
 def summarize(runs: list[dict]) -> dict:
     keys = runs[0].keys()
     return {k: statistics.fmean(r[k] for r in runs if not math.isnan(r[k])) for k in keys}
 
 
-def run_scenario(scenario: str, seeds: int, policies=POLICIES, load: float | None = None) -> dict:
-    return {p: summarize([Simulation(scenario, p, s, load).run() for s in range(seeds)]) for p in policies}
+def run_scenario(
+    scenario: str, seeds: int, policies=POLICIES, load: float | None = None, profile_error: float = PROFILE_ERROR
+) -> dict:
+    return {
+        p: summarize([Simulation(scenario, p, s, load, profile_error=profile_error).run() for s in range(seeds)])
+        for p in policies
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="contention")
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--json", default=None, help="write the per-policy results here")
-    parser.add_argument("--sweep", action="store_true", help="p95 latency against offered load")
-    parser.add_argument("--plot", default=None, help="with --sweep: write a PNG plot here")
-    parser.add_argument("--aco", nargs="*", default=[], help="override AcoParams for aco*, e.g. q0=0.8")
-    parser.add_argument("--policies", nargs="*", default=list(POLICIES))
-    args = parser.parse_args()
-    for item in args.aco:
-        name, value = item.split("=")
-        ACO_OVERRIDES[name] = type(getattr(AcoParams(), name))(value)
-    if args.sweep:
-        loads = (0.1, 0.3, 0.5, 0.7, 0.85)
-        results = {str(load): run_scenario("contention", args.seeds, load=load) for load in loads}
-        for load, per_policy in results.items():
-            print(load, {p: round(v["p95_ms"], 1) for p, v in per_policy.items()})
-        if args.plot:
-            import matplotlib
+SWEEPS = {  # --sweep NAME: the contention scenario with one thing varied
+    "load": ("offered load (fraction of the swarm's ideal capacity)", (0.1, 0.3, 0.5, 0.7, 0.85)),
+    "error": ("profile error (sigma of log advertised / true time per block)", (0.0, 0.1, 0.2, 0.3, 0.4)),
+}
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
 
-            for policy in POLICIES:
-                plt.plot(loads, [results[str(x)][policy]["p95_ms"] for x in loads], marker="o", label=policy)
-            plt.xlabel("offered load (fraction of the swarm's ideal capacity)")
-            plt.ylabel("p95 per-token latency (ms)")
-            plt.yscale("log")
-            plt.legend()
-            plt.title(f"Routing policies, {args.seeds} seeds each")
-            plt.savefig(args.plot, dpi=120, bbox_inches="tight")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(results, f, indent=2)
-        return
-    results = run_scenario(args.scenario, args.seeds, policies=args.policies)
-    print(f"scenario {args.scenario}, {args.seeds} seeds (means over seeds)")
+def sweep(name: str, seeds: int, policies, profile_error: float) -> dict[str, dict]:
+    """p95 and friends of each policy in ``contention`` at each point of a sweep."""
+    points = SWEEPS[name][1]
+    if name == "load":
+        return {
+            str(x): run_scenario("contention", seeds, policies, load=x, profile_error=profile_error) for x in points
+        }
+    return {str(x): run_scenario("contention", seeds, policies, profile_error=x) for x in points}
+
+
+def plot(name: str, results: dict[str, dict], seeds: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [float(x) for x in results]
+    for policy in next(iter(results.values())):
+        style = dict(linestyle="--", color="gray") if policy == "oracle" else {}
+        plt.plot(points, [results[str(x)][policy]["p95_ms"] for x in points], marker="o", label=policy, **style)
+    plt.xlabel(SWEEPS[name][0])
+    plt.ylabel("p95 per-token latency (ms)")
+    plt.yscale("log")
+    plt.legend()
+    plt.title(f"Routing policies under contention, {seeds} seeds each")
+    plt.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close()
+
+
+def print_results(results: dict[str, dict]) -> None:
     for policy, m in results.items():
         extra = (
             f"  gray share before {m['gray_share_before']:.0%} after 30 s {m['gray_share_after_30s']:.0%}"
@@ -375,9 +436,43 @@ def main() -> None:
             f"{policy:14s} mean {m['mean_ms']:8.1f} ms  p50 {m['p50_ms']:8.1f}  p95 {m['p95_ms']:8.1f}  "
             f"recovery {m['recovery_s']:.2f} s  jain {m['jain']:.2f}  {m['tokens_per_s']:.1f} tok/s{extra}"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="contention")
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--json", default=None, help="write the per-policy results here")
+    parser.add_argument("--sweep", choices=sorted(SWEEPS), help="p95 latency in contention against load or error")
+    parser.add_argument("--plot", default=None, help="with --sweep: write a PNG plot here")
+    parser.add_argument("--aco", nargs="*", default=[], help="override AcoParams for aco*, e.g. q0=0.8")
+    parser.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument(
+        "--profile-error",
+        type=float,
+        default=PROFILE_ERROR,
+        help=f"sigma of the lognormal error of advertised throughput (default {PROFILE_ERROR}; 0 = exact)",
+    )
+    args = parser.parse_args()
+    for item in args.aco:
+        name, value = item.split("=")
+        ACO_OVERRIDES[name] = type(getattr(AcoParams(), name))(value)
+    if args.sweep:
+        results = sweep(args.sweep, args.seeds, args.policies, args.profile_error)
+        for point, per_policy in results.items():
+            print(f"{args.sweep} {point}:", {p: round(v["p95_ms"]) for p, v in per_policy.items()})
+        if args.plot:
+            plot(args.sweep, results, args.seeds, args.plot)
+        summary = {"sweep": args.sweep, "seeds": args.seeds, "profile_error": args.profile_error, "points": results}
+    else:
+        results = run_scenario(args.scenario, args.seeds, policies=args.policies, profile_error=args.profile_error)
+        print(f"scenario {args.scenario}, {args.seeds} seeds (means over seeds), profile error {args.profile_error}")
+        print_results(results)
+        summary = {"scenario": args.scenario, "seeds": args.seeds, "profile_error": args.profile_error}
+        summary["policies"] = results
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"scenario": args.scenario, "seeds": args.seeds, "policies": results}, f, indent=2)
+            json.dump(summary, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,14 @@ class ClientConfig:
     aco_half_life_s: float = 30.0
     aco_reinforce_every: int = 8
     aco_load_penalty: float = 0.5
+    aco_best_window: int = 64
+    aco_estimate_decay: float = 0.3
+    aco_shared_weight: float = 0.5
+    aco_shared_clamp: float = 10.0
+    aco_shared_sessions_cap: int = 8
+    # A failed node is avoided for ban_base_s, doubling with each further failure up to ban_max_s.
+    ban_base_s: float = 2.0
+    ban_max_s: float = 120.0
     wait_for_servers: float = 30.0  # seconds to wait for missing blocks before NoServersForBlocks
     request_timeout: float = 30.0  # upper bound on any one RPC before the node counts as unresponsive
     # A hop that does not answer a step within floor + factor × its usual step time has failed.
@@ -112,6 +120,8 @@ class ClientConfig:
         known = ("aco", "shortest", "shortest_load", "random")
         if self.routing not in known:
             raise ConfigError(f"unknown routing policy {self.routing!r}: choose one of {known}")
+        if not 0 < self.ban_base_s <= self.ban_max_s:
+            raise ConfigError("need 0 < ban_base_s <= ban_max_s")
         self.aco_params()  # validates the aco_* fields
 
     def aco_params(self):

@@ -134,6 +134,33 @@ def test_shared_observations_are_aggregated_robustly():
     assert router.per_block_s(record) < 0.01 * 2  # clamped, and weighed against our own 50 samples
 
 
+def test_open_sessions_are_counted_shared_and_capped():
+    router = AntColonyRouter(AcoParams(load_penalty=1.0, shared_sessions_cap=4), publisher_id="me")
+    busy, idle = node("busy", 0, 8, sessions=0), node("idle", 0, 8, sessions=0)
+    first, second = [Hop("busy", 0, 8)], [Hop("busy", 0, 4), Hop("idle", 4, 8)]
+    router.hold(first)
+    router.hold(second)
+    assert router.sessions_on(busy) == 2 and router.load(busy) == pytest.approx(3.0)
+    assert router.observations()["busy"]["sessions"] == 2  # shared even before any measurement
+    router.release(second)
+    assert router.held == {"busy": 1}
+    router.release(first)
+    assert router.sessions_on(busy) == 0 and "busy" not in router.observations()
+    # other clients' counts add up, each publisher capped; our own publication is not counted twice
+    published = {
+        "a": {"busy": {"sessions": 2}},
+        "b": {"busy": {"sessions": 3}},
+        "liar": {"busy": {"sessions": 10**9}, "idle": {"sessions": float("nan")}},
+        "junk": {"idle": {"sessions": "many"}, "busy": "not a dict"},
+        "me": {"busy": {"sessions": 50}},
+    }
+    assert router.choose_chain(snap(busy, idle, shared=published), 0, 8, greedy=True) == [Hop("idle", 0, 8)]
+    assert router.sessions_on(busy) == 2 + 3 + 4 and router.sessions_on(idle) == 0
+    assert router.sessions_on(node("busy", 0, 8, sessions=20)) == 20  # a record that says more wins
+    router.choose_chain(snap(busy, idle), 0, 8)  # a newer read without publications forgets them
+    assert router.load(busy) == router.load(idle) == 1.0
+
+
 def test_no_servers_and_random_policy():
     with pytest.raises(NoServersForBlocks) as info:
         AntColonyRouter().choose_chain(snap(node("a", 0, 3)), 0, 8)

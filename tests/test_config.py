@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 
 from swarmnode.config import ClientConfig, NodeConfig, load_config, parse_size
 from swarmnode.errors import ConfigError
+from swarmnode.routing import AcoParams
 
 
 def test_parse_size():
@@ -38,5 +41,14 @@ def test_config_errors_are_clear(tmp_path):
         load_config(ClientConfig, {"routing": "teleport"}, env={})
     with pytest.raises(ConfigError, match="tau_min"):
         load_config(ClientConfig, {"aco_tau_min": 0.9, "aco_tau_max": 0.5}, env={})
+    with pytest.raises(ConfigError, match="shared_clamp"):
+        load_config(ClientConfig, {"aco_shared_clamp": 0.5}, env={})
+    with pytest.raises(ConfigError, match="ban_base_s"):
+        load_config(ClientConfig, {"ban_base_s": 10, "ban_max_s": 5}, env={})
     params = load_config(ClientConfig, {"aco_beta": "3"}, env={"SWARMNODE_ACO_Q0": "0.5"}).aco_params()
     assert (params.beta, params.q0) == (3.0, 0.5)
+
+
+def test_every_ant_colony_parameter_is_a_client_option():
+    options = {f.name for f in dataclasses.fields(ClientConfig)}
+    assert {f"aco_{f.name}" for f in dataclasses.fields(AcoParams)} <= options

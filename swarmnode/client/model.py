@@ -28,7 +28,7 @@ from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spe
 from swarmnode.net.dht import store_records
 from swarmnode.net.protocol import make_request, read_response
 from swarmnode.records import model_id_from_name, observations_key, validate_model_id
-from swarmnode.routing import Hop, make_router
+from swarmnode.routing import Bans, Hop, make_router
 
 logger = logging.getLogger(__name__)
 SHARED_TTL_S = 60.0  # shared observations outlive a client briefly, so later clients still benefit
@@ -40,8 +40,9 @@ class RemoteBlocks:
     def __init__(self, connection: SwarmConnection, config: ClientConfig, model_id: str, num_blocks: int):
         self.connection, self.config = connection, config
         self.model_id, self.num_blocks = model_id, num_blocks
-        self.router = make_router(config.routing, config.aco_params())
         self.client_id = str(connection.p2p.peer_id)
+        bans = Bans(base_s=config.ban_base_s, max_s=config.ban_max_s)
+        self.router = make_router(config.routing, config.aco_params(), bans=bans, publisher_id=self.client_id)
         self._shared_at = 0.0
         self.last_snapshot = None
 

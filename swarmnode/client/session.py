@@ -94,6 +94,7 @@ class InferenceSession:
         self._closed = False
         self._step = 0
         self._streams_opened = 0
+        self._released = False  # our hold on the chain's nodes was given back to the router
 
     # ---- public ------------------------------------------------------------------------------------
     @property
@@ -151,6 +152,7 @@ class InferenceSession:
     async def _step_async(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self._hops:
             self._hops = [self._new_state(hop) for hop in await self.remote.find_chain()]
+            self.remote.router.hold(self.chain)
         self._step += 1
         index = 0
         while index < len(self._hops):
@@ -240,6 +242,8 @@ class InferenceSession:
                 exclude.add(e.peer_id)
                 self._on_hop_failure(next(h for h in chain if h.peer_id == e.peer_id), e)
         self._hops[index : index + 1] = replacement
+        self.remote.router.release([failed.hop])
+        self.remote.router.hold([h.hop for h in replacement])
         event = FailoverEvent(
             time.time(),
             failed.hop,
@@ -293,6 +297,10 @@ class InferenceSession:
         self.remote.router.report_failure(hop, error)
 
     async def _close_streams(self) -> None:
+        """Close every hop's stream; the session no longer loads its nodes (``chain`` stays readable)."""
+        if not self._released:
+            self._released = True
+            self.remote.router.release(self.chain)
         for state in self._hops:
             if state.stream is not None:
                 await state.stream.close()

@@ -7,16 +7,20 @@ from swarmnode.routing.shortest import Bans, ShortestPathRouter, shortest_chain
 POLICIES = ("aco", "shortest", "shortest_load", "random")
 
 
-def make_router(policy: str, params: AcoParams = AcoParams()) -> Router:
-    """The router for a ClientConfig.routing name (see DESIGN.md, "Routing")."""
+def make_router(
+    policy: str, params: AcoParams = AcoParams(), *, bans: Bans | None = None, publisher_id: str | None = None
+) -> Router:
+    """The router for a ClientConfig.routing name (see DESIGN.md, "Routing"); ``publisher_id``
+    is the key this client shares its observations under."""
+    bans = bans or Bans()
     if policy == "aco":
-        return AntColonyRouter(params)
+        return AntColonyRouter(params, bans=bans, publisher_id=publisher_id)
     if policy == "shortest":
-        return ShortestPathRouter()
+        return ShortestPathRouter(bans=bans)
     if policy == "shortest_load":  # the load term and best-of-two draws, but no learning
-        return AntColonyRouter(params, learn=False, use_sharing=False)
+        return AntColonyRouter(params, learn=False, use_sharing=False, bans=bans)
     if policy == "random":
-        return RandomRouter()
+        return RandomRouter(bans=bans)
     raise ValueError(f"unknown routing policy {policy!r}; choose one of {POLICIES}")
 
 

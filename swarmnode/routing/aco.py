@@ -31,7 +31,7 @@ import math
 import random
 import statistics
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +61,7 @@ class AcoParams:
     estimate_decay: float = 0.3  # EWMA weight of a new measurement of a node's per-block time
     shared_weight: float = 0.5  # weight of other clients' observations vs our own
     shared_clamp: float = 10.0  # shared estimates are clamped to [prior / c, prior × c]
+    shared_sessions_cap: int = 8  # one publisher's sessions on a node count at most this much
 
     def __post_init__(self) -> None:
         checks = {
@@ -70,6 +71,11 @@ class AcoParams:
             "half_life_s > 0": self.half_life_s > 0,
             "reinforce_every >= 1": self.reinforce_every >= 1,
             "alpha, beta, load_penalty >= 0": min(self.alpha, self.beta, self.load_penalty) >= 0,
+            "best_window >= 1": self.best_window >= 1,
+            "0 < estimate_decay <= 1": 0 < self.estimate_decay <= 1,
+            "0 <= shared_weight <= 1": 0 <= self.shared_weight <= 1,
+            "shared_clamp >= 1": self.shared_clamp >= 1,
+            "shared_sessions_cap >= 0": self.shared_sessions_cap >= 0,
         }
         broken = [rule for rule, ok in checks.items() if not ok]
         if broken:
@@ -108,8 +114,10 @@ class AntColonyRouter:
         bans: Bans | None = None,
         hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S,
         pings: dict[str, float] | None = None,
+        publisher_id: str | None = None,
     ):
         self.params, self.learn, self.use_load, self.use_sharing = params, learn, use_load, use_sharing
+        self.publisher_id = publisher_id  # our own key among shared observations: not read back as news
         self.rng = rng or random.Random()
         self.clock = clock
         self.bans = bans or Bans(clock=clock)
@@ -117,6 +125,8 @@ class AntColonyRouter:
         self.pings = pings if pings is not None else {}  # peer → measured round trip, before any step
         self.estimates: dict[str, NodeEstimate] = defaultdict(NodeEstimate)
         self.shared: dict[str, NodeEstimate] = {}  # blended from other clients' observations
+        self.shared_sessions: dict[str, int] = {}  # other clients' open sessions per node, capped per publisher
+        self.held: Counter[str] = Counter()  # our own open sessions through each node
         self._tau: dict[tuple[int, str], tuple[float, float]] = {}  # (b, peer) → (τ, time of last update)
         self._boundary_times: dict[int, deque] = defaultdict(lambda: deque(maxlen=params.best_window))
         self._pending: dict[Hop, _Pending] = defaultdict(_Pending)
@@ -153,10 +163,17 @@ class AntColonyRouter:
         shared = self.shared.get(record.peer_id)
         return shared.delay_s if shared is not None and shared.delay_s is not None else self.hop_overhead_s
 
+    def sessions_on(self, record: NodeRecord) -> int:
+        """Sessions through a node: what it last announced, or, if more, what clients report now
+        (other clients' shared counts plus our own open sessions; records are up to an announce
+        period old, our own count is exact)."""
+        reported = self.shared_sessions.get(record.peer_id, 0) + self.held.get(record.peer_id, 0)
+        return max(0, record.active_sessions, reported)
+
     def load(self, record: NodeRecord) -> float:
         if not self.use_load:
             return 1.0
-        return 1.0 + self.params.load_penalty * max(0, record.active_sessions)
+        return 1.0 + self.params.load_penalty * self.sessions_on(record)
 
     def hop_cost(self, record: NodeRecord, b: int, e: int) -> float:
         return self.delay_s(record) + (e - b) * self.per_block_s(record) * self.load(record)
@@ -252,6 +269,16 @@ class AntColonyRouter:
             self._remember_backups(self._last_choice[0], self._last_choice[1])
         return self._backups.get(hop)
 
+    # ---- sessions ---------------------------------------------------------------------------------
+    def hold(self, hops: list[Hop]) -> None:
+        """A session of ours now runs through ``hops`` (counted in the load term and shared)."""
+        self.held.update(hop.peer_id for hop in hops)
+
+    def release(self, hops: list[Hop]) -> None:
+        """A session of ours no longer runs through ``hops``."""
+        self.held.subtract(hop.peer_id for hop in hops)
+        self.held = +self.held  # drop zero and negative counts
+
     # ---- learning --------------------------------------------------------------------------------
     def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
         """A hop answered a step; every K decoding steps become a backward ant.
@@ -310,23 +337,40 @@ class AntColonyRouter:
 
     # ---- stigmergy -------------------------------------------------------------------------------
     def observations(self) -> dict[str, dict]:
-        """What this client measured, to share through the DHT (measurements, never pheromone)."""
-        return {
-            peer: {"per_block_s": e.per_block_s, "delay_s": e.delay_s, "samples": e.samples, "failures": e.failures}
-            for peer, e in self.estimates.items()
-            if e.samples or e.failures
-        }
+        """What this client measured, to share through the DHT (measurements, never pheromone):
+        per node, its time per block, round trip, sample count, failures and our open sessions."""
+        shared = {}
+        for peer in set(self.held) | {p for p, e in self.estimates.items() if e.samples or e.failures}:
+            e = self.estimates.get(peer, NodeEstimate())
+            shared[peer] = {
+                "per_block_s": e.per_block_s,
+                "delay_s": e.delay_s,
+                "samples": e.samples,
+                "failures": e.failures,
+                "sessions": self.held.get(peer, 0),
+            }
+        return shared
 
     def absorb_shared(self, published: dict[str, dict]) -> None:
         """Blend other clients' observations: per node, the median over publishers (one vote each),
-        clamped to a factor of what we believed before."""
+        clamped to a factor of what we believed before; open sessions summed, each publisher's
+        capped. Malformed entries are skipped: this is remote input."""
         per_peer: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        for observations in published.values():
+        sessions: Counter[str] = Counter()
+        for publisher, observations in published.items():
+            if publisher == self.publisher_id or not isinstance(observations, dict):
+                continue
             for peer, obs in observations.items():
+                if not isinstance(obs, dict):
+                    continue
                 for name in ("per_block_s", "delay_s"):
                     value = obs.get(name)
-                    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+                    if _positive_number(value):
                         per_peer[peer][name].append(float(value))
+                count = obs.get("sessions")
+                if _positive_number(count):
+                    sessions[peer] += min(self.params.shared_sessions_cap, int(count))
+        self.shared_sessions = dict(sessions)
         shared = {}
         for peer, values in per_peer.items():
             estimate = NodeEstimate(samples=sum(1 for _ in values.get("per_block_s", ())))
@@ -341,6 +385,10 @@ class AntColonyRouter:
                     setattr(estimate, name, value)
             shared[peer] = estimate
         self.shared = shared
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 class RandomRouter:
@@ -370,3 +418,9 @@ class RandomRouter:
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:
         self.bans.ban(hop.peer_id)
+
+    def hold(self, hops: list[Hop]) -> None:
+        """Not used: this policy ignores load."""
+
+    def release(self, hops: list[Hop]) -> None:
+        """Not used: this policy ignores load."""

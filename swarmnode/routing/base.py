@@ -43,3 +43,11 @@ class Router(Protocol):
     def report_failure(self, hop: Hop, error: BaseException) -> None:
         """A hop failed (error, closed stream or timeout)."""
         ...
+
+    def hold(self, hops: list[Hop]) -> None:
+        """One of our sessions now runs through ``hops``."""
+        ...
+
+    def release(self, hops: list[Hop]) -> None:
+        """One of our sessions no longer runs through ``hops`` (closed, or hops replaced)."""
+        ...

@@ -107,3 +107,9 @@ class ShortestPathRouter:
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:
         self.bans.ban(hop.peer_id)
+
+    def hold(self, hops: list[Hop]) -> None:
+        """Not used: this policy ignores load."""
+
+    def release(self, hops: list[Hop]) -> None:
+        """Not used: this policy ignores load."""
