@@ -5,6 +5,7 @@ observations from the DHT."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,17 @@ def test_sessions_avoid_a_slow_node_and_a_new_client_learns_it_from_the_dht(tmp_
             avoided = sum(peer != slow for peer in later) / len(later)
             print(f"warm-up tails on the slow node: {warmup.count(slow)}/8; later sessions avoiding it: {avoided:.0%}")
             assert avoided >= 0.8
-            model.connection.run(model.remote.find_chain())  # publishes the observations (share_period passed)
+
+            remote, connection = model.remote, model.connection
+            with model.inference_session(max_length=24) as session:
+                model.generate(torch.tensor([[9, 9, 9]]), max_new_tokens=2, session=session)
+                time.sleep(0.6)  # share_period passed: the next chain lookup publishes
+                connection.run(remote.find_chain())
+                snapshot = connection.run(connection.snapshot(remote.model_id, remote.num_blocks, max_age=0))
+                ours = snapshot.shared[remote.client_id]
+                assert all(ours[hop.peer_id]["sessions"] == 1 for hop in session.chain)  # our open session
+            time.sleep(0.6)
+            connection.run(remote.find_chain())  # publishes the observations, no session open now
 
         out = subprocess.run(
             [sys.executable, str(Path(__file__).with_name("routing_client.py")), llama_path, "5", *swarm.initial_peers],
