@@ -1,6 +1,6 @@
 """Discrete-event simulation of the routing policies, driving the real swarmnode.routing code.
 
-A swarm of 20-40 nodes over 32-64 blocks, spans placed by the real ``--blocks auto`` code
+A swarm of 20-60 nodes over 32-80 blocks, spans placed by the real ``--blocks auto`` code
 (``swarmnode.server.block_selection``), per-block speeds 1:2:6, client-node round trips of
 5-250 ms, FIFO service at every node (so latency grows with concurrent sessions), sessions
 arriving as a Poisson process from several clients, each client with its own router.
@@ -32,8 +32,19 @@ from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.routing import AcoParams, AntColonyRouter, Bans, Hop, RandomRouter, ShortestPathRouter
 from swarmnode.server.block_selection import choose_span, served_throughput
+from swarmnode.server.busy import BusyMeter
 
-POLICIES = ("aco", "shortest", "shortest_load", "random", "aco-noshare", "aco-noload", "oracle")
+POLICIES = (
+    "aco",
+    "shortest",
+    "shortest_load",
+    "random",
+    "aco-noshare",
+    "aco-noload",
+    "aco-sessions",
+    "shortest_load-busy",
+    "oracle",
+)
 ACO_OVERRIDES: dict[str, float] = {}  # --aco name=value, for exploring parameters
 SCENARIOS = {
     "static-low": dict(load=0.2),
@@ -71,6 +82,8 @@ class SimNode:
     busy_s: float = 0.0
     sessions: int = 0
     announced_sessions: int = 0  # the count in its last DHT record: what clients see
+    announced_busy: float = -1.0
+    meter: BusyMeter | None = None  # the node's real busy meter, on simulated time
 
 
 @dataclass
@@ -123,7 +136,7 @@ class Simulation:
 
     # ---- world --------------------------------------------------------------------------------
     def _build_swarm(self, rng: random.Random) -> list[SimNode]:
-        n, self.num_blocks = rng.randint(20, 40), rng.randint(32, 64)
+        n, self.num_blocks = rng.randint(20, 60), rng.randint(32, 80)
         profiling = random.Random(self.seed * 7919 + 4)  # its own stream: sigma 0 leaves the rest unchanged
         nodes: list[SimNode] = []
         while len(nodes) < n or self._uncovered(nodes):
@@ -150,6 +163,7 @@ class Simulation:
                     x.end,
                     inference_rps=x.advertised_rps,
                     active_sessions=x.announced_sessions,
+                    busy=x.announced_busy,
                 )
         shared = self.board if self.policy not in ("aco-noshare",) else {}
         return SwarmSnapshot("sim", self.num_blocks, records, shared=dict(shared))
@@ -161,8 +175,11 @@ class Simulation:
             return ShortestPathRouter(bans=Bans(clock=clock), pings=pings)
         if self.policy == "random":
             return RandomRouter(rng, bans=Bans(clock=clock))
-        if self.policy == "shortest_load":
-            return AntColonyRouter(AcoParams(), learn=False, use_sharing=False, rng=rng, clock=clock, pings=pings)
+        if self.policy.startswith("shortest_load"):  # "-busy": given the records' busy fractions too
+            use_busy = self.policy == "shortest_load-busy"
+            return AntColonyRouter(
+                AcoParams(), learn=False, use_sharing=False, use_busy=use_busy, rng=rng, clock=clock, pings=pings
+            )
         if self.policy == "oracle":
             return OracleRouter(self, AcoParams(), learn=False, use_sharing=False, rng=rng, clock=clock)
         return AntColonyRouter(
@@ -172,6 +189,7 @@ class Simulation:
             pings=pings,
             use_load=self.policy != "aco-noload",
             use_sharing=self.policy != "aco-noshare",
+            use_busy=self.policy != "aco-sessions",
             publisher_id=client_id,
         )
 
@@ -211,7 +229,7 @@ class Simulation:
 
     def announce(self, x: SimNode) -> None:
         if x.alive:
-            x.announced_sessions = x.sessions
+            x.announced_sessions, x.announced_busy = x.sessions, self.meter(x).fraction()
         self.at(self.now + ANNOUNCE_S, self.announce, x)
 
     def arrive(self) -> None:
@@ -259,13 +277,28 @@ class Simulation:
         x.busy_until = begin + service
         x.busy_s += service
         session.history_tokens.pop(-hop.start - 1, None)
-        self.at(x.busy_until + x.delay_s / 2, self.answered, session, hop, sent_at, service)
+        self.at(x.busy_until, self.computed, session, hop, sent_at, service, begin)
 
-    def answered(self, session: Session, hop: Hop, sent_at: float, service: float) -> None:
+    def meter(self, x: SimNode) -> BusyMeter:
+        if x.meter is None:
+            x.meter = BusyMeter(clock=lambda: self.now)
+        return x.meter
+
+    def computed(self, session: Session, hop: Hop, sent_at: float, service: float, began: float) -> None:
+        """The node finished the step: it answers with its compute time and busy fraction."""
+        x = self.node(hop.peer_id)
+        if not x.alive or x.died_at > began:  # it crashed meanwhile: the client sees the stream reset
+            self.at(self.now + x.delay_s / 2, self.failed, session, hop)
+            return
+        meter = self.meter(x)
+        meter.add(began, self.now)
+        self.at(self.now + x.delay_s / 2, self.answered, session, hop, sent_at, service, meter.fraction())
+
+    def answered(self, session: Session, hop: Hop, sent_at: float, service: float, busy: float) -> None:
         if session.chain[session.hop_index] != hop:
             return
         tokens = self.step_tokens(session)
-        self.routers[session.client].report_step(hop, self.now - sent_at, tokens, service)
+        self.routers[session.client].report_step(hop, self.now - sent_at, tokens, service, busy)
         session.hop_index += 1
         if session.hop_index < len(session.chain):
             self.send(session)
@@ -336,7 +369,7 @@ class Simulation:
         self.at(self.now + self.faults.uniform(5, 15), self.crash)
 
     def rejoin(self, x: SimNode) -> None:
-        x.alive, x.sessions, x.announced_sessions = True, 0, 0
+        x.alive, x.sessions, x.announced_sessions, x.announced_busy, x.meter = True, 0, 0, 0.0, None
 
     # ---- results -------------------------------------------------------------------------------
     def metrics(self) -> dict:
@@ -363,7 +396,7 @@ class Simulation:
 
 class OracleRouter(AntColonyRouter):
     """A reference no client can run: the same cost model over the simulation's true state, read
-    the instant a chain is chosen (true speeds, true delays, current session counts) plus each
+    the instant a chain is chosen (true speeds, true delays, current busy fractions) plus each
     node's current queue backlog. It bounds what better information buys under this cost model."""
 
     def __init__(self, sim: Simulation, *args, **kwargs):
@@ -373,7 +406,8 @@ class OracleRouter(AntColonyRouter):
     def hop_cost(self, record: NodeRecord, b: int, e: int) -> float:
         x = self.sim.node(record.peer_id)
         backlog = max(0.0, x.busy_until - self.sim.now)
-        return x.delay_s + (e - b) * x.per_block_s * (1 + self.params.load_penalty * x.sessions) + backlog
+        load = 1.0 / (1.0 - min(self.params.busy_cap, self.sim.meter(x).fraction()))
+        return x.delay_s + (e - b) * x.per_block_s * load + backlog
 
 
 def summarize(runs: list[dict]) -> dict:

@@ -98,6 +98,8 @@ class ClientConfig:
     aco_shared_weight: float = 0.5
     aco_shared_clamp: float = 10.0
     aco_shared_sessions_cap: int = 8
+    aco_busy_cap: float = 0.9
+    aco_busy_max_age_s: float = 15.0
     # A failed node is avoided for ban_base_s, doubling with each further failure up to ban_max_s.
     ban_base_s: float = 2.0
     ban_max_s: float = 120.0

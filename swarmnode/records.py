@@ -82,6 +82,7 @@ class NodeRecord:
     prefill_rps: float = 0.0  # tokens/s per block, long prompts
     cache_tokens_left: int = 0
     active_sessions: int = 0
+    busy: float = -1.0  # fraction of the last few seconds spent computing; -1 = not known (older nodes)
     dtype: str = "float32"
     quantization: str = "none"
     version: str = ""
@@ -124,6 +125,9 @@ class NodeRecord:
             for name in ("peer_id", "dtype", "quantization", "version", "public_name", "metrics_addr"):
                 if name in kwargs and not isinstance(kwargs[name], str):
                     return None
+            if "busy" in kwargs:
+                busy = float(kwargs["busy"])
+                kwargs["busy"] = busy if 0.0 <= busy <= 1.0 else -1.0  # NaN and nonsense: not known
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError):
             return None

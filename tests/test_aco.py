@@ -7,7 +7,7 @@ import pytest
 
 from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
-from swarmnode.routing import AcoParams, AntColonyRouter, Hop, RandomRouter, shortest_chain
+from swarmnode.routing import AcoParams, AntColonyRouter, Hop, RandomRouter, make_router, shortest_chain
 
 
 class Clock:
@@ -18,8 +18,8 @@ class Clock:
         return self.now
 
 
-def node(peer, start, end, rps=100.0, sessions=0):
-    return NodeRecord(peer, NodeState.ONLINE, start, end, inference_rps=rps, active_sessions=sessions)
+def node(peer, start, end, rps=100.0, sessions=0, busy=-1.0):
+    return NodeRecord(peer, NodeState.ONLINE, start, end, inference_rps=rps, active_sessions=sessions, busy=busy)
 
 
 def snap(*records, shared=None):
@@ -72,6 +72,29 @@ def test_load_term_steers_away_from_busy_nodes():
     s = snap(node("busy", 0, 8, rps=100, sessions=6), node("idle", 0, 8, rps=100))
     assert router.choose_chain(s, 0, 8, greedy=True)[0].peer_id == "idle"
     assert AntColonyRouter(use_load=False).hop_cost(s.nodes["busy"], 0, 8) == pytest.approx(1e-3 + 8 / 100)
+
+
+def test_load_follows_the_busy_fraction_freshest_source_first():
+    clock = Clock()
+    router = AntColonyRouter(AcoParams(busy_cap=0.9, busy_max_age_s=15), clock=clock, publisher_id="me")
+    record = node("x", 0, 8, sessions=6, busy=0.5)  # the record's busy fraction beats its session count
+    assert router.load(record) == pytest.approx(2.0)
+    router.absorb_shared({"a": {"x": {"busy": 0.2}}, "b": {"x": {"busy": 0.25}}, "liar": {"x": {"busy": 1.0}}})
+    assert router.load(record) == pytest.approx(1 / 0.75)  # other clients' fresh reports: the median
+    router.absorb_shared({"junk": {"x": {"busy": float("nan")}}, "bad": {"x": {"busy": 7}}, "me": {"x": {"busy": 0}}})
+    assert router.load(record) == pytest.approx(2.0)  # nothing usable shared: back to the record
+    router.report_step(Hop("x", 0, 8), 0.1, 1, compute_seconds=0.08, busy=0.99)
+    assert router.load(record) == pytest.approx(10.0)  # what the node told us; capped at 1 / (1 - 0.9)
+    assert router.observations()["x"]["busy"] == 0.99  # shared while fresh
+    clock.now += 16
+    assert router.load(record) == pytest.approx(2.0) and "busy" not in router.observations().get("x", {})
+    router.report_step(Hop("x", 0, 8), 0.1, 1, busy="idle")  # remote nonsense is ignored
+    assert router.estimates["x"].busy == 0.99
+    unknown = node("y", 0, 8, sessions=2)  # an older node: no busy fraction anywhere
+    assert router.load(unknown) == pytest.approx(1 + AcoParams().load_penalty * 2)
+    frozen = AntColonyRouter(use_busy=False)  # the "shortest_load" policy: session counts only
+    assert frozen.load(record) == pytest.approx(1 + AcoParams().load_penalty * 6)
+    assert make_router("shortest_load").use_busy is False and make_router("aco").use_busy is True
 
 
 def test_reinforcement_is_relative_to_the_best_recent_time():

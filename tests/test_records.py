@@ -21,6 +21,16 @@ def test_node_record_round_trip():
     assert NodeRecord.from_wire(record.to_wire()) == record
 
 
+def test_busy_fraction_is_tolerant():
+    assert NodeRecord.from_wire(_record(busy=0.25).to_wire()).busy == 0.25
+    older = {k: v for k, v in _record().to_wire().items() if k != "busy"}
+    assert NodeRecord.from_wire(older).busy == -1.0  # not known
+    for nonsense in (float("nan"), 7.0, -0.5):
+        parsed = NodeRecord.from_wire(_record().to_wire() | {"busy": nonsense})
+        assert parsed is not None and parsed.busy == -1.0
+    assert NodeRecord.from_wire(_record().to_wire() | {"busy": "lots"}) is None
+
+
 def test_node_record_ignores_unknown_fields_from_newer_versions():
     wire = _record().to_wire() | {"v": 7, "gpu": "H100", "future": [1, 2]}
     parsed = NodeRecord.from_wire(wire)

@@ -53,6 +53,8 @@ def test_sessions_avoid_a_slow_node_and_a_new_client_learns_it_from_the_dht(tmp_
                 snapshot = connection.run(connection.snapshot(remote.model_id, remote.num_blocks, max_age=0))
                 ours = snapshot.shared[remote.client_id]
                 assert all(ours[hop.peer_id]["sessions"] == 1 for hop in session.chain)  # our open session
+                assert all(0 <= ours[hop.peer_id]["busy"] <= 1 for hop in session.chain)  # as the nodes said
+                assert all(0 <= snapshot.nodes[hop.peer_id].busy <= 1 for hop in session.chain)  # and announce
             time.sleep(0.6)
             connection.run(remote.find_chain())  # publishes the observations, no session open now
 

@@ -204,7 +204,8 @@ class InferenceSession:
         state.step_times.append(elapsed)
         state.compute_times.append(float(meta.get("compute_ms", 0.0)) / 1000)
         state.draining = bool(meta.get("draining", False))
-        self.remote.router.report_step(state.hop, elapsed, hidden.shape[1], state.compute_times[-1])
+        busy = meta.get("busy")
+        self.remote.router.report_step(state.hop, elapsed, hidden.shape[1], state.compute_times[-1], busy)
         return out
 
     def _step_timeout(self, state: _HopState, tokens: int) -> float:

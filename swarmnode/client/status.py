@@ -35,6 +35,7 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
                 "inference_rps": round(r.inference_rps, 1),
                 "cache_tokens_left": r.cache_tokens_left,
                 "active_sessions": r.active_sessions,
+                "busy": round(r.busy, 3) if r.busy >= 0 else None,
                 "dtype": r.dtype,
                 "version": r.version,
                 "public_name": r.public_name,
@@ -78,9 +79,10 @@ def format_status(report: dict) -> str:
         lines.append(f"model {model['model_id']} ({model['family']}, {model['num_blocks']} blocks) — gaps: {gaps}")
         lines.append("  coverage per block: " + " ".join(str(c) for c in model["coverage"]))
         for n in model["nodes"]:
+            busy = "?" if n["busy"] is None else f"{n['busy']:.0%}"
             lines.append(
                 f"  {n['peer_id']}  {n['state']:<8} blocks {n['start']}:{n['end']}  "
-                f"{n['inference_rps']:.0f} tok/s/block  sessions {n['active_sessions']}  "
+                f"{n['inference_rps']:.0f} tok/s/block  sessions {n['active_sessions']}  busy {busy}  "
                 f"cache left {n['cache_tokens_left']}  {n['dtype']}"
             )
     return "\n".join(lines)

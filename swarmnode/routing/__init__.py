@@ -17,8 +17,8 @@ def make_router(
         return AntColonyRouter(params, bans=bans, publisher_id=publisher_id)
     if policy == "shortest":
         return ShortestPathRouter(bans=bans)
-    if policy == "shortest_load":  # the load term and best-of-two draws, but no learning
-        return AntColonyRouter(params, learn=False, use_sharing=False, bans=bans)
+    if policy == "shortest_load":  # the load term from session counts and best-of-two draws; no learning
+        return AntColonyRouter(params, learn=False, use_sharing=False, use_busy=False, bans=bans)
     if policy == "random":
         return RandomRouter(bans=bans)
     raise ValueError(f"unknown routing policy {policy!r}; choose one of {POLICIES}")

@@ -10,6 +10,9 @@ an end e within q's span, with probability ∝ τ[b][q]^α · η^β where
 
     η = 1 / (delay(q) + (e - b) · per_block(q) · load(q) + rest(e))
 
+``load(q)`` = 1 / (1 − busy(q)), with busy(q) the fraction of recent time the node spent
+computing (it reports it with every step and in its record; clients share what they heard),
+or 1 + penalty × active sessions where no busy fraction is known (``use_busy=False``: always).
 ``rest(e)`` is the cheapest estimated cost from e to the end (a backward pass over the
 same cost model), so with τ constant and pure exploitation the selector *is*
 shortest-latency routing. With probability q0 it draws two candidates and keeps the
@@ -62,6 +65,8 @@ class AcoParams:
     shared_weight: float = 0.5  # weight of other clients' observations vs our own
     shared_clamp: float = 10.0  # shared estimates are clamped to [prior / c, prior × c]
     shared_sessions_cap: int = 8  # one publisher's sessions on a node count at most this much
+    busy_cap: float = 0.9  # load(q) = 1 / (1 - min(busy, cap)): a saturated node costs 10x, not infinitely
+    busy_max_age_s: float = 15.0  # a busy fraction older than this is not used or shared
 
     def __post_init__(self) -> None:
         checks = {
@@ -76,6 +81,8 @@ class AcoParams:
             "0 <= shared_weight <= 1": 0 <= self.shared_weight <= 1,
             "shared_clamp >= 1": self.shared_clamp >= 1,
             "shared_sessions_cap >= 0": self.shared_sessions_cap >= 0,
+            "0 <= busy_cap < 1": 0 <= self.busy_cap < 1,
+            "busy_max_age_s > 0": self.busy_max_age_s > 0,
         }
         broken = [rule for rule, ok in checks.items() if not ok]
         if broken:
@@ -90,6 +97,8 @@ class NodeEstimate:
     delay_s: float | None = None  # network round trip
     samples: int = 0
     failures: int = 0
+    busy: float | None = None  # the node's busy fraction, as it last reported it
+    busy_at: float = 0.0  # when (our clock)
 
 
 @dataclass
@@ -109,6 +118,7 @@ class AntColonyRouter:
         learn: bool = True,
         use_load: bool = True,
         use_sharing: bool = True,
+        use_busy: bool = True,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         bans: Bans | None = None,
@@ -117,6 +127,7 @@ class AntColonyRouter:
         publisher_id: str | None = None,
     ):
         self.params, self.learn, self.use_load, self.use_sharing = params, learn, use_load, use_sharing
+        self.use_busy = use_busy  # load from nodes' busy fractions; False: from session counts only
         self.publisher_id = publisher_id  # our own key among shared observations: not read back as news
         self.rng = rng or random.Random()
         self.clock = clock
@@ -126,6 +137,7 @@ class AntColonyRouter:
         self.estimates: dict[str, NodeEstimate] = defaultdict(NodeEstimate)
         self.shared: dict[str, NodeEstimate] = {}  # blended from other clients' observations
         self.shared_sessions: dict[str, int] = {}  # other clients' open sessions per node, capped per publisher
+        self.shared_busy: dict[str, float] = {}  # median over other clients of each node's fresh busy fraction
         self.held: Counter[str] = Counter()  # our own open sessions through each node
         self._tau: dict[tuple[int, str], tuple[float, float]] = {}  # (b, peer) → (τ, time of last update)
         self._boundary_times: dict[int, deque] = defaultdict(lambda: deque(maxlen=params.best_window))
@@ -170,10 +182,25 @@ class AntColonyRouter:
         reported = self.shared_sessions.get(record.peer_id, 0) + self.held.get(record.peer_id, 0)
         return max(0, record.active_sessions, reported)
 
+    def busy(self, record: NodeRecord) -> float | None:
+        """The node's busy fraction: what it told us in a recent step, else what other clients
+        heard recently (median), else its record (up to an announce period old); None if unknown."""
+        own = self.estimates.get(record.peer_id)
+        if own is not None and own.busy is not None and self.clock() - own.busy_at <= self.params.busy_max_age_s:
+            return own.busy
+        if record.peer_id in self.shared_busy:
+            return self.shared_busy[record.peer_id]
+        return record.busy if record.busy >= 0 else None
+
     def load(self, record: NodeRecord) -> float:
+        """How much slower than idle a step on this node runs: 1 / (1 - busy) (queueing grows like
+        that with utilization), or 1 + load_penalty × sessions where the busy fraction is unknown."""
         if not self.use_load:
             return 1.0
-        return 1.0 + self.params.load_penalty * self.sessions_on(record)
+        busy = self.busy(record) if self.use_busy else None
+        if busy is None:
+            return 1.0 + self.params.load_penalty * self.sessions_on(record)
+        return 1.0 / (1.0 - min(self.params.busy_cap, busy))
 
     def hop_cost(self, record: NodeRecord, b: int, e: int) -> float:
         return self.delay_s(record) + (e - b) * self.per_block_s(record) * self.load(record)
@@ -280,14 +307,21 @@ class AntColonyRouter:
         self.held = +self.held  # drop zero and negative counts
 
     # ---- learning --------------------------------------------------------------------------------
-    def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
+    def report_step(
+        self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
+    ) -> None:
         """A hop answered a step; every K decoding steps become a backward ant.
 
         Prompt steps (many tokens at once) are not learned from: their time per token says
         little about decoding, and mixing them in would make a node look several times faster.
         """
         self.bans.clear(hop.peer_id)
-        if tokens > DECODE_TOKENS or not self.learn:  # the frozen variant routes on advertised numbers only
+        if not self.learn:  # the frozen variant routes on advertised numbers only
+            return
+        if _number(busy) and 0.0 <= busy <= 1.0:  # remote input
+            estimate = self.estimates[hop.peer_id]
+            estimate.busy, estimate.busy_at = busy, self.clock()
+        if tokens > DECODE_TOKENS:
             return
         pending = self._pending[hop]
         pending.tokens += tokens
@@ -338,10 +372,14 @@ class AntColonyRouter:
     # ---- stigmergy -------------------------------------------------------------------------------
     def observations(self) -> dict[str, dict]:
         """What this client measured, to share through the DHT (measurements, never pheromone):
-        per node, its time per block, round trip, sample count, failures and our open sessions."""
+        per node, its time per block, round trip, sample count, failures, our open sessions and
+        the busy fraction it reported, if recent."""
         shared = {}
-        for peer in set(self.held) | {p for p, e in self.estimates.items() if e.samples or e.failures}:
+        for peer in set(self.held) | set(self.estimates):
             e = self.estimates.get(peer, NodeEstimate())
+            busy_fresh = e.busy is not None and self.clock() - e.busy_at <= self.params.busy_max_age_s
+            if not (e.samples or e.failures or busy_fresh or peer in self.held):
+                continue
             shared[peer] = {
                 "per_block_s": e.per_block_s,
                 "delay_s": e.delay_s,
@@ -349,6 +387,8 @@ class AntColonyRouter:
                 "failures": e.failures,
                 "sessions": self.held.get(peer, 0),
             }
+            if busy_fresh:
+                shared[peer]["busy"] = e.busy
         return shared
 
     def absorb_shared(self, published: dict[str, dict]) -> None:
@@ -357,6 +397,7 @@ class AntColonyRouter:
         capped. Malformed entries are skipped: this is remote input."""
         per_peer: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         sessions: Counter[str] = Counter()
+        busy: dict[str, list[float]] = defaultdict(list)
         for publisher, observations in published.items():
             if publisher == self.publisher_id or not isinstance(observations, dict):
                 continue
@@ -370,7 +411,11 @@ class AntColonyRouter:
                 count = obs.get("sessions")
                 if _positive_number(count):
                     sessions[peer] += min(self.params.shared_sessions_cap, int(count))
+                fraction = obs.get("busy")
+                if _number(fraction) and 0.0 <= fraction <= 1.0:
+                    busy[peer].append(float(fraction))
         self.shared_sessions = dict(sessions)
+        self.shared_busy = {peer: statistics.median(values) for peer, values in busy.items()}
         shared = {}
         for peer, values in per_peer.items():
             estimate = NodeEstimate(samples=sum(1 for _ in values.get("per_block_s", ())))
@@ -387,8 +432,12 @@ class AntColonyRouter:
         self.shared = shared
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return _number(value) and value > 0
 
 
 class RandomRouter:
@@ -413,7 +462,9 @@ class RandomRouter:
             b = chain[-1].end
         return chain
 
-    def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
+    def report_step(
+        self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
+    ) -> None:
         self.bans.clear(hop.peer_id)
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:

@@ -35,9 +35,11 @@ class Router(Protocol):
         """A chain covering blocks [start, end); raises NoServersForBlocks when none exists."""
         ...
 
-    def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
+    def report_step(
+        self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
+    ) -> None:
         """A hop answered a step of ``tokens`` tokens in ``seconds`` (round trip; the node's own
-        compute time, when it reported it, in ``compute_seconds``)."""
+        compute time and busy fraction, when it reported them, in ``compute_seconds`` and ``busy``)."""
         ...
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:

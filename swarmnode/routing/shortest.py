@@ -102,7 +102,9 @@ class ShortestPathRouter:
     ) -> list[Hop]:
         return shortest_chain(snapshot, start, end, exclude | self.bans.banned(), self.hop_overhead_s, self.pings)
 
-    def report_step(self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None) -> None:
+    def report_step(
+        self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
+    ) -> None:
         self.bans.clear(hop.peer_id)
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:

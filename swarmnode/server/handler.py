@@ -25,6 +25,7 @@ from swarmnode.net.protocol import (
 )
 from swarmnode.records import NodeState
 from swarmnode.server.backend import BlockBackend
+from swarmnode.server.busy import BusyMeter
 from swarmnode.server.cache import CacheManager, Session
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class NodeHandler:
         self.sessions_done = asyncio.Event()
         self.sessions_done.set()
         self._streams = 0
+        self.busy = BusyMeter()  # reported with every step and in the node's record
 
     async def rpc_info(self, request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertResponse:
         return make_response(self.info_fn())
@@ -161,12 +163,14 @@ class NodeHandler:
                 "cache_len": cache.length,
                 "step": meta.get("step"),
                 "compute_ms": compute_ms,
+                "busy": self.busy.fraction(),  # the load signal routers learn from
                 "draining": self.state_fn() == NodeState.DRAINING,  # clients move before the node leaves
             },
             (out,),
         )
 
     async def _run(self, hidden, start: int, end: int, cache):
+        began = time.perf_counter()
         try:
             return await self.backend.run(hidden, start, end, cache)
         except RemoteError:
@@ -174,6 +178,8 @@ class NodeHandler:
         except (RuntimeError, ValueError) as e:
             logger.exception("compute failed")
             raise NodeInternalError(f"compute failed: {e}") from e
+        finally:
+            self.busy.add(began, time.perf_counter())
 
 
 def node_info(**fields) -> dict:

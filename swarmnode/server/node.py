@@ -225,6 +225,7 @@ class Node:
             prefill_rps=self.prefill_rps,
             cache_tokens_left=(caches.budget - caches.used) // span if caches else 0,
             active_sessions=caches.active_sessions if caches else 0,
+            busy=self.handler.busy.fraction() if self.handler is not None else -1.0,
             dtype=dtype_name(self.dtype),
             version=swarmnode.__version__,
             public_name=self.config.public_name,
