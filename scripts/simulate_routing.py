@@ -448,12 +448,12 @@ def plot(name: str, results: dict[str, dict], seeds: int, path: str) -> None:
 
     points = [float(x) for x in results]
     for policy in next(iter(results.values())):
-        style = dict(linestyle="--", color="gray") if policy == "oracle" else {}
+        style = dict(linestyle="--", color="black") if policy == "oracle" else {}
         plt.plot(points, [results[str(x)][policy]["p95_ms"] for x in points], marker="o", label=policy, **style)
     plt.xlabel(SWEEPS[name][0])
     plt.ylabel("p95 per-token latency (ms)")
     plt.yscale("log")
-    plt.legend()
+    plt.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     plt.title(f"Routing policies under contention, {seeds} seeds each")
     plt.savefig(path, dpi=120, bbox_inches="tight")
     plt.close()
