@@ -6,16 +6,18 @@ A swarm of 20-60 nodes over 32-80 blocks, spans placed by the real ``--blocks au
 arriving as a Poisson process from several clients, each client with its own router.
 Scenarios: ``static-low``, ``contention``, ``gray`` (a popular node becomes 5x slower without
 any error), ``churn`` (crashes and rejoins; a dead node stays advertised ONLINE until gossip
-declares it dead, 3 s later). As in the real system, a node re-announces its record (session
-count included) every 10 s, clients re-read the DHT every 2 s and publish observations every
-5 s, and a node advertises the throughput a start-up microbenchmark measured, which is off from
-its speed in service (``--profile-error``). Seeds use common random numbers: every policy sees
-the same swarm, arrivals and faults. Policy ``oracle`` is a reference no client can run (the
-cost model over the simulation's true, current state) that bounds what better information buys.
+declares it dead, 3 s later). As in the real system, every node runs the real busy meter
+(``swarmnode.server.busy``) and reports its busy fraction with every step, a node re-announces
+its record (session count and busy fraction included) every 10 s, clients re-read the DHT every
+2 s and publish observations every 5 s, and a node advertises the throughput a start-up
+microbenchmark measured, which is off from its speed in service (``--profile-error``). Seeds use
+common random numbers: every policy sees the same swarm, arrivals and faults. Policy ``oracle``
+is a reference no client can run (the cost model over the simulation's true, current state)
+that shows what better information buys.
 
     python scripts/simulate_routing.py --scenario contention --seeds 10 --json out.json
-    python scripts/simulate_routing.py --sweep load --seeds 5 --plot docs/routing_p95_vs_load.png
-    python scripts/simulate_routing.py --sweep error --seeds 5 --plot docs/routing_p95_vs_error.png
+    python scripts/simulate_routing.py --sweep load --seeds 10 --plot docs/routing_p95_vs_load.png
+    python scripts/simulate_routing.py --sweep error --seeds 10 --plot docs/routing_p95_vs_error.png
 """
 
 from __future__ import annotations
