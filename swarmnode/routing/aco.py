@@ -30,7 +30,6 @@ publishers, clamped to a factor of the prior), never from their raw pheromone.
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 import time
@@ -42,6 +41,7 @@ from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import NodeRecord, SwarmSnapshot
 from swarmnode.routing.base import Hop
 from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, Bans
+from swarmnode.routing.stigmergy import NodeEstimate, SharedView, aggregate, is_number, publishable
 
 DECODE_TOKENS = 4  # steps with at most this many new tokens count as decoding steps
 
@@ -90,18 +90,6 @@ class AcoParams:
 
 
 @dataclass
-class NodeEstimate:
-    """What this client believes about one node."""
-
-    per_block_s: float | None = None  # compute time per block per token
-    delay_s: float | None = None  # network round trip
-    samples: int = 0
-    failures: int = 0
-    busy: float | None = None  # the node's busy fraction, as it last reported it
-    busy_at: float = 0.0  # when (our clock)
-
-
-@dataclass
 class _Pending:
     tokens: int = 0
     seconds: float = 0.0
@@ -135,9 +123,7 @@ class AntColonyRouter:
         self.hop_overhead_s = hop_overhead_s
         self.pings = pings if pings is not None else {}  # peer → measured round trip, before any step
         self.estimates: dict[str, NodeEstimate] = defaultdict(NodeEstimate)
-        self.shared: dict[str, NodeEstimate] = {}  # blended from other clients' observations
-        self.shared_sessions: dict[str, int] = {}  # other clients' open sessions per node, capped per publisher
-        self.shared_busy: dict[str, float] = {}  # median over other clients of each node's fresh busy fraction
+        self.shared = SharedView()  # other clients' observations, aggregated
         self.held: Counter[str] = Counter()  # our own open sessions through each node
         self._tau: dict[tuple[int, str], tuple[float, float]] = {}  # (b, peer) → (τ, time of last update)
         self._boundary_times: dict[int, deque] = defaultdict(lambda: deque(maxlen=params.best_window))
@@ -158,7 +144,7 @@ class AntColonyRouter:
 
     # ---- cost model ------------------------------------------------------------------------------
     def per_block_s(self, record: NodeRecord) -> float:
-        own, shared = self.estimates.get(record.peer_id), self.shared.get(record.peer_id)
+        own, shared = self.estimates.get(record.peer_id), self.shared.estimates.get(record.peer_id)
         advertised = 1.0 / max(record.inference_rps, MIN_RPS)
         value = own.per_block_s if own is not None and own.per_block_s is not None else None
         if shared is not None and shared.per_block_s is not None:
@@ -172,14 +158,14 @@ class AntColonyRouter:
             return own.delay_s
         if record.peer_id in self.pings:
             return self.pings[record.peer_id]
-        shared = self.shared.get(record.peer_id)
+        shared = self.shared.estimates.get(record.peer_id)
         return shared.delay_s if shared is not None and shared.delay_s is not None else self.hop_overhead_s
 
     def sessions_on(self, record: NodeRecord) -> int:
         """Sessions through a node: what it last announced, or, if more, what clients report now
         (other clients' shared counts plus our own open sessions; records are up to an announce
         period old, our own count is exact)."""
-        reported = self.shared_sessions.get(record.peer_id, 0) + self.held.get(record.peer_id, 0)
+        reported = self.shared.sessions.get(record.peer_id, 0) + self.held.get(record.peer_id, 0)
         return max(0, record.active_sessions, reported)
 
     def busy(self, record: NodeRecord) -> float | None:
@@ -188,8 +174,8 @@ class AntColonyRouter:
         own = self.estimates.get(record.peer_id)
         if own is not None and own.busy is not None and self.clock() - own.busy_at <= self.params.busy_max_age_s:
             return own.busy
-        if record.peer_id in self.shared_busy:
-            return self.shared_busy[record.peer_id]
+        if record.peer_id in self.shared.busy:
+            return self.shared.busy[record.peer_id]
         return record.busy if record.busy >= 0 else None
 
     def load(self, record: NodeRecord) -> float:
@@ -318,7 +304,7 @@ class AntColonyRouter:
         self.bans.clear(hop.peer_id)
         if not self.learn:  # the frozen variant routes on advertised numbers only
             return
-        if _number(busy) and 0.0 <= busy <= 1.0:  # remote input
+        if is_number(busy) and 0.0 <= busy <= 1.0:  # remote input
             estimate = self.estimates[hop.peer_id]
             estimate.busy, estimate.busy_at = busy, self.clock()
         if tokens > DECODE_TOKENS:
@@ -374,70 +360,17 @@ class AntColonyRouter:
         """What this client measured, to share through the DHT (measurements, never pheromone):
         per node, its time per block, round trip, sample count, failures, our open sessions and
         the busy fraction it reported, if recent."""
-        shared = {}
-        for peer in set(self.held) | set(self.estimates):
-            e = self.estimates.get(peer, NodeEstimate())
-            busy_fresh = e.busy is not None and self.clock() - e.busy_at <= self.params.busy_max_age_s
-            if not (e.samples or e.failures or busy_fresh or peer in self.held):
-                continue
-            shared[peer] = {
-                "per_block_s": e.per_block_s,
-                "delay_s": e.delay_s,
-                "samples": e.samples,
-                "failures": e.failures,
-                "sessions": self.held.get(peer, 0),
-            }
-            if busy_fresh:
-                shared[peer]["busy"] = e.busy
-        return shared
+        return publishable(self.estimates, self.held, self.clock(), self.params.busy_max_age_s)
 
     def absorb_shared(self, published: dict[str, dict]) -> None:
-        """Blend other clients' observations: per node, the median over publishers (one vote each),
-        clamped to a factor of what we believed before; open sessions summed, each publisher's
-        capped. Malformed entries are skipped: this is remote input."""
-        per_peer: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-        sessions: Counter[str] = Counter()
-        busy: dict[str, list[float]] = defaultdict(list)
-        for publisher, observations in published.items():
-            if publisher == self.publisher_id or not isinstance(observations, dict):
-                continue
-            for peer, obs in observations.items():
-                if not isinstance(obs, dict):
-                    continue
-                for name in ("per_block_s", "delay_s"):
-                    value = obs.get(name)
-                    if _positive_number(value):
-                        per_peer[peer][name].append(float(value))
-                count = obs.get("sessions")
-                if _positive_number(count):
-                    sessions[peer] += min(self.params.shared_sessions_cap, int(count))
-                fraction = obs.get("busy")
-                if _number(fraction) and 0.0 <= fraction <= 1.0:
-                    busy[peer].append(float(fraction))
-        self.shared_sessions = dict(sessions)
-        self.shared_busy = {peer: statistics.median(values) for peer, values in busy.items()}
-        shared = {}
-        for peer, values in per_peer.items():
-            estimate = NodeEstimate(samples=sum(1 for _ in values.get("per_block_s", ())))
-            prior = self.estimates.get(peer)
-            for name in ("per_block_s", "delay_s"):
-                if values.get(name):
-                    value = statistics.median(values[name])
-                    anchor = getattr(prior, name) if prior is not None else None
-                    if anchor:
-                        c = self.params.shared_clamp
-                        value = min(anchor * c, max(anchor / c, value))
-                    setattr(estimate, name, value)
-            shared[peer] = estimate
-        self.shared = shared
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _positive_number(value: object) -> bool:
-    return _number(value) and value > 0
+        """Take in other clients' observations (see :func:`swarmnode.routing.stigmergy.aggregate`)."""
+        self.shared = aggregate(
+            published,
+            self.estimates,
+            skip_publisher=self.publisher_id,
+            clamp=self.params.shared_clamp,
+            sessions_cap=self.params.shared_sessions_cap,
+        )
 
 
 class RandomRouter:
