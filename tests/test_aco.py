@@ -8,14 +8,7 @@ import pytest
 from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.routing import AcoParams, AntColonyRouter, Hop, RandomRouter, make_router, shortest_chain
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
+from tests.clock import Clock
 
 
 def node(peer, start, end, rps=100.0, sessions=0, busy=-1.0):
@@ -46,7 +39,7 @@ def test_constant_tau_and_pure_exploitation_is_shortest_latency_routing():
 
 
 def test_choice_probabilities_follow_tau_alpha_eta_beta():
-    clock = Clock()
+    clock = Clock(1000.0)
     router = AntColonyRouter(AcoParams(q0=0.0), rng=random.Random(1), clock=clock, use_load=False)
     s = snap(node("a", 0, 8, rps=100), node("b", 0, 8, rps=100))  # equal η: τ decides
     router._set_tau(0, "a", 0.8)
@@ -75,7 +68,7 @@ def test_load_term_steers_away_from_busy_nodes():
 
 
 def test_load_follows_the_busy_fraction_freshest_source_first():
-    clock = Clock()
+    clock = Clock(1000.0)
     router = AntColonyRouter(AcoParams(busy_cap=0.9, busy_max_age_s=15), clock=clock, publisher_id="me")
     record = node("x", 0, 8, sessions=6, busy=0.5)  # the record's busy fraction beats its session count
     assert router.load(record) == pytest.approx(2.0)
@@ -98,7 +91,7 @@ def test_load_follows_the_busy_fraction_freshest_source_first():
 
 
 def test_reinforcement_is_relative_to_the_best_recent_time():
-    router = AntColonyRouter(AcoParams(reinforce_every=4, deposit=0.5), clock=Clock())
+    router = AntColonyRouter(AcoParams(reinforce_every=4, deposit=0.5), clock=Clock(1000.0))
     fast, slow = Hop("fast", 0, 4), Hop("slow", 0, 4)
     for _ in range(4):
         router.report_step(fast, 0.004, 1)
@@ -109,7 +102,7 @@ def test_reinforcement_is_relative_to_the_best_recent_time():
 
 
 def test_evaporation_returns_to_tau0_over_wall_time():
-    clock = Clock()
+    clock = Clock(1000.0)
     router = AntColonyRouter(AcoParams(half_life_s=10), clock=clock)
     router._set_tau(0, "x", 1.0)
     clock.now += 10
@@ -119,14 +112,14 @@ def test_evaporation_returns_to_tau0_over_wall_time():
 
 
 def test_tau_stays_within_bounds():
-    router = AntColonyRouter(AcoParams(tau_min=0.1, tau_max=0.9), clock=Clock())
+    router = AntColonyRouter(AcoParams(tau_min=0.1, tau_max=0.9), clock=Clock(1000.0))
     router._set_tau(0, "x", 5.0)
     router._set_tau(1, "x", -3.0)
     assert router.tau(0, "x") == pytest.approx(0.9) and router.tau(1, "x") == pytest.approx(0.1)
 
 
 def test_failure_drops_tau_bans_with_backoff_and_plans_backups():
-    clock = Clock()
+    clock = Clock(1000.0)
     router = AntColonyRouter(AcoParams(), clock=clock)
     s = snap(node("a", 0, 4, rps=1000), node("b", 4, 8, rps=1000), node("b2", 4, 8, rps=100), node("c", 0, 8))
     chain = router.choose_chain(s, 0, 8, greedy=True)
@@ -193,7 +186,7 @@ def test_no_servers_and_random_policy():
 
 
 def test_prompt_steps_do_not_feed_the_ants():
-    router = AntColonyRouter(AcoParams(reinforce_every=2), clock=Clock())
+    router = AntColonyRouter(AcoParams(reinforce_every=2), clock=Clock(1000.0))
     hop = Hop("x", 0, 4)
     router.report_step(hop, 0.010, 64, compute_seconds=0.008)  # a 64-token prompt: not a decoding step
     assert "x" not in router.estimates and router.boundary_stats(0) == {}
@@ -204,6 +197,6 @@ def test_prompt_steps_do_not_feed_the_ants():
 
 
 def test_the_frozen_variant_does_not_learn():
-    router = AntColonyRouter(AcoParams(reinforce_every=1), learn=False, clock=Clock())
+    router = AntColonyRouter(AcoParams(reinforce_every=1), learn=False, clock=Clock(1000.0))
     router.report_step(Hop("x", 0, 4), 1.0, 1, compute_seconds=0.9)
     assert "x" not in router.estimates and router.tau(0, "x") == pytest.approx(AcoParams().tau0)

@@ -3,18 +3,11 @@
 import pytest
 
 from swarmnode.server.busy import BusyMeter
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
+from tests.clock import Clock
 
 
 def test_busy_fraction_over_a_sliding_window():
-    clock = Clock()
+    clock = Clock(100.0)
     meter = BusyMeter(window_s=10.0, clock=clock)
     assert meter.fraction() == 0.0
     meter.add(91.0, 93.0)
@@ -29,7 +22,7 @@ def test_busy_fraction_over_a_sliding_window():
 
 
 def test_overlapping_spans_are_merged_and_the_fraction_never_exceeds_one():
-    clock = Clock()
+    clock = Clock(100.0)
     meter = BusyMeter(window_s=4.0, clock=clock)
     meter.add(97.0, 97.5)  # inline decoding steps while a prompt ran in the compute thread
     meter.add(98.0, 98.5)

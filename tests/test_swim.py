@@ -3,14 +3,7 @@
 import random
 
 from swarmnode.membership.swim import Member, Membership, Status, Update, overrides
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from tests.clock import Clock
 
 
 def test_precedence_rules():

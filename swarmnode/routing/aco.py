@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import NodeRecord, SwarmSnapshot
 from swarmnode.routing.base import Hop
-from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, Bans
+from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, BanFeedback, Bans
 from swarmnode.routing.stigmergy import NodeEstimate, SharedView, aggregate, is_number, publishable
 
 DECODE_TOKENS = 4  # steps with at most this many new tokens count as decoding steps
@@ -373,7 +373,7 @@ class AntColonyRouter:
         )
 
 
-class RandomRouter:
+class RandomRouter(BanFeedback):
     """Router policy ``"random"``: a uniformly random node at each boundary, to its span end."""
 
     def __init__(self, rng: random.Random | None = None, bans: Bans | None = None):
@@ -394,17 +394,3 @@ class RandomRouter:
             chain.append(Hop(record.peer_id, b, min(record.end, end)))
             b = chain[-1].end
         return chain
-
-    def report_step(
-        self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
-    ) -> None:
-        self.bans.clear(hop.peer_id)
-
-    def report_failure(self, hop: Hop, error: BaseException) -> None:
-        self.bans.ban(hop.peer_id)
-
-    def hold(self, hops: list[Hop]) -> None:
-        """Not used: this policy ignores load."""
-
-    def release(self, hops: list[Hop]) -> None:
-        """Not used: this policy ignores load."""

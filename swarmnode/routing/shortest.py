@@ -87,20 +87,11 @@ def shortest_chain(
     return chain[::-1]
 
 
-class ShortestPathRouter:
-    """Router policy ``"shortest"``: Dijkstra over advertised throughput, skipping banned nodes."""
+class BanFeedback:
+    """Feedback for the policies that learn nothing: a failed node is banned (with backoff),
+    an answer lifts its ban; step times and load are ignored."""
 
-    def __init__(
-        self, hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S, bans: Bans | None = None, pings: dict | None = None
-    ):
-        self.hop_overhead_s = hop_overhead_s
-        self.bans = bans or Bans()
-        self.pings = pings if pings is not None else {}  # peer → measured round trip, seconds
-
-    def choose_chain(
-        self, snapshot: SwarmSnapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()
-    ) -> list[Hop]:
-        return shortest_chain(snapshot, start, end, exclude | self.bans.banned(), self.hop_overhead_s, self.pings)
+    bans: Bans
 
     def report_step(
         self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
@@ -115,3 +106,19 @@ class ShortestPathRouter:
 
     def release(self, hops: list[Hop]) -> None:
         """Not used: this policy ignores load."""
+
+
+class ShortestPathRouter(BanFeedback):
+    """Router policy ``"shortest"``: Dijkstra over advertised throughput, skipping banned nodes."""
+
+    def __init__(
+        self, hop_overhead_s: float = DEFAULT_HOP_OVERHEAD_S, bans: Bans | None = None, pings: dict | None = None
+    ):
+        self.hop_overhead_s = hop_overhead_s
+        self.bans = bans or Bans()
+        self.pings = pings if pings is not None else {}  # peer → measured round trip, seconds
+
+    def choose_chain(
+        self, snapshot: SwarmSnapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()
+    ) -> list[Hop]:
+        return shortest_chain(snapshot, start, end, exclude | self.bans.banned(), self.hop_overhead_s, self.pings)
