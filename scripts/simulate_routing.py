@@ -397,19 +397,26 @@ class Simulation:
 
 
 class OracleRouter(AntColonyRouter):
-    """A reference no client can run: the same cost model over the simulation's true state, read
-    the instant a chain is chosen (true speeds, true delays, current busy fractions) plus each
-    node's current queue backlog. It bounds what better information buys under this cost model."""
+    """A reference no client can run: the selector's own cost model fed the simulation's true
+    state the instant a chain is chosen (true speeds, true delays, current busy fractions), plus
+    each node's current queue backlog. It shows what better information buys under this model."""
 
     def __init__(self, sim: Simulation, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.sim = sim
 
+    def per_block_s(self, record: NodeRecord) -> float:
+        return self.sim.node(record.peer_id).per_block_s
+
+    def delay_s(self, record: NodeRecord) -> float:
+        return self.sim.node(record.peer_id).delay_s
+
+    def busy(self, record: NodeRecord) -> float:
+        return self.sim.meter(self.sim.node(record.peer_id)).fraction()
+
     def hop_cost(self, record: NodeRecord, b: int, e: int) -> float:
-        x = self.sim.node(record.peer_id)
-        backlog = max(0.0, x.busy_until - self.sim.now)
-        load = 1.0 / (1.0 - min(self.params.busy_cap, self.sim.meter(x).fraction()))
-        return x.delay_s + (e - b) * x.per_block_s * load + backlog
+        backlog = max(0.0, self.sim.node(record.peer_id).busy_until - self.sim.now)
+        return super().hop_cost(record, b, e) + backlog
 
 
 def summarize(runs: list[dict]) -> dict:
