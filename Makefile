@@ -4,9 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench lock check-install clean
 
 $(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) scripts/check_install_files.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
@@ -31,6 +32,14 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_latency.py
+
+# Regenerate constraints.txt from package names in a fresh virtualenv (never edit it by hand).
+lock:
+	PYTHON=$(PYTHON) bash scripts/lock.sh
+
+# Refuse install files that name a local path or a file URL (runs before every install).
+check-install:
+	$(PYTHON) scripts/check_install_files.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
