@@ -178,7 +178,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from swarmnode.demo import run_demo
 
-    return run_demo(preset=args.preset, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    return run_demo(model=args.model, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,9 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("demo", help="start a local swarm, generate through it, compare with local generation")
-    p.add_argument("--preset", default="demo-llama")
-    p.add_argument("--prompt", default="A swarm of bees")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument(
+        "--model",
+        default="smollm2",
+        help="smollm2 (default: SmolLM2-135M-Instruct, a real chat model), tiny (random weights), "
+        "a GGUF file or a checkpoint folder",
+    )
+    p.add_argument("--prompt", default=None, help="the question (chat models) or prompt text")
+    p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=cmd_demo)
     return parser
 

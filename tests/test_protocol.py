@@ -7,8 +7,8 @@ from swarmnode.errors import CacheExhausted, InvalidRequest, RemoteError
 from swarmnode.net.protocol import (
     error_response,
     make_response,
-    one_tensor,
     read_response,
+    step_tensors,
     tensor_to_proto,
     unpack_meta,
 )
@@ -25,13 +25,13 @@ def test_metadata_round_trip_and_garbage():
 
 def test_tensor_round_trip_and_garbage():
     t = torch.randn(1, 3, 8)
-    assert torch.equal(one_tensor([tensor_to_proto(t)]), t)
+    assert torch.equal(step_tensors([tensor_to_proto(t)])[0], t)
     broken = tensor_to_proto(t)
     broken.buffer = b"\x00" * 5
     with pytest.raises(InvalidRequest, match="cannot decode"):
-        one_tensor([broken])
-    with pytest.raises(InvalidRequest, match="exactly one"):
-        one_tensor([])
+        step_tensors([broken])
+    with pytest.raises(InvalidRequest, match="expected 1 tensor"):
+        step_tensors([])
 
 
 def test_errors_travel_as_codes():

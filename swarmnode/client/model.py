@@ -12,18 +12,12 @@ import time
 from collections.abc import Iterator
 
 import torch
-from transformers.generation.logits_process import (
-    LogitsProcessorList,
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
+from swarmnode.client.generation import load_generation_config, plan_generation, prompt_positions
 from swarmnode.client.session import InferenceSession
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
-from swarmnode.errors import NoServersForBlocks, SessionError
+from swarmnode.errors import ModelMismatch, NoServersForBlocks, SessionError
 from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spec
 from swarmnode.net.dht import store_records
 from swarmnode.net.protocol import make_request, read_response
@@ -37,9 +31,13 @@ SHARED_TTL_S = 60.0  # shared observations outlive a client briefly, so later cl
 class RemoteBlocks:
     """All blocks of one model as served by the swarm: finds chains, runs stateless forwards."""
 
-    def __init__(self, connection: SwarmConnection, config: ClientConfig, model_id: str, num_blocks: int):
+    def __init__(
+        self, connection: SwarmConnection, config: ClientConfig, model_id: str, num_blocks: int, config_hash: str = ""
+    ):
         self.connection, self.config = connection, config
         self.model_id, self.num_blocks = model_id, num_blocks
+        self.config_hash = config_hash  # of the client's checkpoint: nodes with another one refuse
+        self._model_checked = False
         self.client_id = str(connection.p2p.peer_id)
         bans = Bans(base_s=config.ban_base_s, max_s=config.ban_max_s)
         self.router = make_router(config.routing, config.aco_params(), bans=bans, publisher_id=self.client_id)
@@ -60,6 +58,18 @@ class RemoteBlocks:
             except Exception as e:  # noqa: BLE001 - sharing is best effort
                 logger.debug("could not share observations: %s", e)
 
+    async def _check_model_record(self) -> None:
+        """Refuse a swarm that announces another checkpoint under this model id."""
+        record = (await self.connection.models()).get(self.model_id)
+        if record is None:
+            return  # nobody serves it yet: find_chain waits for nodes, then checks again
+        self._model_checked = True
+        if self.config_hash and record.config_hash and record.config_hash != self.config_hash:
+            raise ModelMismatch(
+                f"checkpoints differ: the swarm serves {self.model_id!r} with config hash {record.config_hash}, "
+                f"this client's checkpoint has {self.config_hash}"
+            )
+
     def expected_seconds(self, hop: Hop, tokens: int) -> float:
         """What a step of ``tokens`` tokens should take on ``hop``, from its advertised throughput."""
         record = self.last_snapshot.nodes.get(hop.peer_id) if self.last_snapshot else None
@@ -77,6 +87,8 @@ class RemoteBlocks:
         end = self.num_blocks if end is None else end
         began = time.monotonic()
         max_age = None
+        if not self._model_checked:
+            await self._check_model_record()
         while True:
             snapshot = await self.connection.snapshot(self.model_id, self.num_blocks, max_age=max_age)
             self.last_snapshot = snapshot
@@ -91,10 +103,12 @@ class RemoteBlocks:
                 await asyncio.sleep(min(1.0, self.config.wait_for_servers - waited))
                 max_age = 0.0  # re-read the DHT on the next try
 
-    async def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Stateless forward through all blocks (no KV cache kept)."""
+    async def forward(self, hidden: torch.Tensor, *padding: torch.Tensor) -> torch.Tensor:
+        """Stateless forward through all blocks (no KV cache kept); ``padding`` is
+        (attention mask, position ids) for a padded batch, or nothing."""
         for hop in await self.find_chain():
-            request = make_request({"start": hop.start, "end": hop.end}, (hidden,))
+            meta = {"start": hop.start, "end": hop.end, "config_hash": self.config_hash}
+            request = make_request(meta, (hidden, *padding))
             stub = self.connection.stub(hop.peer_id)
             try:
                 response = await stub.rpc_forward(request, timeout=self.config.request_timeout)
@@ -122,9 +136,12 @@ class DistributedModelForCausalLM:
         dtype = DTYPES.get(config.dtype, torch.float32)
         self.head, self.head_parameters = load_client_head(spec, dtype)
         self.dtype = dtype
-        self.generation_config = _generation_defaults(spec)
+        folder = spec.checkpoint.local_dir
+        self.generation_config = load_generation_config(str(folder) if folder else spec.path, spec.config)
         self.connection = SwarmConnection(config)
-        self.remote = RemoteBlocks(self.connection, config, model_id, spec.num_blocks)
+        self.remote = RemoteBlocks(
+            self.connection, config, model_id, spec.num_blocks, config_hash=spec.checkpoint.config_hash()
+        )
 
     @classmethod
     def from_pretrained(
@@ -141,9 +158,7 @@ class DistributedModelForCausalLM:
         """
         config = load_config(ClientConfig, {"initial_peers": tuple(initial_peers), **client_options})
         spec = load_model_spec(model_name_or_path)
-        model_id = (
-            validate_model_id(model_id) if model_id else (config.model_id or model_id_from_name(model_name_or_path))
-        )
+        model_id = validate_model_id(model_id) if model_id else (config.model_id or model_id_from_name(spec.name))
         return cls(spec, config, model_id)
 
     # ---- sessions and forward ----------------------------------------------------------------------
@@ -152,12 +167,25 @@ class DistributedModelForCausalLM:
         return InferenceSession(self.remote, max_length)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits for every position of ``input_ids`` [batch, seq] (stateless, no session)."""
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits for every position of ``input_ids`` [batch, seq] (stateless, no session).
+
+        ``attention_mask`` (0 = padding) and ``position_ids`` behave as in the model's own
+        ``forward`` in transformers; without position ids the family's default is used.
+        """
         input_ids = _as_batch(input_ids)
-        positions = torch.arange(input_ids.shape[1])[None]
-        hidden = self.head.embed(input_ids, positions)
-        hidden = self.connection.run(self.remote.forward(hidden))
+        mask = None if attention_mask is None else _as_mask(attention_mask, input_ids.shape)
+        if position_ids is None:
+            position_ids = self.spec.family.forward_positions(mask, input_ids.shape[1])
+        hidden = self.head.embed(input_ids, position_ids)
+        padded = mask is not None and not bool(mask.all())
+        extras = (mask, position_ids.expand(input_ids.shape[0], -1).contiguous()) if padded else ()
+        hidden = self.connection.run(self.remote.forward(hidden, *extras))
         return self.head.logits(hidden.to(self.dtype))
 
     __call__ = forward
@@ -167,41 +195,41 @@ class DistributedModelForCausalLM:
         self,
         input_ids: torch.Tensor | None = None,
         *,
-        max_new_tokens: int = 20,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_k: int = 50,
-        top_p: float = 1.0,
-        repetition_penalty: float = 1.0,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
+        attention_mask: torch.Tensor | None = None,
         streamer=None,
         session: InferenceSession | None = None,
+        generator: torch.Generator | None = None,
+        **options,
     ) -> torch.Tensor:
-        """Generate like ``transformers``' ``generate`` (greedy or sampling; same defaults).
+        """Generate like ``transformers``' ``generate``: greedy or sampling, with the same
+        defaults (the checkpoint's ``generation_config.json``, then transformers' own),
+        the same logits processors in the same order, and the same handling of padding.
+
+        ``options`` are generation-config fields (``max_new_tokens``, ``do_sample``,
+        ``temperature``, ``top_k``, ``top_p``, ``repetition_penalty``, ``eos_token_id``,
+        ``pad_token_id``, ...). ``attention_mask`` marks the real tokens of a left-padded
+        batch (inferred from pad tokens when omitted, as transformers does). ``generator``
+        makes sampling reproducible without touching the global RNG.
 
         Returns the prompt followed by the new tokens; with ``session``, all tokens of the
         session so far (its earlier prompts and outputs, then this call's prompt and new tokens).
         ``streamer`` takes any transformers streamer (``put`` / ``end``).
         """
-        steps = self._agenerate(
-            input_ids,
-            max_new_tokens,
-            do_sample,
-            temperature,
-            top_k,
-            top_p,
-            repetition_penalty,
-            eos_token_id,
-            pad_token_id,
-            streamer,
-            session,
-        )
+        steps = self._agenerate(input_ids, attention_mask, streamer, session, generator, options)
         return self.connection.run(_last(steps))
 
-    def stream_tokens(self, input_ids: torch.Tensor | None = None, **kwargs) -> Iterator[torch.Tensor]:
+    def stream_tokens(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        streamer=None,
+        session: InferenceSession | None = None,
+        generator: torch.Generator | None = None,
+        **options,
+    ) -> Iterator[torch.Tensor]:
         """Like ``generate``, but yields each new token ([batch] tensor) as soon as it exists."""
-        steps = self._agenerate(input_ids, **_stream_kwargs(kwargs))
+        steps = self._agenerate(input_ids, attention_mask, streamer, session, generator, options)
         try:
             self.connection.run(anext(steps))  # the prompt itself
             while True:
@@ -213,56 +241,56 @@ class DistributedModelForCausalLM:
         finally:
             self.connection.run(steps.aclose())
 
-    async def _agenerate(
-        self,
-        input_ids,
-        max_new_tokens=20,
-        do_sample=False,
-        temperature=1.0,
-        top_k=50,
-        top_p=1.0,
-        repetition_penalty=1.0,
-        eos_token_id=None,
-        pad_token_id=None,
-        streamer=None,
-        session=None,
-    ):
+    async def _agenerate(self, input_ids, attention_mask, streamer, session, generator, options):
         """Yields all tokens so far: once before generating, then after each new token.
 
         Runs on the client's event loop thread, so a token costs no thread handoffs.
         """
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
         own_session = session is None
         prompt = _as_batch(input_ids) if input_ids is not None else None
+        if own_session and prompt is None:
+            raise ValueError("input_ids is required without a session")
+        history = 0 if own_session or session.token_ids is None else session.token_ids.shape[1]
+        context, to_send = _session_inputs(session, prompt)
+        plan = plan_generation(
+            self.config,
+            self.generation_config,
+            context,
+            attention_mask,
+            None if own_session else session.attention_mask,
+            history,
+            options,
+        )
         if own_session:
-            if prompt is None:
-                raise ValueError("input_ids is required without a session")
-            session = self.inference_session(prompt.shape[1] + max_new_tokens)
+            session = self.inference_session(context.shape[1] + plan.max_new_tokens)
         try:
-            context, to_send = _session_inputs(session, prompt)
-            processors = _processors(do_sample, temperature, top_k, top_p, repetition_penalty)
-            eos = torch.tensor(_eos_ids(eos_token_id, self.generation_config.get("eos_token_id")), dtype=torch.long)
-            pad = pad_token_id if pad_token_id is not None else (int(eos[0]) if len(eos) else 0)
+            mask = plan.attention_mask if plan.attention_mask is not None else session.attention_mask
+            if mask is not None and mask.shape[1] < context.shape[1]:  # padding earlier in the session only
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], context.shape[1] - mask.shape[1]))], 1)
+            session.attention_mask = mask
+            positions = None if mask is None else prompt_positions(mask, context.shape[1] - to_send.shape[1])
             if streamer is not None and prompt is not None:
                 streamer.put(prompt.cpu())
             unfinished = torch.ones(context.shape[0], dtype=torch.bool)
             yield context
-            for index in range(max_new_tokens):
-                hidden = await session.step_async(self._embed(to_send, session.position))
-                if index == 0:
+            for index in range(plan.max_new_tokens):
+                hidden = await session.step_async(*self._step_inputs(session, to_send, positions))
+                if index == 0:  # what each hop held before this call's first step (tests check reuse)
                     session.first_prefix_lengths.append(session.reported_prefix_lengths)
                     session.first_step_tokens.append(to_send.shape[1])
-                next_ids = self._next_tokens(hidden, context, processors, do_sample)
-                next_ids = torch.where(unfinished, next_ids, torch.full_like(next_ids, pad))
+                next_ids = self._next_tokens(hidden, context, plan, generator)
+                next_ids = torch.where(unfinished, next_ids, torch.full_like(next_ids, plan.pad))
                 context = torch.cat([context, next_ids[:, None]], dim=1)
                 to_send = next_ids[:, None]
+                if positions is not None:
+                    positions = positions[:, -1:] + 1  # transformers: the last position plus one
+                    session.attention_mask = torch.cat([session.attention_mask, torch.ones_like(to_send)], 1)
                 session.token_ids, session.pending_ids = context, to_send
                 if streamer is not None:
                     streamer.put(next_ids.cpu())
                 yield context
-                if len(eos):
-                    unfinished &= ~torch.isin(next_ids, eos)
+                if len(plan.eos):
+                    unfinished &= ~torch.isin(next_ids, plan.eos)
                     if not unfinished.any():
                         break
             session.token_ids, session.pending_ids = context, to_send
@@ -273,15 +301,25 @@ class DistributedModelForCausalLM:
                 await session.aclose()
 
     @torch.inference_mode()
-    def _embed(self, ids: torch.Tensor, position: int) -> torch.Tensor:
-        return self.head.embed(ids, torch.arange(position, position + ids.shape[1])[None])
+    def _step_inputs(self, session: InferenceSession, ids: torch.Tensor, positions: torch.Tensor | None):
+        """(hidden states, mask, positions) of the tokens ``ids`` that follow the session's position."""
+        if positions is None:
+            return (
+                self.head.embed(ids, torch.arange(session.position, session.position + ids.shape[1])[None]),
+                None,
+                None,
+            )
+        mask = session.attention_mask[:, session.position : session.position + ids.shape[1]]
+        return self.head.embed(ids, positions), mask.contiguous(), positions.contiguous()
 
     @torch.inference_mode()
-    def _next_tokens(self, hidden: torch.Tensor, context: torch.Tensor, processors, do_sample: bool) -> torch.Tensor:
+    def _next_tokens(self, hidden: torch.Tensor, context: torch.Tensor, plan, generator) -> torch.Tensor:
+        # As transformers' _sample: float32 logits of the last position, processors, then argmax or a draw.
         scores = self.head.logits(hidden[:, -1:].to(self.dtype))[:, -1].float()
-        scores = processors(context, scores)
-        if do_sample:
-            return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        scores = plan.processors(context, scores)
+        if plan.do_sample:
+            probs = torch.softmax(scores, dim=-1)
+            return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
         return scores.argmax(dim=-1)
 
     # ---- lifetime ----------------------------------------------------------------------------------
@@ -311,9 +349,9 @@ def _as_batch(input_ids) -> torch.Tensor:
     return ids.long()
 
 
-def _session_inputs(session: InferenceSession, prompt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _session_inputs(session: InferenceSession | None, prompt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(all tokens so far incl. the prompt, tokens still to send through the chain)."""
-    if session.token_ids is None:
+    if session is None or session.token_ids is None:
         if prompt is None:
             raise SessionError("the session is empty: pass input_ids")
         return prompt, prompt
@@ -325,59 +363,12 @@ def _session_inputs(session: InferenceSession, prompt: torch.Tensor | None) -> t
     return torch.cat([session.token_ids, prompt], 1), torch.cat([pending, prompt], 1)
 
 
-def _processors(
-    do_sample: bool, temperature: float, top_k: int, top_p: float, repetition_penalty: float
-) -> LogitsProcessorList:
-    """The same processors, in the same order, as transformers' generate."""
-    processors = LogitsProcessorList()
-    if repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(penalty=repetition_penalty))
-    if do_sample:
-        if temperature <= 0:
-            raise ValueError("temperature must be positive when sampling")
-        if temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
-        if top_k:
-            processors.append(TopKLogitsWarper(top_k=top_k))
-        if top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p=top_p))
-    return processors
-
-
-def _eos_ids(given, default) -> list[int]:
-    value = given if given is not None else default
-    if value is None:
-        return []
-    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
-
-
-def _generation_defaults(spec: ModelSpec) -> dict:
-    folder = spec.checkpoint.local_dir
-    defaults = {"eos_token_id": getattr(spec.config, "eos_token_id", None)}
-    try:
-        from transformers import GenerationConfig
-
-        gen = GenerationConfig.from_pretrained(str(folder) if folder else spec.checkpoint.source)
-        defaults["eos_token_id"] = gen.eos_token_id
-    except (OSError, ValueError):
-        pass
-    return defaults
-
-
-def _stream_kwargs(kwargs: dict) -> dict:
-    allowed = {
-        "max_new_tokens",
-        "do_sample",
-        "temperature",
-        "top_k",
-        "top_p",
-        "repetition_penalty",
-        "eos_token_id",
-        "pad_token_id",
-        "streamer",
-        "session",
-    }
-    unknown = set(kwargs) - allowed
-    if unknown:
-        raise TypeError(f"unexpected arguments {sorted(unknown)}")
-    return kwargs
+def _as_mask(mask, shape: torch.Size) -> torch.Tensor:
+    mask = torch.as_tensor(mask)
+    if mask.ndim == 1:
+        mask = mask[None]
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(shape)}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask values must be 0 or 1")
+    return mask.long()

@@ -40,13 +40,41 @@ logger = logging.getLogger(__name__)
 RECENT_STEPS = 16
 
 
+@dataclass(frozen=True)
+class StepInput:
+    """What one step sends to a hop: hidden states [batch, seq, hidden] and, for a padded
+    batch, the tokens' attention mask [batch, seq] (0 = padding) and position ids."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.hidden.shape[1]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        if self.mask is None:
+            return (self.hidden,)
+        return (self.hidden, self.mask, self.positions)
+
+    def with_hidden(self, hidden: torch.Tensor) -> StepInput:
+        """The same tokens, as the next hop receives them."""
+        return StepInput(hidden, self.mask, self.positions)
+
+    def head(self, tokens: int) -> StepInput:
+        """The first ``tokens`` tokens of this input."""
+        cut = lambda t: None if t is None else t[:, :tokens]  # noqa: E731
+        return StepInput(self.hidden[:, :tokens], cut(self.mask), cut(self.positions))
+
+
 @dataclass
 class _HopState:
     """One open hop of the chain."""
 
     hop: Hop
     stream: NodeStream | None = None  # opened on first use, so a dead node fails like any step
-    history: list[torch.Tensor] = field(default_factory=list)  # every input sent, for replay
+    history: list[StepInput] = field(default_factory=list)  # every input sent, for replay
     cache_len_before: int = 0  # what the node reported for the last step
     step_times: list[float] = field(default_factory=list)  # round trips, seconds
     compute_times: list[float] = field(default_factory=list)  # the node's own compute, seconds
@@ -55,7 +83,19 @@ class _HopState:
 
     @property
     def sent_tokens(self) -> int:
-        return sum(h.shape[1] for h in self.history)
+        return sum(h.tokens for h in self.history)
+
+    def truncate(self, tokens: int) -> None:
+        """Forget the inputs after the first ``tokens`` tokens (the node rolls back on the next step)."""
+        kept, total = [], 0
+        for inp in self.history:
+            if total + inp.tokens > tokens:
+                if tokens > total:
+                    kept.append(inp.head(tokens - total))
+                break
+            kept.append(inp)
+            total += inp.tokens
+        self.history = kept
 
 
 @dataclass(frozen=True)
@@ -87,6 +127,9 @@ class InferenceSession:
         self.position = 0  # tokens already processed by every hop
         self.token_ids: torch.Tensor | None = None  # all tokens of this session, for generate()
         self.pending_ids: torch.Tensor | None = None  # generated tokens not yet sent through the chain
+        self.attention_mask: torch.Tensor | None = None  # of token_ids, once a padded prompt came
+        self.last_positions: torch.Tensor | None = None  # [batch] position id of the last token sent
+        self.config_hash = getattr(remote, "config_hash", "")  # nodes with another checkpoint refuse
         self.failovers: list[FailoverEvent] = []
         self.first_prefix_lengths: list[list[int]] = []  # per generate call: what each hop reported it held
         self.first_step_tokens: list[int] = []  # per generate call: tokens sent in its first step
@@ -106,12 +149,37 @@ class InferenceSession:
         """The cached prefix length each hop reported for the last step."""
         return [h.cache_len_before for h in self._hops]
 
-    def step(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Send new hidden states [batch, seq, hidden] through the chain; returns the last block's output."""
-        return self.remote.connection.run(self.step_async(hidden))
+    def step(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Send new hidden states [batch, seq, hidden] through the chain; returns the last block's output.
 
-    async def step_async(self, hidden: torch.Tensor) -> torch.Tensor:
+        For a padded batch, ``mask`` [batch, seq] marks the real tokens (0 = padding) and
+        ``positions`` [batch, seq] gives their position ids; both or neither.
+        """
+        return self.remote.connection.run(self.step_async(hidden, mask, positions))
+
+    def rollback(self, position: int) -> None:
+        """Forget every token after the first ``position`` (the nodes drop them on the next step).
+
+        The chat CLI uses this when a re-rendered conversation diverges from what was sent.
+        """
+        if not 0 <= position <= self.position:
+            raise ValueError(f"cannot roll back to {position}: the session holds {self.position} tokens")
+        for state in self._hops:
+            state.truncate(position)
+        self.position = position
+        if self.token_ids is not None:
+            self.token_ids, self.pending_ids = self.token_ids[:, :position], None
+        if self.attention_mask is not None:
+            self.attention_mask = self.attention_mask[:, :position]
+
+    async def step_async(
+        self, hidden: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``step`` for code that runs on the client's event loop."""
+        if (mask is None) != (positions is None):
+            raise ValueError("pass both mask and positions, or neither")
         if self._closed:
             raise SessionClosed("this inference session is closed")
         if hidden.ndim != 3:
@@ -121,7 +189,7 @@ class InferenceSession:
                 f"session max_length is {self.max_length}: {self.position} tokens used, {hidden.shape[1]} more asked"
             )
         try:
-            out = await self._step_async(hidden)
+            out = await self._step_async(StepInput(hidden, mask, positions))
         except BaseException:
             self._closed = True  # a step that failed for good leaves the nodes' caches inconsistent
             await self._close_streams()
@@ -149,7 +217,7 @@ class InferenceSession:
         self.close()
 
     # ---- one step ---------------------------------------------------------------------------------
-    async def _step_async(self, hidden: torch.Tensor) -> torch.Tensor:
+    async def _step_async(self, step: StepInput) -> torch.Tensor:
         if not self._hops:
             self._hops = [self._new_state(hop) for hop in await self.remote.find_chain()]
             self.remote.router.hold(self.chain)
@@ -158,18 +226,18 @@ class InferenceSession:
         while index < len(self._hops):
             state = self._hops[index]
             try:
-                out = await self._run_hop(state, hidden)
+                out = await self._run_hop(state, step)
             except (NodeUnavailable, RemoteError) as error:
                 if isinstance(error, InvalidRequest):
                     raise  # our own request was wrong: another node would say the same
                 await self._replace(index, error)
                 continue  # run this step on the replacement
-            hidden = out
+            step = step.with_hidden(out)
             index += 1
         for index in reversed(range(len(self._hops))):
             if self._hops[index].draining:  # the node is leaving: move before it does
                 await self._replace(index, None)
-        return hidden
+        return step.hidden
 
     async def _open(self, hop: Hop) -> _HopState:
         state = self._new_state(hop)
@@ -181,31 +249,33 @@ class InferenceSession:
         self._streams_opened += 1
         return _HopState(hop, stream_id=f"{self.session_id}.{self._streams_opened}")
 
-    def _request(self, state: _HopState, hidden: torch.Tensor, position: int):
+    def _request(self, state: _HopState, step: StepInput, position: int):
         meta = {"session_id": state.stream_id, "step": self._step, "position": position}
         if position == 0:
             meta.update(start=state.hop.start, end=state.hop.end, max_length=self.max_length)
-        return make_request(meta, (hidden,))
+            if self.config_hash:
+                meta["config_hash"] = self.config_hash
+        return make_request(meta, step.tensors())
 
-    async def _run_hop(self, state: _HopState, hidden: torch.Tensor) -> torch.Tensor:
+    async def _run_hop(self, state: _HopState, step: StepInput) -> torch.Tensor:
         if state.stream is None:
             state.stream = await NodeStream.open(self.remote.connection.p2p, state.hop.peer_id)
         began = time.perf_counter()
-        await state.stream.send(self._request(state, hidden, state.sent_tokens))
+        await state.stream.send(self._request(state, step, state.sent_tokens))
         try:
-            async with asyncio.timeout(self._step_timeout(state, hidden.shape[1])):
+            async with asyncio.timeout(self._step_timeout(state, step.tokens)):
                 response = await state.stream.recv()
         except TimeoutError:
             raise NodeUnavailable("the node did not answer within the step timeout", state.hop.peer_id) from None
         meta, (out,) = read_response(response, state.hop.peer_id)
         elapsed = time.perf_counter() - began
-        state.history.append(hidden)
+        state.history.append(step)
         state.cache_len_before = int(meta.get("cache_len_before", -1))
         state.step_times.append(elapsed)
         state.compute_times.append(float(meta.get("compute_ms", 0.0)) / 1000)
         state.draining = bool(meta.get("draining", False))
         busy = meta.get("busy")
-        self.remote.router.report_step(state.hop, elapsed, hidden.shape[1], state.compute_times[-1], busy)
+        self.remote.router.report_step(state.hop, elapsed, step.tokens, state.compute_times[-1], busy)
         return out
 
     def _step_timeout(self, state: _HopState, tokens: int) -> float:
@@ -256,7 +326,7 @@ class InferenceSession:
         self.failovers.append(event)
         logger.info("replaced %s by %s (%s) in %.2f s", failed.hop, event.replacement, event.reason, event.seconds)
 
-    async def _replay_chain(self, chain: list[Hop], history: list[torch.Tensor]) -> list[_HopState]:
+    async def _replay_chain(self, chain: list[Hop], history: list[StepInput]) -> list[_HopState]:
         states: list[_HopState] = []
         try:
             inputs = history
@@ -271,21 +341,21 @@ class InferenceSession:
             raise
         return states
 
-    async def _replay(self, state: _HopState, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    async def _replay(self, state: _HopState, inputs: list[StepInput]) -> list[StepInput]:
         """Send a hop its whole history, chunk by chunk, pipelined; returns the outputs."""
 
         async def send_all() -> None:
             position = 0
             for chunk in inputs:
                 await state.stream.send(self._request(state, chunk, position))
-                position += chunk.shape[1]
+                position += chunk.tokens
 
-        async def receive_all() -> list[torch.Tensor]:
+        async def receive_all() -> list[StepInput]:
             outputs = []
-            for _ in inputs:
+            for chunk in inputs:
                 async with asyncio.timeout(self.remote.config.request_timeout):
                     meta, (out,) = read_response(await state.stream.recv(), state.hop.peer_id)
-                outputs.append(out)
+                outputs.append(chunk.with_hidden(out))
             return outputs
 
         _, outputs = await asyncio.gather(send_all(), receive_all())

@@ -14,8 +14,17 @@ from torch import nn
 from transformers import AutoConfig, PretrainedConfig
 
 from swarmnode.errors import ModelLoadError
-from swarmnode.models.base import DTYPES, ClientHead, ModelFamily, StepContext, dtype_name, load_into
+from swarmnode.models.base import (
+    DTYPES,
+    ClientHead,
+    ModelFamily,
+    StepContext,
+    dtype_name,
+    load_into,
+    missing_tensors,
+)
 from swarmnode.models.checkpoint import Checkpoint, open_checkpoint
+from swarmnode.models.gguf import resolve_model
 from swarmnode.models.llama import LlamaFamily
 from swarmnode.models.opt import OPTFamily
 
@@ -33,6 +42,7 @@ __all__ = [
     "load_blocks",
     "load_client_head",
     "load_model_spec",
+    "load_tokenizer",
 ]
 
 
@@ -52,6 +62,12 @@ class ModelSpec:
     checkpoint: Checkpoint
     config: PretrainedConfig
     family: ModelFamily
+    name: str = ""  # what the model id derives from: the user's name, a GGUF file's stem
+
+    @property
+    def path(self) -> str:
+        """The checkpoint folder (or hub name) to read from: after a GGUF import, the converted folder."""
+        return self.checkpoint.source
 
     @property
     def num_blocks(self) -> int:
@@ -63,14 +79,19 @@ class ModelSpec:
 
 
 def load_model_spec(source: str) -> ModelSpec:
-    """Open ``source`` (a folder or hub name) and read its config; no weights are read."""
-    checkpoint = open_checkpoint(source)
+    """Open ``source`` and read its config; no weights are read.
+
+    ``source`` is a checkpoint folder, a hub name, a GGUF file (converted once, cached) or a
+    built-in model name (``smollm2``).
+    """
+    resolved = resolve_model(source)
+    checkpoint = open_checkpoint(resolved.path)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(resolved.path)
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"cannot read the config of {source}: {e}") from e
     config._attn_implementation = "sdpa"  # what transformers uses by default on CPU and GPU
-    return ModelSpec(checkpoint, config, family_for(config))
+    return ModelSpec(checkpoint, config, family_for(config), resolved.name)
 
 
 @dataclass
@@ -85,21 +106,33 @@ class LoadedBlocks:
 
 
 def load_blocks(spec: ModelSpec, start: int, end: int, device: str, dtype: torch.dtype) -> LoadedBlocks:
-    """Build blocks [start, end) reading only their tensors from the checkpoint."""
+    """Build blocks [start, end) reading only their tensors from the checkpoint.
+
+    Every tensor the span needs is checked before any is read, so one ModelLoadError names
+    all that are missing; tensors the blocks do not use are ignored, as transformers does.
+    """
     if not 0 <= start < end <= spec.num_blocks:
         raise ModelLoadError(f"span {start}:{end} is outside the model's 0:{spec.num_blocks} blocks")
-    blocks, loaded = [], 0
+    shells, missing = {}, []
     for index in range(start, end):
         prefix = spec.family.block_prefix(spec.config, index)
-        names = spec.checkpoint.names_with_prefix(prefix)
-        if not names:
-            raise ModelLoadError(f"checkpoint has no tensors for block {index} (prefix {prefix!r})")
-        tensors = spec.checkpoint.load_tensors(names, dtype)
-        loaded += sum(t.numel() for t in tensors.values())
         with torch.device("meta"):
-            block = spec.family.new_block(spec.config, index)
+            shells[index] = spec.family.new_block(spec.config, index)
+        present = {n.removeprefix(prefix): None for n in spec.checkpoint.names_with_prefix(prefix)}
+        missing += [prefix + name for name in missing_tensors(shells[index], present)]
+    if missing:
+        shown = ", ".join(missing[:24]) + (f" and {len(missing) - 24} more" if len(missing) > 24 else "")
+        raise ModelLoadError(
+            f"checkpoint {spec.name or spec.path} lacks {len(missing)} tensors of blocks {start}:{end}: {shown}"
+        )
+    blocks, loaded = [], 0
+    for index, block in shells.items():
+        prefix = spec.family.block_prefix(spec.config, index)
+        tensors = spec.checkpoint.load_tensors(spec.checkpoint.names_with_prefix(prefix), dtype)
         state = {name.removeprefix(prefix): t for name, t in tensors.items()}
-        blocks.append(load_into(block, state, f"block {index}").to(device).eval())
+        block = load_into(block, state, f"block {index}")
+        loaded += sum(t.numel() for t in block.state_dict().values())
+        blocks.append(block.to(device).eval())
     aux = spec.family.new_step_aux(spec.config)
     if aux is not None:
         aux = aux.to(device).eval()
@@ -112,6 +145,19 @@ def load_client_head(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> tup
     tensors = spec.checkpoint.load_tensors(names, dtype)
     head = spec.family.new_head(spec.config, tensors).eval()
     return head, sum(t.numel() for t in tensors.values())
+
+
+def load_tokenizer(spec: ModelSpec):
+    """The checkpoint's tokenizer (with its chat template, if any); ModelLoadError if it has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{spec.name} has no usable tokenizer ({type(e).__name__}: {e})") from e
+    if not callable(getattr(tokenizer, "decode", None)) or not callable(tokenizer):
+        raise ModelLoadError(f"{spec.name} has no usable tokenizer (got {type(tokenizer).__name__})")
+    return tokenizer
 
 
 def block_parameter_count(spec: ModelSpec) -> int:

@@ -26,22 +26,31 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass
 class StepContext:
-    """Per-step inputs shared by all blocks of a span: positions and the attention mask."""
+    """Per-step inputs shared by all blocks of a span: positions and the attention masks.
 
-    position_ids: torch.Tensor  # [1, q]
-    attention_mask: torch.Tensor | None  # bool [1, 1, q, past + q] or None for the plain causal case
+    ``masks`` maps a block's sliding window (None: full attention) to its bool mask
+    [batch or 1, 1, q, past + q] (True = attend), or to None for the plain causal case.
+    """
+
+    position_ids: torch.Tensor  # [1 or batch, q]
+    masks: dict[int | None, torch.Tensor | None]
     extra: dict  # family-specific keyword arguments (e.g. rotary position embeddings)
 
 
-def causal_mask(q_len: int, past_len: int, window: int | None, device: torch.device) -> torch.Tensor | None:
+def causal_mask(
+    q_len: int, past_len: int, window: int | None, device: torch.device, key_mask: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """Bool mask (True = attend) for q new tokens after past_len cached ones.
 
-    Returns None where scaled-dot-product attention's own causal handling is exact (a
-    prefill from an empty cache, or one new token), as transformers itself does, so
-    the numerics match local generation.
+    ``key_mask`` [batch, past + q] marks the real tokens (False: padding); padded keys are
+    never attended to. Returns None where scaled-dot-product attention's own causal
+    handling is exact (no padding, and a prefill from an empty cache or one new token), as
+    transformers itself does, so the numerics match local generation.
     """
     total = past_len + q_len
-    if window is None or total <= window:
+    if key_mask is not None and bool(key_mask[:, :total].all()):
+        key_mask = None  # no padding: the same as no mask at all (transformers skips it too)
+    if key_mask is None and (window is None or total <= window):
         if past_len == 0 or q_len == 1:
             return None
     rows = torch.arange(past_len, total, device=device)[:, None]
@@ -49,7 +58,17 @@ def causal_mask(q_len: int, past_len: int, window: int | None, device: torch.dev
     mask = cols <= rows
     if window is not None:
         mask &= cols > rows - window
-    return mask[None, None]
+    mask = mask[None, None]
+    if key_mask is not None:
+        mask = mask & key_mask[:, None, None, :total].to(device=device, dtype=torch.bool)
+    return mask
+
+
+def generation_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a prompt under ``attention_mask`` [batch, seq], as transformers' generate
+    computes them: the count of real tokens before each one; padding gets 0."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
 
 
 class ClientHead(nn.Module, abc.ABC):
@@ -88,7 +107,13 @@ class ModelFamily(abc.ABC):
     def hidden_size(self, config: PretrainedConfig) -> int:
         return int(config.hidden_size)
 
-    def sliding_window(self, config: PretrainedConfig) -> int | None:
+    def forward_positions(self, attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor:
+        """Position ids the model's own ``forward`` uses when none are given: consecutive
+        (Llama-like); OPT overrides this (it counts real tokens under the mask)."""
+        return torch.arange(seq_len)[None]
+
+    def layer_window(self, config: PretrainedConfig, index: int) -> int | None:
+        """The sliding window of block ``index``'s attention, or None for full attention."""
         return None
 
     def new_step_aux(self, config: PretrainedConfig) -> nn.Module | None:
@@ -96,20 +121,32 @@ class ModelFamily(abc.ABC):
         return None
 
     def step_context(
-        self, config: PretrainedConfig, aux: nn.Module | None, hidden: torch.Tensor, past_len: int
+        self,
+        config: PretrainedConfig,
+        aux: nn.Module | None,
+        hidden: torch.Tensor,
+        past_len: int,
+        windows: frozenset[int | None] = frozenset({None}),
+        key_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> StepContext:
+        """Masks for every window in ``windows`` and the positions of the new tokens
+        (default: consecutive after ``past_len``)."""
         q_len = hidden.shape[1]
-        position_ids = torch.arange(past_len, past_len + q_len, device=hidden.device)[None]
-        mask = causal_mask(q_len, past_len, self.sliding_window(config), hidden.device)
-        return StepContext(position_ids, mask, self.extra_block_kwargs(aux, hidden, position_ids))
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + q_len, device=hidden.device)[None]
+        masks = {w: causal_mask(q_len, past_len, w, hidden.device, key_mask) for w in windows}
+        return StepContext(position_ids, masks, self.extra_block_kwargs(aux, hidden, position_ids))
 
     def extra_block_kwargs(self, aux: nn.Module | None, hidden: torch.Tensor, position_ids: torch.Tensor) -> dict:
         return {}
 
-    def run_block(self, block: nn.Module, hidden: torch.Tensor, ctx: StepContext, cache) -> torch.Tensor:
+    def run_block(
+        self, block: nn.Module, hidden: torch.Tensor, ctx: StepContext, cache, window: int | None = None
+    ) -> torch.Tensor:
         out = block(
             hidden,
-            attention_mask=ctx.attention_mask,
+            attention_mask=ctx.masks[window],
             position_ids=ctx.position_ids,
             cache=cache,
             use_cache=cache is not None,
@@ -126,12 +163,30 @@ class ModelFamily(abc.ABC):
         """Build the client head from its tensors (as named in the checkpoint)."""
 
 
+def missing_tensors(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of ``module``'s parameters and persistent buffers that ``state`` lacks."""
+    return [name for name in module.state_dict(keep_vars=True) if name not in state]
+
+
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
-    """Assign ``state`` to a meta-device module, requiring an exact key match."""
+    """Assign ``state`` to a meta-device module.
+
+    Tensors the module does not have are ignored, as transformers ignores them (older
+    Llama conversions store ``rotary_emb.inv_freq`` buffers, for example); a missing tensor
+    or a wrong shape is a ModelLoadError naming every offending tensor.
+    """
     from swarmnode.errors import ModelLoadError
 
-    try:
-        module.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        raise ModelLoadError(f"cannot load {what}: {e}") from e
+    expected = module.state_dict(keep_vars=True)
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise ModelLoadError(f"cannot load {what}: the checkpoint lacks {', '.join(missing)}")
+    wrong = [
+        f"{name} {tuple(state[name].shape)} (expected {tuple(t.shape)})"
+        for name, t in expected.items()
+        if tuple(state[name].shape) != tuple(t.shape)
+    ]
+    if wrong:
+        raise ModelLoadError(f"cannot load {what}: wrong shapes: {', '.join(wrong)}")
+    module.load_state_dict({name: state[name] for name in expected}, strict=True, assign=True)
     return module

@@ -64,10 +64,13 @@ class LlamaFamily(ModelFamily):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return int(kv_heads), int(head_dim)
 
-    def sliding_window(self, config: PretrainedConfig) -> int | None:
+    def layer_window(self, config: PretrainedConfig, index: int) -> int | None:
+        # Qwen2 lists a type per layer (sliding only from max_window_layers on, and only with
+        # use_sliding_window); Mistral slides on every layer; Llama never does.
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types:
+            return getattr(config, "sliding_window", None) if layer_types[index] == "sliding_attention" else None
         if config.model_type == "mistral":
-            return getattr(config, "sliding_window", None)
-        if config.model_type == "qwen2" and getattr(config, "use_sliding_window", False):
             return getattr(config, "sliding_window", None)
         return None
 

@@ -59,6 +59,12 @@ class OPTFamily(ModelFamily):
     def new_block(self, config: PretrainedConfig, index: int) -> nn.Module:
         return OPTDecoderLayer(config, layer_idx=index)
 
+    def forward_positions(self, attention_mask: torch.Tensor | None, seq_len: int) -> torch.Tensor:
+        if attention_mask is None:
+            return torch.arange(seq_len)[None]
+        # As OPTDecoder.forward: the running count of real tokens, minus one (padding: -1).
+        return (torch.cumsum(attention_mask, dim=1) * attention_mask - 1).long()
+
     def kv_heads_and_dim(self, config: PretrainedConfig) -> tuple[int, int]:
         heads = int(config.num_attention_heads)
         return heads, int(config.hidden_size) // heads

@@ -12,7 +12,13 @@ one hidden-states tensor [batch, seq, hidden] and metadata:
 the cache back, e.g. to replay a step) and ``step`` (echoed). Each response holds the
 output hidden states and ``{"cache_len_before", "cache_len", "step"}``.
 
-``rpc_forward`` (unary, stateless) — metadata ``start``/``end``, one tensor in, one out.
+A request may carry two more tensors after the hidden states: the attention mask of its
+tokens [batch, seq] (0 = padding) and their position ids, for left-padded batches; the
+node keeps the session's mask so padded keys are never attended to. The first request
+may carry ``config_hash``: a node serving another checkpoint refuses (``model_mismatch``).
+
+``rpc_forward`` (unary, stateless) — metadata ``start``/``end`` (and ``config_hash``), the
+hidden states (and optionally mask and positions) in, the hidden states out.
 
 ``rpc_info`` (unary) — no input; metadata describing the node (span, state, load, ...).
 """
@@ -120,10 +126,17 @@ def tensor_from_proto(proto: runtime_pb2.Tensor) -> torch.Tensor:
         raise InvalidRequest(f"cannot decode tensor: {type(e).__name__}: {e}") from e
 
 
-def one_tensor(tensors) -> torch.Tensor:
-    if len(tensors) != 1:
-        raise InvalidRequest(f"expected exactly one tensor, got {len(tensors)}")
-    return tensor_from_proto(tensors[0])
+def step_tensors(tensors) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A step's tensors: hidden states, or hidden states + attention mask + position ids
+    (a padded batch: mask [batch, seq] with 0 for padding, positions [batch, seq])."""
+    if len(tensors) == 1:
+        return tensor_from_proto(tensors[0]), None, None
+    if len(tensors) == 3:
+        hidden, mask, positions = (tensor_from_proto(t) for t in tensors)
+        return hidden, mask, positions
+    raise InvalidRequest(
+        f"expected 1 tensor (hidden states) or 3 (with attention mask and positions), got {len(tensors)}"
+    )
 
 
 def make_request(meta: dict[str, Any], tensors: tuple[torch.Tensor, ...] = ()) -> runtime_pb2.ExpertRequest:

@@ -17,6 +17,7 @@ from swarmnode.models import LoadedBlocks, ModelSpec
 from swarmnode.server.cache import SessionCache
 
 ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_POSITION = 1 << 20
 INLINE_TOKENS = 4  # steps this small run on the event loop: a thread handoff would cost more than the work
 
 
@@ -31,6 +32,9 @@ class BlockBackend:
         self.device, self.dtype = torch.device(device), dtype
         self.hidden_size = spec.hidden_size
         self.step_delay_s = step_delay_s
+        # Each block's attention window (None: full), so a step builds one mask per distinct window.
+        self.window_of = {i: spec.family.layer_window(spec.config, i) for i in range(self.start, self.end)}
+        self.windows = frozenset(self.window_of.values())
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swarmnode-compute")
 
     def close(self) -> None:
@@ -56,29 +60,71 @@ class BlockBackend:
         if not torch.isfinite(hidden).all():
             raise InvalidRequest("hidden states contain NaN or infinity")
 
-    async def run(self, hidden: torch.Tensor, start: int, end: int, cache: SessionCache | None) -> torch.Tensor:
+    def check_padding(self, mask: torch.Tensor | None, positions: torch.Tensor | None, hidden: torch.Tensor) -> None:
+        """The optional attention mask [batch, seq] (0/1) and position ids [batch or 1, seq] of a step."""
+        if mask is None and positions is None:
+            return
+        if mask is None or positions is None:
+            raise InvalidRequest("an attention mask and position ids come together")
+        batch, seq = hidden.shape[:2]
+        if mask.shape != (batch, seq) or mask.dtype not in (torch.bool, torch.int8, torch.uint8, torch.int64):
+            raise InvalidRequest(f"attention mask must be a [{batch}, {seq}] 0/1 tensor, got {tuple(mask.shape)}")
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise InvalidRequest("attention mask values must be 0 or 1")
+        if positions.ndim != 2 or positions.shape[1] != seq or positions.shape[0] not in (1, batch):
+            raise InvalidRequest(f"position ids must be [{batch}, {seq}], got {tuple(positions.shape)}")
+        if positions.dtype not in (torch.int32, torch.int64) or not bool(
+            ((positions >= -1) & (positions < MAX_POSITION)).all()
+        ):
+            raise InvalidRequest(f"position ids must be integers in -1..{MAX_POSITION - 1} (OPT counts padding as -1)")
+
+    async def run(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        cache: SessionCache | None,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run blocks [start, end); commits ``cache`` on success.
 
+        ``mask`` (0 = padding) and ``positions`` describe the new tokens of a padded batch;
+        without them the tokens are unpadded and follow the cached ones.
         Decoding steps (a few tokens) run inline; prompts go to the compute thread so the
         event loop stays responsive while they run.
         """
+        args = (hidden, start, end, cache, mask, positions)
         if hidden.shape[0] * hidden.shape[1] <= INLINE_TOKENS and not self.step_delay_s:
-            return self._forward(hidden, start, end, cache)
+            return self._forward(*args)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._forward, hidden, start, end, cache)
+        return await loop.run_in_executor(self._executor, self._forward, *args)
 
     @torch.inference_mode()
-    def _forward(self, hidden: torch.Tensor, start: int, end: int, cache: SessionCache | None) -> torch.Tensor:
+    def _forward(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        end: int,
+        cache: SessionCache | None,
+        mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if self.step_delay_s:
             time.sleep(self.step_delay_s)  # testing aid (--debug-step-delay-ms), off by default
         out_dtype = hidden.dtype
         hidden = hidden.to(self.device, self.dtype)
         past = cache.length if cache is not None else 0
+        key_mask = cache.key_mask_for(mask, hidden.shape[1]) if cache is not None else mask
+        if key_mask is not None:
+            key_mask = key_mask.to(self.device)
+        if positions is not None:
+            positions = positions.to(self.device, torch.long)
         family, config = self.spec.family, self.spec.config
-        ctx = family.step_context(config, self.loaded.aux, hidden, past)
+        ctx = family.step_context(config, self.loaded.aux, hidden, past, self.windows, key_mask, positions)
         for index in range(start, end):
             block = self.loaded.blocks[index - self.start]
-            hidden = family.run_block(block, hidden, ctx, cache)
+            hidden = family.run_block(block, hidden, ctx, cache, self.window_of[index])
         if cache is not None:
             cache.commit(hidden.shape[1])
         return hidden.to("cpu", out_dtype)
@@ -96,9 +142,10 @@ class BlockBackend:
             )
             cache.length = past
             hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
-            ctx = family.step_context(config, self.loaded.aux, hidden, past)
+            window = self.window_of[self.start]
+            ctx = family.step_context(config, self.loaded.aux, hidden, past, frozenset({window}))
             begin = time.perf_counter()
-            family.run_block(block, hidden, ctx, cache)
+            family.run_block(block, hidden, ctx, cache, window)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             return time.perf_counter() - begin

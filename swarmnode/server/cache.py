@@ -41,6 +41,18 @@ class SessionCache:
         self.keys = torch.zeros(shape, dtype=dtype, device=device)
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.length = 0
+        self.key_mask: torch.Tensor | None = None  # [batch, max_length] bool, once a step brought padding
+
+    def key_mask_for(self, new_mask: torch.Tensor | None, new_tokens: int) -> torch.Tensor | None:
+        """Record which of the next ``new_tokens`` are real (``new_mask``; None: all) and return
+        the mask over every key of this step, or None while the session has no padding."""
+        if new_mask is None and self.key_mask is None:
+            return None
+        if self.key_mask is None:
+            self.key_mask = torch.ones(self.batch, self.max_length, dtype=torch.bool)
+        end = self.length + new_tokens
+        self.key_mask[:, self.length : end] = True if new_mask is None else new_mask.to(torch.bool)
+        return self.key_mask[:, :end]
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         index = layer_idx - self.start

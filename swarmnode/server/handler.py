@@ -14,13 +14,20 @@ from collections.abc import AsyncIterator, Callable
 from hivemind.p2p import P2P, P2PContext
 from hivemind.proto import runtime_pb2
 
-from swarmnode.errors import InvalidRequest, NodeInternalError, NodeUnavailable, RemoteError, UnknownSession
+from swarmnode.errors import (
+    InvalidRequest,
+    ModelMismatch,
+    NodeInternalError,
+    NodeUnavailable,
+    RemoteError,
+    UnknownSession,
+)
 from swarmnode.net.protocol import (
     PROTOCOL_VERSION,
     error_response,
     make_response,
-    one_tensor,
     read_requests,
+    step_tensors,
     unpack_meta,
 )
 from swarmnode.records import NodeState
@@ -49,7 +56,9 @@ class NodeHandler:
         info_fn: Callable[[], dict],
         state_fn: Callable[[], NodeState],
         session_idle_timeout: float = 600.0,
+        config_hash: str = "",
     ):
+        self.config_hash = config_hash  # of the checkpoint this node serves
         self.backend, self.caches = backend, caches
         self.info_fn, self.state_fn = info_fn, state_fn
         self.session_idle_timeout = session_idle_timeout
@@ -64,10 +73,12 @@ class NodeHandler:
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
             meta = unpack_meta(request.metadata)
+            self._check_model(meta)
             start, end = self._span(meta)
-            hidden = one_tensor(request.tensors)
+            hidden, mask, positions = step_tensors(request.tensors)
             self.backend.check_hidden(hidden, MAX_FORWARD_TOKENS)
-            return make_response({}, (await self._run(hidden, start, end, None),))
+            self.backend.check_padding(mask, positions, hidden)
+            return make_response({}, (await self._run(hidden, start, end, None, mask, positions),))
         except RemoteError as e:
             return error_response(e)
 
@@ -96,10 +107,10 @@ class NodeHandler:
                     return  # client closed the stream, or went silent for too long
                 try:
                     meta = unpack_meta(request.metadata)
-                    hidden = one_tensor(request.tensors)
+                    hidden, mask, positions = step_tensors(request.tensors)
                     if session is None:
                         session = self._open_session(meta, hidden)
-                    yield await self._step(session, meta, hidden)
+                    yield await self._step(session, meta, hidden, mask, positions)
                 except RemoteError as e:
                     yield error_response(e)
                     if session is None and not isinstance(e, InvalidRequest):
@@ -117,9 +128,17 @@ class NodeHandler:
         self.backend.check_span(start, end)
         return start, end
 
+    def _check_model(self, meta: dict) -> None:
+        theirs = meta.get("config_hash")
+        if theirs is not None and self.config_hash and theirs != self.config_hash:
+            raise ModelMismatch(
+                f"checkpoints differ: this node serves config hash {self.config_hash}, the client has {theirs!r}"
+            )
+
     def _open_session(self, meta: dict, hidden) -> Session:
         if self.state_fn() != NodeState.ONLINE:
             raise NodeUnavailable(f"node is {self.state_fn().name}: not accepting new sessions")
+        self._check_model(meta)
         start, end = self._span(meta)
         max_length = _int_field(meta, "max_length")
         if not 0 < max_length <= self.caches.max_session_length:
@@ -135,7 +154,7 @@ class NodeHandler:
         logger.debug("opened session %s for blocks %d:%d, max_length %d", session_id, start, end, max_length)
         return session
 
-    async def _step(self, session: Session, meta: dict, hidden) -> runtime_pb2.ExpertResponse:
+    async def _step(self, session: Session, meta: dict, hidden, mask, positions) -> runtime_pb2.ExpertResponse:
         cache = session.cache
         if meta.get("session_id", session.session_id) != session.session_id:
             raise InvalidRequest(f"this stream serves session {session.session_id}, not {meta.get('session_id')!r}")
@@ -143,6 +162,7 @@ class NodeHandler:
         if (start, end) != (cache.start, cache.end):
             raise InvalidRequest(f"session was opened for blocks {cache.start}:{cache.end}, not {start}:{end}")
         self.backend.check_hidden(hidden, cache.max_length)
+        self.backend.check_padding(mask, positions, hidden)
         if hidden.shape[0] != cache.batch:
             raise InvalidRequest(f"session has batch size {cache.batch}, got {hidden.shape[0]}")
         position = _int_field(meta, "position", cache.length)
@@ -155,7 +175,7 @@ class NodeHandler:
         cache.rollback(position)
         before = cache.length
         began = time.perf_counter()
-        out = await self._run(hidden, start, end, cache)
+        out = await self._run(hidden, start, end, cache, mask, positions)
         compute_ms = 1000 * (time.perf_counter() - began)
         return make_response(
             {
@@ -169,10 +189,10 @@ class NodeHandler:
             (out,),
         )
 
-    async def _run(self, hidden, start: int, end: int, cache):
+    async def _run(self, hidden, start: int, end: int, cache, mask=None, positions=None):
         began = time.perf_counter()
         try:
-            return await self.backend.run(hidden, start, end, cache)
+            return await self.backend.run(hidden, start, end, cache, mask, positions)
         except RemoteError:
             raise
         except (RuntimeError, ValueError) as e:

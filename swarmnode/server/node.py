@@ -18,11 +18,11 @@ import torch
 
 import swarmnode
 from swarmnode.config import NodeConfig
-from swarmnode.errors import ConfigError
+from swarmnode.errors import ConfigError, ModelMismatch
 from swarmnode.membership.announcer import Announcer
 from swarmnode.membership.gossip import GossipConfig, SwimGossip
 from swarmnode.models import DTYPES, ModelSpec, block_parameter_count, dtype_name, load_blocks, load_model_spec
-from swarmnode.net.dht import fetch_snapshot, full_maddrs, start_dht
+from swarmnode.net.dht import fetch_models, fetch_snapshot, full_maddrs, start_dht
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
@@ -100,12 +100,12 @@ class Node:
         spec = load_model_spec(cfg.model)
         self.spec = spec
         self.dtype = resolve_dtype(cfg, spec)
-        model_id = validate_model_id(cfg.model_id) if cfg.model_id else model_id_from_name(cfg.model)
+        model_id = validate_model_id(cfg.model_id) if cfg.model_id else model_id_from_name(spec.name)
         self.model_record = ModelRecord(
             model_id=model_id,
             num_blocks=spec.num_blocks,
             family=spec.family.name,
-            repository=cfg.model if "/" in cfg.model and not cfg.model.startswith((".", "/")) else "",
+            repository=spec.name if spec.name.count("/") == 1 and not spec.name.startswith((".", "/", "~")) else "",
             config_hash=spec.checkpoint.config_hash(),
         )
         request = parse_blocks(cfg.blocks, spec.num_blocks)  # validate before starting anything
@@ -120,6 +120,7 @@ class Node:
         self.p2p = await self.dht.replicate_p2p()
         self.peer_id = str(self.p2p.peer_id)
         self.maddrs = full_maddrs(self.dht)
+        await self._check_same_checkpoint()
 
         kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
         bytes_per_value = torch.finfo(self.dtype).bits // 8
@@ -154,7 +155,9 @@ class Node:
             except ValueError as e:
                 raise ConfigError(f"--throughput must be auto or a number, got {cfg.throughput!r}") from e
 
-        self.handler = NodeHandler(self.backend, self.caches, self.info, lambda: self.state)
+        self.handler = NodeHandler(
+            self.backend, self.caches, self.info, lambda: self.state, config_hash=self.model_record.config_hash
+        )
         await SwarmNodeService().add_p2p_handlers(self.p2p, wrapper=self.handler)
         await self.p2p.add_binary_stream_handler(INFERENCE_HANDLE, self.handler.handle_inference_stream)
         self.state = NodeState.ONLINE
@@ -166,6 +169,16 @@ class Node:
         )
         await self.gossip.start()
         logger.info("node %s is ONLINE", self.peer_id)
+
+    async def _check_same_checkpoint(self) -> None:
+        """Refuse to join a swarm that serves another checkpoint under the same model id."""
+        ours = self.model_record
+        theirs = (await fetch_models(self.dht)).get(ours.model_id)
+        if theirs is not None and theirs.config_hash and theirs.config_hash != ours.config_hash:
+            raise ModelMismatch(
+                f"the swarm serves model {ours.model_id!r} with config hash {theirs.config_hash}, "
+                f"but {self.config.model} has {ours.config_hash}: use the same checkpoint, or another --model-id"
+            )
 
     async def leave(self, drain_timeout: float = 5.0) -> None:
         """Announce DRAINING, let open sessions finish (bounded), announce OFFLINE, shut down."""
