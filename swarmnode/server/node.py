@@ -29,6 +29,7 @@ from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.block_selection import blocks_for_memory, choose_span, parse_blocks, served_throughput
 from swarmnode.server.cache import CacheManager
+from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf16_speedup
 from swarmnode.server.handler import NodeHandler, node_info
 
 logger = logging.getLogger(__name__)
@@ -36,14 +37,18 @@ MEMORY_RESERVE_BYTES = 1 << 30  # left free for the OS and the process itself wh
 DEFAULT_CACHE_TOKENS = 4096  # per block, when --cache-tokens is not given
 
 
-def resolve_dtype(config: NodeConfig, spec: ModelSpec) -> torch.dtype:
+def resolve_dtype(config: NodeConfig, spec: ModelSpec) -> DtypeChoice:
+    """The compute dtype: as given, or for ``auto`` what is fast and exact here (see dtype_choice)."""
     if config.dtype != "auto":
         if config.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {config.dtype!r}: choose auto or one of {sorted(DTYPES)}")
-        return DTYPES[config.dtype]
+        return DtypeChoice(DTYPES[config.dtype], "--dtype")
     stored = getattr(spec.config, "dtype", None) or getattr(spec.config, "torch_dtype", None)
     stored = DTYPES.get(str(stored).removeprefix("torch."), torch.float32)
-    return torch.float32 if config.device == "cpu" and stored == torch.float16 else stored
+    speedup = None
+    if config.device.startswith("cpu") and stored == torch.bfloat16:
+        speedup = measure_bf16_speedup(spec.hidden_size)
+    return choose_dtype(stored, config.device, speedup)
 
 
 def detect_memory(device: str) -> int:
@@ -99,7 +104,9 @@ class Node:
             torch.set_num_threads(cfg.num_threads)
         spec = load_model_spec(cfg.model)
         self.spec = spec
-        self.dtype = resolve_dtype(cfg, spec)
+        choice = resolve_dtype(cfg, spec)
+        self.dtype = choice.dtype
+        logger.info("dtype %s: %s (%s)", cfg.dtype, dtype_name(self.dtype), choice.reason)
         model_id = validate_model_id(cfg.model_id) if cfg.model_id else model_id_from_name(spec.name)
         self.model_record = ModelRecord(
             model_id=model_id,
