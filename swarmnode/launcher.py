@@ -9,16 +9,26 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 
 LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass
@@ -166,6 +176,26 @@ class LocalSwarm:
         if wait:
             self.wait_online(proc, timeout)
         return proc
+
+    def start_api(self, model: str, *extra: str, timeout: float = 120) -> tuple[SwarmProcess, str]:
+        """Start ``swarmnode api`` on a free loopback port; returns it and its base URL once it answers."""
+        port = free_port()
+        proc = self._spawn(f"api-{port}", ["api", "--initial-peers", *self.initial_peers, "--model", model,
+                                           "--port", str(port), *extra])  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"swarmnode api exited with {proc.popen.wait()}; log:\n{proc.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as response:
+                    if response.status == 200:
+                        return proc, base
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.3)
+        proc.stop()
+        raise TimeoutError(f"swarmnode api did not answer within {timeout:.0f} s; see {proc.log_path}")
 
     @staticmethod
     def wait_online(proc: SwarmProcess, timeout: float = 120) -> SwarmProcess:

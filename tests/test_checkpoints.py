@@ -193,9 +193,13 @@ def test_a_node_with_a_different_checkpoint_cannot_join(tmp_path, llama_swarm, l
     config = json.loads((folder / "config.json").read_text())
     config["rope_theta"] = 1234.0
     (folder / "config.json").write_text(json.dumps(config))
-    node = llama_swarm.start_node(str(folder), "0:2", "--model-id", model_id_from_name(llama_path), wait=False)
-    assert node.popen.wait(120) == 2
-    log = node.log_path.read_text()
+    from swarmnode.launcher import LocalSwarm
+
+    with LocalSwarm(tmp_path / "mismatch") as outsider:  # its own process list: the shared swarm stays all alive
+        outsider.initial_peers = list(llama_swarm.initial_peers)
+        node = outsider.start_node(str(folder), "0:2", "--model-id", model_id_from_name(llama_path), wait=False)
+        assert node.popen.wait(120) == 2
+        log = node.log_path.read_text()
     assert "config hash" in log and "Traceback" not in log
 
 

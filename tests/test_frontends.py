@@ -4,10 +4,6 @@ OpenAI-compatible API driven by the official ``openai`` client, unchanged."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,12 +20,6 @@ pytestmark = pytest.mark.swarm
 QUESTION = "What is the capital of France?"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": "application/json"})
     try:
@@ -39,46 +29,11 @@ def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def start_api(peers: list[str], model: str, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "swarmnode.cli", "api", "--initial-peers", *peers, "--model", model,
-         "--port", str(port), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"swarmnode api exited: {proc.stderr.read()}")
-        try:
-            status, _ = http("GET", f"{base}/v1/models")
-            if status == 200:
-                return proc, base
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.3)
-    stop(proc)
-    raise TimeoutError("swarmnode api did not answer within 120 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the DHT child and p2pd go too
-        proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def api(smollm2_swarm, smollm2_path):
-    proc, base = start_api(smollm2_swarm.initial_peers, smollm2_path)
+    proc, base = smollm2_swarm.start_api(smollm2_path)
     yield base
-    stop(proc)
+    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +171,7 @@ def test_eight_concurrent_streams_all_complete_correctly(openai_client, model_id
 
 
 def test_a_swarm_that_cannot_serve_is_a_503(smollm2_swarm, smollm2_path):
-    proc, base = start_api(smollm2_swarm.initial_peers, smollm2_path, "--model-id", "nobody-serves-this",
-                           "--wait-for-servers", "1")  # fmt: skip
+    proc, base = smollm2_swarm.start_api(smollm2_path, "--model-id", "nobody-serves-this", "--wait-for-servers", "1")
     try:
         body = json.dumps({"model": "nobody-serves-this", "messages": [{"role": "user", "content": "hi"}]})
         status, answer = http("POST", f"{base}/v1/chat/completions", body.encode())
@@ -225,7 +179,7 @@ def test_a_swarm_that_cannot_serve_is_a_503(smollm2_swarm, smollm2_path):
         status, answer = http("GET", f"{base}/health")
         assert status == 503 and answer["missing_blocks"] == list(range(30))
     finally:
-        stop(proc)
+        proc.stop()
 
 
 def test_chat_cli_in_a_terminal(smollm2_swarm, smollm2_path):

@@ -64,7 +64,7 @@ CASES = {
         "msgpack",
     ),
     "garbage tensor bytes": (garbage_tensor_request(), "cannot decode tensor"),
-    "no tensor": (runtime_pb2.ExpertRequest(metadata=pack_meta(opening())), "exactly one tensor"),
+    "no tensor": (runtime_pb2.ExpertRequest(metadata=pack_meta(opening())), "expected 1 tensor"),
 }
 
 

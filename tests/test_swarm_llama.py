@@ -113,3 +113,16 @@ def test_generate_cli_streams_text(llama_swarm, llama_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("Hello") and len(out.stdout.encode()) > len("Hello")
+
+
+@pytest.mark.swarm
+def test_session_rollback_continues_from_the_kept_prefix(llama_client):
+    prompt = torch.tensor([[72, 101, 108, 108, 111, 32, 98, 101, 101]])
+    with llama_client.inference_session(max_length=64) as sess:
+        first = llama_client.generate(prompt, max_new_tokens=12, session=sess)
+        sess.rollback(prompt.shape[1] + 4)  # keep the prompt and the first 4 generated tokens
+        again = llama_client.generate(max_new_tokens=8, session=sess)
+    # The nodes dropped what followed and recomputed it: the same greedy continuation.
+    assert again[0].tolist() == first[0, : prompt.shape[1] + 12].tolist()
+    with pytest.raises(ValueError):
+        sess.rollback(1000)

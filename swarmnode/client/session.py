@@ -163,16 +163,20 @@ class InferenceSession:
 
         Tokens the nodes already hold beyond that are dropped on the next step (its
         ``position`` tells them where to continue); generated tokens not yet sent are
-        dropped at once. The chat CLI uses this when a re-rendered conversation diverges
-        from what the session holds.
+        dropped at once. For ``generate``, the last kept token becomes pending again (the
+        next step needs its output). The chat CLI uses this when a re-rendered conversation
+        diverges from what the session holds.
         """
         held = self.token_ids.shape[1] if self.token_ids is not None else self.position
         if not 0 <= tokens <= held:
             raise ValueError(f"cannot keep {tokens} tokens: the session holds {held}")
-        if tokens <= self.position:
-            for state in self._hops:
-                state.truncate(tokens)
-            self.position = tokens
+        on_nodes = min(tokens, self.position)
+        if self.token_ids is not None and on_nodes == tokens and tokens > 0:
+            # generate() continues from the output of the last kept token: send that token again.
+            on_nodes = tokens - 1
+        for state in self._hops:
+            state.truncate(on_nodes)
+        self.position = on_nodes
         if self.token_ids is not None:
             self.token_ids = self.token_ids[:, :tokens]
             pending = self.token_ids[:, self.position :]
