@@ -74,13 +74,15 @@ def run_demo(model: str = "smollm2", prompt: str | None = None, max_new_tokens: 
             swarm.wait_online(node)
             _say(f"node {node.info['peer_id']} serves blocks {node.info['blocks']} (pid {node.pid})")
         with DistributedModelForCausalLM.from_pretrained(spec.path, initial_peers=[maddr]) as client:
-            client.generate(ids, max_new_tokens=2)  # warm-up: connections and code paths
+            mask = torch.ones_like(ids)  # an unpadded prompt: said explicitly, as transformers asks
+            client.generate(ids, attention_mask=mask, max_new_tokens=2)  # warm-up: connections and code paths
             _say(f"{'question' if chat else 'prompt'}: {prompt}")
             print("answer: ", end="", flush=True)
             decoder = IncrementalDecoder(tokenizer)
             with client.inference_session(max_length=ids.shape[1] + max_new_tokens) as session:
                 stamps, tokens = [time.perf_counter()], []
-                for token in client.stream_tokens(ids, max_new_tokens=max_new_tokens, session=session):
+                steps = client.stream_tokens(ids, attention_mask=mask, max_new_tokens=max_new_tokens, session=session)
+                for token in steps:
                     stamps.append(time.perf_counter())
                     tokens.append(int(token[0]))
                     print(decoder.push(tokens[-1]), end="", flush=True)
@@ -90,8 +92,9 @@ def run_demo(model: str = "smollm2", prompt: str | None = None, max_new_tokens: 
     reference = AutoModelForCausalLM.from_pretrained(spec.path).eval()
     local_stamps = _Stamps()
     with torch.inference_mode():
-        reference.generate(ids, max_new_tokens=2)  # warm-up, as for the swarm
-        local = reference.generate(ids, max_new_tokens=max_new_tokens, streamer=local_stamps)
+        mask = torch.ones_like(ids)
+        reference.generate(ids, attention_mask=mask, max_new_tokens=2)  # warm-up, as for the swarm
+        local = reference.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, streamer=local_stamps)
     local_tokens = local[0, ids.shape[1] :].tolist()
     local_gaps = [b - a for a, b in zip(local_stamps.times[1:], local_stamps.times[2:], strict=False)]
     same = local_tokens == tokens
