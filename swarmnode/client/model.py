@@ -274,11 +274,16 @@ class DistributedModelForCausalLM:
             unfinished = torch.ones(context.shape[0], dtype=torch.bool)
             yield context
             for index in range(plan.max_new_tokens):
-                hidden = await session.step_async(*self._step_inputs(session, to_send, positions))
+                began = time.perf_counter()
+                inputs = self._step_inputs(session, to_send, positions)
+                embedded = time.perf_counter()
+                hidden = await session.step_async(*inputs)
+                stepped = time.perf_counter()
                 if index == 0:  # what each hop held before this call's first step (tests check reuse)
                     session.first_prefix_lengths.append(session.reported_prefix_lengths)
                     session.first_step_tokens.append(to_send.shape[1])
                 next_ids = self._next_tokens(hidden, context, plan, generator)
+                sampled = time.perf_counter()
                 next_ids = torch.where(unfinished, next_ids, torch.full_like(next_ids, plan.pad))
                 context = torch.cat([context, next_ids[:, None]], dim=1)
                 to_send = next_ids[:, None]
@@ -288,6 +293,8 @@ class DistributedModelForCausalLM:
                 session.token_ids, session.pending_ids = context, to_send
                 if streamer is not None:
                     streamer.put(next_ids.cpu())
+                if session.tracing:
+                    _finish_trace(session.trace, began, embedded, stepped, sampled)
                 yield context
                 if len(plan.eos):
                     unfinished &= ~torch.isin(next_ids, plan.eos)
@@ -331,6 +338,14 @@ class DistributedModelForCausalLM:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _finish_trace(trace, began: float, embedded: float, stepped: float, sampled: float) -> None:
+    now = time.perf_counter()
+    trace.embed_ms = 1000 * (embedded - began)
+    trace.head_ms = 1000 * (sampled - stepped)
+    trace.loop_ms = 1000 * (now - sampled)
+    trace.started, trace.finished = began, now
 
 
 async def _last(steps):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from swarmnode.client.trace import HopTrace, StepTrace, ms_since
 from swarmnode.errors import (
     InvalidRequest,
     NodeUnavailable,
@@ -137,6 +138,9 @@ class InferenceSession:
         self._step = 0
         self._streams_opened = 0
         self._released = False  # our hold on the chain's nodes was given back to the router
+        self.tracing = False  # record a StepTrace per step (scripts/bench_token_budget.py)
+        self.traces: list[StepTrace] = []
+        self.trace: StepTrace | None = None  # the step in progress, when tracing
 
     # ---- public ------------------------------------------------------------------------------------
     @property
@@ -228,9 +232,16 @@ class InferenceSession:
 
     # ---- one step ---------------------------------------------------------------------------------
     async def _step_async(self, step: StepInput) -> torch.Tensor:
+        trace = self.trace = StepTrace(step.tokens) if self.tracing else None
         if not self._hops:
+            began = time.perf_counter()
             self._hops = [self._new_state(hop) for hop in await self.remote.find_chain()]
             self.remote.router.hold(self.chain)
+            if trace is not None:
+                trace.route_ms = ms_since(began)
+                self.traces.append(trace)
+        elif trace is not None:
+            self.traces.append(trace)
         self._step += 1
         index = 0
         while index < len(self._hops):
@@ -268,15 +279,22 @@ class InferenceSession:
         return make_request(meta, step.tensors())
 
     async def _run_hop(self, state: _HopState, step: StepInput) -> torch.Tensor:
+        trace = self.trace
         if state.stream is None:
+            opening = time.perf_counter()
             state.stream = await NodeStream.open(self.remote.connection.p2p, state.hop.peer_id)
+            if trace is not None:
+                trace.open_ms += ms_since(opening)
         began = time.perf_counter()
-        await state.stream.send(self._request(state, step, state.sent_tokens))
+        request = self._request(state, step, state.sent_tokens)
+        built = time.perf_counter()
+        await state.stream.send(request)
         try:
             async with asyncio.timeout(self._step_timeout(state, step.tokens)):
                 response = await state.stream.recv()
         except TimeoutError:
             raise NodeUnavailable("the node did not answer within the step timeout", state.hop.peer_id) from None
+        received = time.perf_counter()
         meta, (out,) = read_response(response, state.hop.peer_id)
         elapsed = time.perf_counter() - began
         state.history.append(step)
@@ -286,6 +304,8 @@ class InferenceSession:
         state.draining = bool(meta.get("draining", False))
         busy = meta.get("busy")
         self.remote.router.report_step(state.hop, elapsed, step.tokens, state.compute_times[-1], busy)
+        if trace is not None:
+            trace.hops.append(_hop_trace(meta, began, built, received, elapsed))
         return out
 
     def _step_timeout(self, state: _HopState, tokens: int) -> float:
@@ -385,3 +405,23 @@ class InferenceSession:
         for state in self._hops:
             if state.stream is not None:
                 await state.stream.close()
+
+
+def _hop_trace(meta: dict, began: float, built: float, received: float, elapsed: float) -> HopTrace:
+    """A hop's share of a step: our stamps (``began`` → ``built`` → ``received``, ``elapsed`` in
+    seconds up to the parsed response) and the node's own report."""
+    now = time.perf_counter()
+
+    def number(name: str) -> float:
+        value = meta.get(name, 0.0)
+        return float(value) if isinstance(value, (int, float)) else 0.0
+
+    return HopTrace(
+        build_ms=1000 * (built - began),
+        wait_ms=1000 * (received - built),
+        parse_ms=1000 * (began + elapsed - received),
+        report_ms=1000 * (now - began - elapsed),
+        node_ms=number("node_ms"),
+        queue_ms=number("queue_ms"),
+        compute_ms=number("compute_ms"),
+    )

@@ -86,15 +86,17 @@ class BlockBackend:
         cache: SessionCache | None,
         mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        timing: dict[str, float] | None = None,
     ) -> torch.Tensor:
         """Run blocks [start, end); commits ``cache`` on success.
 
         ``mask`` (0 = padding) and ``positions`` describe the new tokens of a padded batch;
-        without them the tokens are unpadded and follow the cached ones.
+        without them the tokens are unpadded and follow the cached ones. ``timing``, if given,
+        receives ``started`` / ``finished`` (perf_counter) of the compute itself.
         Decoding steps (a few tokens) run inline; prompts go to the compute thread so the
         event loop stays responsive while they run.
         """
-        args = (hidden, start, end, cache, mask, positions)
+        args = (hidden, start, end, cache, mask, positions, timing)
         if hidden.shape[0] * hidden.shape[1] <= INLINE_TOKENS and not self.step_delay_s:
             return self._forward(*args)
         loop = asyncio.get_running_loop()
@@ -109,7 +111,9 @@ class BlockBackend:
         cache: SessionCache | None,
         mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
+        timing: dict[str, float] | None = None,
     ) -> torch.Tensor:
+        started = time.perf_counter()
         if self.step_delay_s:
             time.sleep(self.step_delay_s)  # testing aid (--debug-step-delay-ms), off by default
         out_dtype = hidden.dtype
@@ -127,7 +131,10 @@ class BlockBackend:
             hidden = family.run_block(block, hidden, ctx, cache, self.window_of[index])
         if cache is not None:
             cache.commit(hidden.shape[1])
-        return hidden.to("cpu", out_dtype)
+        out = hidden.to("cpu", out_dtype)
+        if timing is not None:
+            timing.update(started=started, finished=time.perf_counter())
+        return out
 
     @torch.inference_mode()
     def profile(self, repeats: int = 5, prefill_tokens: int = 128) -> tuple[float, float]:

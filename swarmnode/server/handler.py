@@ -105,12 +105,13 @@ class NodeHandler:
                         request = await anext(requests)
                 except (StopAsyncIteration, TimeoutError):
                     return  # client closed the stream, or went silent for too long
+                received = time.perf_counter()
                 try:
                     meta = unpack_meta(request.metadata)
                     hidden, mask, positions = step_tensors(request.tensors)
                     if session is None:
                         session = self._open_session(meta, hidden)
-                    yield await self._step(session, meta, hidden, mask, positions)
+                    yield await self._step(session, meta, hidden, mask, positions, received)
                 except RemoteError as e:
                     yield error_response(e)
                     if session is None and not isinstance(e, InvalidRequest):
@@ -154,7 +155,9 @@ class NodeHandler:
         logger.debug("opened session %s for blocks %d:%d, max_length %d", session_id, start, end, max_length)
         return session
 
-    async def _step(self, session: Session, meta: dict, hidden, mask, positions) -> runtime_pb2.ExpertResponse:
+    async def _step(
+        self, session: Session, meta: dict, hidden, mask, positions, received: float
+    ) -> runtime_pb2.ExpertResponse:
         cache = session.cache
         if meta.get("session_id", session.session_id) != session.session_id:
             raise InvalidRequest(f"this stream serves session {session.session_id}, not {meta.get('session_id')!r}")
@@ -175,24 +178,27 @@ class NodeHandler:
         cache.rollback(position)
         before = cache.length
         began = time.perf_counter()
-        out = await self._run(hidden, start, end, cache, mask, positions)
-        compute_ms = 1000 * (time.perf_counter() - began)
+        timing: dict[str, float] = {}
+        out = await self._run(hidden, start, end, cache, mask, positions, timing)
+        compute_ms = 1000 * (timing["finished"] - timing["started"])
         return make_response(
             {
                 "cache_len_before": before,
                 "cache_len": cache.length,
                 "step": meta.get("step"),
-                "compute_ms": compute_ms,
+                "compute_ms": compute_ms,  # the blocks themselves
+                "queue_ms": 1000 * (timing["started"] - began),  # waiting for the compute thread
+                "node_ms": 1000 * (time.perf_counter() - received),  # request decoded to response built
                 "busy": self.busy.fraction(),  # the load signal routers learn from
                 "draining": self.state_fn() == NodeState.DRAINING,  # clients move before the node leaves
             },
             (out,),
         )
 
-    async def _run(self, hidden, start: int, end: int, cache, mask=None, positions=None):
+    async def _run(self, hidden, start: int, end: int, cache, mask=None, positions=None, timing=None):
         began = time.perf_counter()
         try:
-            return await self.backend.run(hidden, start, end, cache, mask, positions)
+            return await self.backend.run(hidden, start, end, cache, mask, positions, timing)
         except RemoteError:
             raise
         except (RuntimeError, ValueError) as e:

@@ -1,0 +1,228 @@
+"""Every millisecond between two tokens: per-token latency and time to first token through
+1, 2 and 3 hops against local transformers, with a breakdown of where the time goes.
+
+For each model (the built-in SmolLM2-135M-Instruct and the small test model) and each hop
+count, it starts a real local swarm (bootstrap + nodes on 127.0.0.1), generates greedily
+with tracing on (swarmnode.client.trace), and prints, for one steady-state token (the mean
+over the tokens after the first), the client's own work, each hop's network round trip
+minus the node's handling, each node's queueing and compute, and what is left between
+the caller and the generation loop; the named parts must add up to the measured gap
+within 10%. The same for the first token (routing, stream opening, the prompt step).
+Local generation runs in the same process, before and after the swarm runs, with the
+same torch thread count as the nodes.
+
+    python scripts/bench_token_budget.py [--models smollm2 tiny-llama] [--hops 1 2 3] [--tokens 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from swarmnode.client.model import DistributedModelForCausalLM  # noqa: E402
+from swarmnode.client.text import chat_prompt_ids  # noqa: E402
+from swarmnode.demo import even_spans  # noqa: E402
+from swarmnode.launcher import LocalSwarm  # noqa: E402
+from swarmnode.models import load_model_spec, load_tokenizer  # noqa: E402
+
+QUESTION = "Tell me about the history of Paris in detail."
+
+
+class _Stamps:
+    """A transformers streamer noting when the prompt and each token arrive."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def prompt_ids(spec) -> torch.Tensor:
+    tokenizer = load_tokenizer(spec)
+    if getattr(tokenizer, "chat_template", None):
+        return torch.tensor([chat_prompt_ids(tokenizer, [{"role": "user", "content": QUESTION}])])
+    return torch.tensor([tokenizer(QUESTION)["input_ids"]])
+
+
+def local_run(model, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
+    """(time to first token, median per-token gap) in ms, local transformers."""
+    stamps = _Stamps()
+    began = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
+                       streamer=stamps)  # fmt: skip
+    gaps = [b - a for a, b in zip(stamps.times[1:], stamps.times[2:], strict=False)]
+    return 1000 * (stamps.times[1] - began), 1000 * statistics.median(gaps)
+
+
+def swarm_run(client, ids: torch.Tensor, tokens: int):
+    """(ttft ms, per-token gaps ms, traces) of one traced generation."""
+    mask = torch.ones_like(ids)
+    with client.inference_session(max_length=ids.shape[1] + tokens) as session:
+        session.tracing = True
+        stamps = []
+        began = time.perf_counter()
+        for _ in client.stream_tokens(ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
+                                      session=session):  # fmt: skip
+            stamps.append(time.perf_counter())
+        traces = list(session.traces)
+    gaps = [1000 * (b - a) for a, b in zip(stamps, stamps[1:], strict=False)]
+    return 1000 * (stamps[0] - began), gaps, traces, began
+
+
+def tcp_loopback_rtt_ms(rounds: int = 2000) -> float:
+    """Median round trip of 1 byte over a TCP connection on 127.0.0.1 (the floor of any hop)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while data := conn.recv(1):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    times = []
+    with socket.create_connection(server.getsockname()) as client:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(rounds):
+            began = time.perf_counter()
+            client.sendall(b"x")
+            client.recv(1)
+            times.append(time.perf_counter() - began)
+    server.close()
+    return 1000 * statistics.median(times)
+
+
+def steady_breakdown(gaps: list[float], traces, hops: int) -> list[tuple[str, float]]:
+    """Mean ms per steady-state token of each part (tokens 2..n: their traces and the gaps before them)."""
+    steady = traces[1:]  # traces[i] made token i; gaps[i-1] ended at token i
+    n = min(len(steady), len(gaps))
+    steady, gaps = steady[:n], gaps[:n]
+    handoffs = [1000 * (t.started - prev.finished) for prev, t in zip(traces, traces[1:], strict=False)][:n]
+
+    def mean(values) -> float:
+        return statistics.fmean(values) if values else 0.0
+
+    rows = [
+        ("client: embedding", mean([t.embed_ms for t in steady])),
+        ("client: request building + serialization", mean([sum(h.build_ms for h in t.hops) for t in steady])),
+        ("client: response decoding", mean([sum(h.parse_ms for h in t.hops) for t in steady])),
+        ("client: head + logits processing + sampling", mean([t.head_ms for t in steady])),
+        ("client: routing updates (report_step)", mean([sum(h.report_ms for h in t.hops) for t in steady])),
+        ("client: loop bookkeeping (context, session, streamer)", mean([t.loop_ms for t in steady])),
+        ("client: handoff to the caller's thread and back", mean(handoffs)),
+    ]
+    for i in range(hops):
+        rows += [
+            (f"hop {i + 1}: network round trip minus node handling", mean([t.hops[i].network_ms for t in steady])),
+            (f"hop {i + 1}: node decoding/validation/bookkeeping", mean([t.hops[i].node_overhead_ms for t in steady])),
+            (f"hop {i + 1}: node queueing", mean([t.hops[i].queue_ms for t in steady])),
+            (f"hop {i + 1}: node compute", mean([t.hops[i].compute_ms for t in steady])),
+        ]
+    return rows
+
+
+def first_breakdown(ttft: float, first, began: float, hops: int) -> list[tuple[str, float]]:
+    rows = [
+        ("before the first step (settings, session)", 1000 * (first.started - began)),
+        ("routing (choosing the chain)", first.route_ms),
+        ("opening hop streams", first.open_ms),
+        ("prompt: embedding", first.embed_ms),
+        ("prompt: request building + decoding", sum(h.build_ms + h.parse_ms + h.report_ms for h in first.hops)),
+    ]
+    for i, h in enumerate(first.hops[:hops]):
+        rows += [
+            (f"prompt: hop {i + 1} network minus node handling", h.network_ms),
+            (f"prompt: hop {i + 1} node handling + queueing", h.node_ms - h.compute_ms),
+            (f"prompt: hop {i + 1} node compute", h.compute_ms),
+        ]
+    rows += [("prompt: head + sampling + bookkeeping", first.head_ms + first.loop_ms)]
+    return rows
+
+
+def print_table(title: str, rows: list[tuple[str, float]], measured: float) -> float:
+    named = sum(v for _, v in rows)
+    print(f"  {title}")
+    for name, value in rows:
+        print(f"    {name:<58} {value:8.3f} ms")
+    share = abs(measured - named) / measured
+    print(f"    {'sum of the parts':<58} {named:8.3f} ms  (measured {measured:.3f} ms; unexplained {100 * share:.1f}%)")
+    return share
+
+
+def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threads: int, rtt: float) -> None:
+    from transformers import AutoModelForCausalLM
+
+    spec = load_model_spec(name)
+    ids = prompt_ids(spec)
+    torch.set_num_threads(threads)
+    local_model = AutoModelForCausalLM.from_pretrained(spec.path).eval()
+    local_run(local_model, ids, 4)  # warm-up
+    local = [local_run(local_model, ids, tokens) for _ in range(repeats)]
+    print(f"\n== {spec.name}: {spec.num_blocks} blocks, hidden {spec.hidden_size}, prompt {ids.shape[1]} tokens, "
+          f"{tokens} new tokens, torch threads {threads} (local and every node) ==")  # fmt: skip
+    for hops in hop_counts:
+        with tempfile.TemporaryDirectory() as workdir, LocalSwarm(workdir) as swarm:
+            swarm.start_bootstrap()
+            spans = even_spans(spec.num_blocks, hops)
+            nodes = [swarm.start_node(spec.path, s, "--num-threads", str(threads), wait=False) for s in spans]
+            for node in nodes:
+                swarm.wait_online(node)
+            with DistributedModelForCausalLM.from_pretrained(spec.path, initial_peers=swarm.initial_peers) as client:
+                swarm_run(client, ids, 4)  # warm-up: route cached, code paths hot
+                runs = [swarm_run(client, ids, tokens) for _ in range(repeats)]
+        local += [local_run(local_model, ids, tokens)]  # local again after, against drift
+        local_ttft = statistics.median(t for t, _ in local)
+        local_tok = statistics.median(g for _, g in local)
+        ttft = statistics.median(r[0] for r in runs)
+        per_token = statistics.median(statistics.median(r[1]) for r in runs)
+        best = min(runs, key=lambda r: statistics.median(r[1]))
+        print(f"\n{hops} hop(s) {' '.join(spans)}: per token {per_token:.2f} ms vs local {local_tok:.2f} ms "
+              f"(+{per_token - local_tok:.2f} ms); first token {ttft:.2f} ms vs local {local_ttft:.2f} ms "
+              f"(+{ttft - local_ttft:.2f} ms)")  # fmt: skip
+        if hops == 2:
+            target = local_tok + 2 * rtt + 2
+            print(f"  target per token <= local + 2 x loopback RTT + 2 ms = {target:.2f} ms: "
+                  f"{'MET' if per_token <= target else 'MISSED'}")  # fmt: skip
+        print(f"  target first token <= local + 10 ms = {local_ttft + 10:.2f} ms: "
+              f"{'MET' if ttft <= local_ttft + 10 else 'MISSED'}")  # fmt: skip
+        _, gaps, traces, began = best
+        print_table("one steady-state token (mean over tokens 2..n of the best run):",
+                    steady_breakdown(gaps, traces, hops), statistics.fmean(gaps))  # fmt: skip
+        print_table("the first token (best run):", first_breakdown(best[0], traces[0], began, hops), best[0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["smollm2", "tiny-llama"])
+    parser.add_argument("--hops", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    rtt = tcp_loopback_rtt_ms()
+    print(f"machine: {torch.get_num_threads()} torch threads available; TCP loopback round trip {rtt * 1000:.1f} us")
+    for name in args.models:
+        run_model(name, args.hops, args.tokens, args.repeats, args.threads, rtt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
