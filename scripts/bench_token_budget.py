@@ -17,6 +17,7 @@ same torch thread count as the nodes.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import sys
@@ -36,6 +37,7 @@ from swarmnode.launcher import LocalSwarm  # noqa: E402
 from swarmnode.models import load_model_spec, load_tokenizer  # noqa: E402
 
 QUESTION = "Tell me about the history of Paris in detail."
+NODE_ENV = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_NODE_ENV", "").split() if "=" in kv)
 
 
 class _Stamps:
@@ -179,7 +181,7 @@ def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threa
     print(f"\n== {spec.name}: {spec.num_blocks} blocks, hidden {spec.hidden_size}, prompt {ids.shape[1]} tokens, "
           f"{tokens} new tokens, torch threads {threads} (local and every node) ==")  # fmt: skip
     for hops in hop_counts:
-        with tempfile.TemporaryDirectory() as workdir, LocalSwarm(workdir) as swarm:
+        with tempfile.TemporaryDirectory() as workdir, LocalSwarm(workdir, env=NODE_ENV) as swarm:
             swarm.start_bootstrap()
             spans = even_spans(spec.num_blocks, hops)
             nodes = [swarm.start_node(spec.path, s, "--num-threads", str(threads), wait=False) for s in spans]

@@ -18,7 +18,7 @@ from swarmnode.server.cache import SessionCache
 
 ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_POSITION = 1 << 20
-INLINE_TOKENS = 4  # steps this small run on the event loop: a thread handoff would cost more than the work
+INLINE_TOKENS = 4  # steps this small run on the event loop (see run)
 
 
 class BlockBackend:
@@ -35,7 +35,16 @@ class BlockBackend:
         # Each block's attention window (None: full), so a step builds one mask per distinct window.
         self.window_of = {i: spec.family.layer_window(spec.config, i) for i in range(self.start, self.end)}
         self.windows = frozenset(self.window_of.values())
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="swarmnode-compute")
+        # Every forward pass runs on this one thread, never on the event loop: the loop stays free for
+        # gossip and RPCs, and torch keeps one OpenMP team. Two threads that both run torch ops each get a
+        # team whose idle workers spin and slow the other (measured: a 40-token SmolLM2 prefill of 15
+        # blocks took 45 ms on a second thread right after decode steps on the first, 37 ms on one thread).
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            1,
+            thread_name_prefix="swarmnode-compute",
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
+        )
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -94,7 +103,10 @@ class BlockBackend:
         without them the tokens are unpadded and follow the cached ones. ``timing``, if given,
         receives ``started`` / ``finished`` (perf_counter) of the compute itself.
         Decoding steps (a few tokens) run inline; prompts go to the compute thread so the
-        event loop stays responsive while they run.
+        event loop stays responsive while they run. Measured with tracing
+        (scripts/bench_token_budget.py, tiny-llama over 3 nodes on 2 cores): sending decode steps
+        to the compute thread as well made each node's compute 2.5-2.9 ms instead of 0.5-0.65 ms
+        (14.7 instead of 3.9 ms per token), with no measurable gain on SmolLM2.
         """
         args = (hidden, start, end, cache, mask, positions, timing)
         if hidden.shape[0] * hidden.shape[1] <= INLINE_TOKENS and not self.step_delay_s:
