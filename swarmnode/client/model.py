@@ -44,8 +44,10 @@ class RemoteBlocks:
         self._shared_at = 0.0
         self.last_snapshot = None
 
-    async def _share_observations(self) -> None:
-        """Stigmergy: publish what we measured of each node (short-lived), for other clients."""
+    def _share_observations(self) -> None:
+        """Stigmergy: publish what we measured of each node (short-lived), for other clients.
+
+        Runs in the background: a DHT write never sits on the token path."""
         observations = getattr(self.router, "observations", None)
         if observations is None or time.monotonic() - self._shared_at < self.config.share_period:
             return
@@ -53,10 +55,8 @@ class RemoteBlocks:
         measured = observations()
         if measured:
             item = (observations_key(self.model_id), self.client_id, measured)
-            try:
-                await store_records(self.connection.dht, [item], ttl=max(SHARED_TTL_S, 3 * self.config.share_period))
-            except Exception as e:  # noqa: BLE001 - sharing is best effort
-                logger.debug("could not share observations: %s", e)
+            ttl = max(SHARED_TTL_S, 3 * self.config.share_period)
+            self.connection.background(store_records(self.connection.dht, [item], ttl=ttl), "sharing observations")
 
     async def _check_model_record(self) -> None:
         """Refuse a swarm that announces another checkpoint under this model id."""
@@ -92,7 +92,7 @@ class RemoteBlocks:
         while True:
             snapshot = await self.connection.snapshot(self.model_id, self.num_blocks, max_age=max_age)
             self.last_snapshot = snapshot
-            await self._share_observations()
+            self._share_observations()
             try:
                 return self.router.choose_chain(snapshot, start, end, exclude=exclude)
             except NoServersForBlocks as e:

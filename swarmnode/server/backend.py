@@ -19,6 +19,7 @@ from swarmnode.server.cache import SessionCache
 ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_POSITION = 1 << 20
 INLINE_TOKENS = 4  # steps this small run on the event loop (see run)
+INLINE_BUDGET_S = 0.15  # longer steps leave the loop: well under gossip's 0.4 s ping timeout
 
 
 class BlockBackend:
@@ -32,6 +33,7 @@ class BlockBackend:
         self.device, self.dtype = torch.device(device), dtype
         self.hidden_size = spec.hidden_size
         self.step_delay_s = step_delay_s
+        self.prefill_rps = 0.0  # tokens/s per block for prompts, once profiled (0: unknown, never inline)
         # Each block's attention window (None: full), so a step builds one mask per distinct window.
         self.window_of = {i: spec.family.layer_window(spec.config, i) for i in range(self.start, self.end)}
         self.windows = frozenset(self.window_of.values())
@@ -102,17 +104,25 @@ class BlockBackend:
         ``mask`` (0 = padding) and ``positions`` describe the new tokens of a padded batch;
         without them the tokens are unpadded and follow the cached ones. ``timing``, if given,
         receives ``started`` / ``finished`` (perf_counter) of the compute itself.
-        Decoding steps (a few tokens) run inline; prompts go to the compute thread so the
-        event loop stays responsive while they run. Measured with tracing
-        (scripts/bench_token_budget.py, tiny-llama over 3 nodes on 2 cores): sending decode steps
-        to the compute thread as well made each node's compute 2.5-2.9 ms instead of 0.5-0.65 ms
-        (14.7 instead of 3.9 ms per token), with no measurable gain on SmolLM2.
+        Decoding steps (a few tokens) and prompts expected to take at most
+        ``INLINE_BUDGET_S`` (from the profiled prefill speed) run inline; longer prompts go to
+        the compute thread so the event loop stays responsive while they run. Why, measured
+        with tracing (scripts/bench_token_budget.py, 2 cores): sending decode steps to the
+        compute thread made each tiny-llama node's compute 2.5-2.9 ms instead of 0.5-0.65 ms
+        (3 hops: 14.7 instead of 3.9 ms per token); a SmolLM2 prompt step on the compute thread
+        after decode steps on the loop thread pays for two OpenMP teams (first token over 1
+        node: 39 ms above local on the thread, 11 ms inline).
         """
         args = (hidden, start, end, cache, mask, positions, timing)
-        if hidden.shape[0] * hidden.shape[1] <= INLINE_TOKENS and not self.step_delay_s:
+        if not self.step_delay_s and self._runs_inline(hidden.shape[0] * hidden.shape[1], end - start):
             return self._forward(*args)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._forward, *args)
+
+    def _runs_inline(self, tokens: int, blocks: int) -> bool:
+        if tokens <= INLINE_TOKENS:
+            return True
+        return self.prefill_rps > 0 and tokens * blocks / self.prefill_rps <= INLINE_BUDGET_S
 
     @torch.inference_mode()
     def _forward(

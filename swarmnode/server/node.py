@@ -162,6 +162,7 @@ class Node:
             except ValueError as e:
                 raise ConfigError(f"--throughput must be auto or a number, got {cfg.throughput!r}") from e
 
+        self.backend.prefill_rps = self.prefill_rps
         self.handler = NodeHandler(
             self.backend, self.caches, self.info, lambda: self.state, config_hash=self.model_record.config_hash
         )
