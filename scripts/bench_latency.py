@@ -12,29 +12,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from swarmnode.client.model import DistributedModelForCausalLM
+from swarmnode.client.trace import ArrivalStamps
 from swarmnode.launcher import LocalSwarm
 from swarmnode.models.tiny import tiny_checkpoint
 
 LAYOUTS = {2: ("0:4", "4:8"), 3: ("0:3", "3:6", "6:8")}
-
-
-class _Stamps:
-    """A transformers streamer that only records when each token arrives."""
-
-    def __init__(self):
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
 
 
 def per_token_ms(stamps: list[float]) -> float:
@@ -47,7 +34,7 @@ def local_latency(path, ids, tokens: int, repeats: int) -> float:
     model = AutoModelForCausalLM.from_pretrained(path)
     results = []
     for _ in range(repeats):
-        stamps = _Stamps()
+        stamps = ArrivalStamps()
         model.generate(ids, max_new_tokens=tokens, do_sample=False, streamer=stamps)
         results.append(per_token_ms(stamps.times))
     return min(results)
@@ -62,7 +49,7 @@ def swarm_latency(path, ids, hops: int, tokens: int, repeats: int) -> tuple[floa
             model.generate(ids, max_new_tokens=4)  # warm-up
             results, out = [], None
             for _ in range(repeats):
-                stamps = _Stamps()
+                stamps = ArrivalStamps()
                 out = model.generate(ids, max_new_tokens=tokens, streamer=stamps)
                 results.append(per_token_ms(stamps.times))
             return min(results), out[0].tolist()

@@ -32,25 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from swarmnode.client.model import DistributedModelForCausalLM  # noqa: E402
 from swarmnode.client.text import chat_prompt_ids  # noqa: E402
+from swarmnode.client.trace import ArrivalStamps  # noqa: E402
 from swarmnode.demo import even_spans  # noqa: E402
 from swarmnode.launcher import LocalSwarm  # noqa: E402
 from swarmnode.models import load_model_spec, load_tokenizer  # noqa: E402
 
 QUESTION = "Tell me about the history of Paris in detail."
 NODE_ENV = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_NODE_ENV", "").split() if "=" in kv)
-
-
-class _Stamps:
-    """A transformers streamer noting when the prompt and each token arrive."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
 
 
 def prompt_ids(spec) -> torch.Tensor:
@@ -62,13 +50,12 @@ def prompt_ids(spec) -> torch.Tensor:
 
 def local_run(model, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
     """(time to first token, median per-token gap) in ms, local transformers."""
-    stamps = _Stamps()
+    stamps = ArrivalStamps()
     began = time.perf_counter()
     with torch.inference_mode():
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
                        streamer=stamps)  # fmt: skip
-    gaps = [b - a for a, b in zip(stamps.times[1:], stamps.times[2:], strict=False)]
-    return 1000 * (stamps.times[1] - began), 1000 * statistics.median(gaps)
+    return 1000 * (stamps.times[1] - began), 1000 * statistics.median(stamps.token_gaps())
 
 
 def swarm_run(client, ids: torch.Tensor, tokens: int):
@@ -196,9 +183,10 @@ def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threa
         ttft = statistics.median(r[0] for r in runs)
         per_token = statistics.median(statistics.median(r[1]) for r in runs)
         best = min(runs, key=lambda r: statistics.median(r[1]))
+        spread = ", ".join(f"{statistics.median(r[1]):.2f}" for r in runs)
         print(f"\n{hops} hop(s) {' '.join(spans)}: per token {per_token:.2f} ms vs local {local_tok:.2f} ms "
               f"(+{per_token - local_tok:.2f} ms); first token {ttft:.2f} ms vs local {local_ttft:.2f} ms "
-              f"(+{ttft - local_ttft:.2f} ms)")  # fmt: skip
+              f"(+{ttft - local_ttft:.2f} ms); runs' per-token medians: {spread} ms")  # fmt: skip
         if hops == 2:
             target = local_tok + 2 * rtt + 2
             print(f"  target per token <= local + 2 x loopback RTT + 2 ms = {target:.2f} ms: "

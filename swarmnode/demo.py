@@ -33,24 +33,12 @@ def even_spans(num_blocks: int, parts: int = 3) -> list[str]:
     return [f"{a}:{b}" for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
-class _Stamps:
-    """A transformers streamer that only notes when each put arrives (the prompt, then each token)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
 def run_demo(model: str = "smollm2", prompt: str | None = None, max_new_tokens: int = 64) -> int:
     from transformers import AutoModelForCausalLM
 
     from swarmnode.client.model import DistributedModelForCausalLM
     from swarmnode.client.text import IncrementalDecoder, chat_prompt_ids
+    from swarmnode.client.trace import ArrivalStamps
     from swarmnode.launcher import LocalSwarm
     from swarmnode.models import load_model_spec, load_tokenizer
 
@@ -90,13 +78,13 @@ def run_demo(model: str = "smollm2", prompt: str | None = None, max_new_tokens: 
                 chain = session.chain
         gaps = [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]  # after the prompt's step
     reference = AutoModelForCausalLM.from_pretrained(spec.path).eval()
-    local_stamps = _Stamps()
+    local_stamps = ArrivalStamps()
     with torch.inference_mode():
         mask = torch.ones_like(ids)
         reference.generate(ids, attention_mask=mask, max_new_tokens=2)  # warm-up, as for the swarm
         local = reference.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, streamer=local_stamps)
     local_tokens = local[0, ids.shape[1] :].tolist()
-    local_gaps = [b - a for a, b in zip(local_stamps.times[1:], local_stamps.times[2:], strict=False)]
+    local_gaps = local_stamps.token_gaps()
     same = local_tokens == tokens
     _say("chain: " + " -> ".join(f"{h.peer_id} [{h.start}:{h.end}]" for h in chain))
     _say(f"tokens: {len(tokens)} {tokens if len(tokens) <= 40 else tokens[:40] + ['...']}")

@@ -54,3 +54,21 @@ class StepTrace:
 
 def ms_since(began: float) -> float:
     return 1000 * (time.perf_counter() - began)
+
+
+class ArrivalStamps:
+    """A transformers streamer that only notes when each ``put`` arrives: the prompt, then
+    each new token (for timing local generation the way a caller sees it)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def token_gaps(self) -> list[float]:
+        """Seconds between consecutive new tokens (the prompt's step excluded)."""
+        return [b - a for a, b in zip(self.times[1:], self.times[2:], strict=False)]
