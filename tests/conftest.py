@@ -80,10 +80,12 @@ SMOLLM2_SPANS = ("0:10", "10:20", "20:30")
 
 @pytest.fixture(scope="session")
 def smollm2_path(tmp_path_factory) -> str:
-    """The packaged GGUF converted once per test run (into this run's own cache)."""
-    from swarmnode.models.gguf import SMOLLM2, ensure_converted
+    """The packaged GGUF converted once per test run, into this run's own model cache, which
+    every process of the run then uses (SWARMNODE_CACHE), as `--model smollm2` would."""
+    from swarmnode.models.gguf import SMOLLM2, converted_root, ensure_converted
 
-    return str(ensure_converted(SMOLLM2.gguf_path(), cache=tmp_path_factory.mktemp("converted")))
+    os.environ["SWARMNODE_CACHE"] = str(tmp_path_factory.mktemp("swarmnode-cache"))
+    return str(ensure_converted(SMOLLM2.gguf_path(), cache=converted_root()))
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,24 @@ def test_conversation_renews_a_full_session_with_a_clear_notice(smollm2_client, 
         chat.close()
 
 
+def test_the_builtin_name_and_the_gguf_file_are_the_same_swarm_model(smollm2_swarm, smollm2_path, smollm2_client):
+    from swarmnode.models import load_model_spec
+    from swarmnode.models.gguf import SMOLLM2
+    from swarmnode.records import model_id_from_name
+
+    by_name, by_file = load_model_spec("smollm2"), load_model_spec(str(SMOLLM2.gguf_path()))
+    assert by_name.path == by_file.path == smollm2_path  # one conversion, found in the cache
+    assert model_id_from_name(by_name.name) == model_id_from_name(by_file.name) == smollm2_client.remote.model_id
+    out = subprocess.run(
+        [sys.executable, "-m", "swarmnode.cli", "--log-level", "WARNING", "generate", "The capital of France is",
+         "--model", "smollm2", "--max-new-tokens", "8", "--temperature", "0", "--initial-peers",
+         *smollm2_swarm.initial_peers],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("The capital of France is") and "Paris" in out.stdout
+
+
 def test_generate_cli_without_a_tokenizer_is_a_clear_error(tmp_path, smollm2_path):
     import shutil
 
