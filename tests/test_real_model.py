@@ -104,3 +104,30 @@ def test_generate_cli_without_a_tokenizer_is_a_clear_error(tmp_path, smollm2_pat
     )  # fmt: skip
     assert out.returncode == 2
     assert "has no usable tokenizer" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_chat_survives_a_swarm_failure_and_forgets_the_unanswered_question(smollm2_tokenizer):
+    import io
+    from types import SimpleNamespace
+
+    from swarmnode.errors import NoServersForBlocks
+    from swarmnode.frontends.chat import run_chat
+
+    class FailingModel:  # a swarm whose blocks are all gone: every answer fails before its first token
+        remote = SimpleNamespace(model_id="gone")
+        generation_config = SimpleNamespace(eos_token_id=2)
+        sessions = 0
+
+        def inference_session(self, max_length):
+            FailingModel.sessions += 1
+            return SimpleNamespace(token_ids=None, position=0, close=lambda: None)
+
+        def stream_tokens(self, *args, **kwargs):
+            raise NoServersForBlocks([0, 1], "gone", 1.0)
+            yield  # a generator, like the real one: the error comes with the first token
+
+    chat = Conversation(FailingModel(), smollm2_tokenizer)
+    lines, out = iter(["What is the capital of France?", "/quit"]), io.StringIO()
+    assert run_chat(chat, out=out, read=lambda prompt: next(lines)) == 0
+    assert "the swarm could not answer" in out.getvalue() and "no live node" in out.getvalue()
+    assert chat.messages == [] and FailingModel.sessions == 2  # question forgotten, a fresh session for the next

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from swarmnode.client.text import IncrementalDecoder, chat_prompt_ids
+from swarmnode.errors import SwarmNodeError
 
 HELP = "commands: /reset (forget the conversation), /quit (or Ctrl-D); Ctrl-C stops an answer"
 
@@ -66,6 +67,12 @@ class Conversation:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
         self.session = self.model.inference_session(max_length=self.max_length)
 
+    def new_session(self) -> None:
+        """Keep the conversation, continue it in a fresh session (after the old one failed)."""
+        if self.session is not None:
+            self.session.close()
+        self.session = self.model.inference_session(max_length=self.max_length)
+
     def close(self) -> None:
         if self.session is not None:
             self.session.close()
@@ -108,6 +115,10 @@ class Conversation:
                 if should_stop():
                     turn.finish = "interrupted"
                     break
+        except BaseException:
+            if turn.tokens == 0:
+                self.messages.pop()  # no answer came: the question is not part of the conversation
+            raise
         finally:
             stream.close()
         tail = decoder.finish()
@@ -208,20 +219,29 @@ def run_chat(conversation: Conversation, out=sys.stdout, read: Callable[[str], s
             if line in ("/help", "/?"):
                 out.write(HELP + "\n")
                 continue
-            with interrupt:
-                for item in conversation.reply(line, should_stop=lambda: interrupt.requested):
-                    if isinstance(item, SessionRenewed):
-                        out.write(
-                            f"(the conversation no longer fits the session's {item.max_length} tokens: continuing "
-                            f"in a fresh session without the {item.dropped_messages} oldest messages)\n"
-                        )
-                    elif isinstance(item, Turn):
-                        _report(item, conversation, out)
-                    else:
-                        out.write(item)
-                        out.flush()
+            try:
+                _answer(conversation, line, interrupt, out)
+            except SwarmNodeError as e:  # the swarm failed for good: say so, keep the chat, use a new session
+                out.write(f"\n(the swarm could not answer: {e}; the next turn uses a fresh session)\n")
+                conversation.new_session()
     finally:
         conversation.close()
+
+
+def _answer(conversation: Conversation, line: str, interrupt: _StopOnInterrupt, out) -> None:
+    """Stream one answer to the terminal."""
+    with interrupt:
+        for item in conversation.reply(line, should_stop=lambda: interrupt.requested):
+            if isinstance(item, SessionRenewed):
+                out.write(
+                    f"(the conversation no longer fits the session's {item.max_length} tokens: continuing "
+                    f"in a fresh session without the {item.dropped_messages} oldest messages)\n"
+                )
+            elif isinstance(item, Turn):
+                _report(item, conversation, out)
+            else:
+                out.write(item)
+                out.flush()
 
 
 def _report(turn: Turn, conversation: Conversation, out) -> None:
