@@ -62,6 +62,11 @@ def test_stateless_forward_with_a_padding_mask_equals_transformers(llama_client,
         ours = client(BATCH, attention_mask=MASK)
         real = MASK.bool()
         torch.testing.assert_close(ours[real], local[real], rtol=1e-4, atol=1e-4)
+    # Explicit position ids reach the nodes (rotary embeddings), not just the client's embedding.
+    shifted = torch.arange(BATCH.shape[1])[None] + 7
+    with torch.inference_mode():
+        local = AutoModelForCausalLM.from_pretrained(llama_path).eval()(BATCH, position_ids=shifted).logits
+    torch.testing.assert_close(llama_client(BATCH, position_ids=shifted), local, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.swarm

@@ -180,11 +180,13 @@ class DistributedModelForCausalLM:
         """
         input_ids = _as_batch(input_ids)
         mask = None if attention_mask is None else _as_mask(attention_mask, input_ids.shape)
+        custom = position_ids is not None or (mask is not None and not bool(mask.all()))
         if position_ids is None:
             position_ids = self.spec.family.forward_positions(mask, input_ids.shape[1])
+        position_ids = torch.as_tensor(position_ids).long().expand(input_ids.shape[0], -1).contiguous()
         hidden = self.head.embed(input_ids, position_ids)
-        padded = mask is not None and not bool(mask.all())
-        extras = (mask, position_ids.expand(input_ids.shape[0], -1).contiguous()) if padded else ()
+        # Nodes need the mask and positions only when they are not the plain unpadded, consecutive case.
+        extras = (mask if mask is not None else torch.ones_like(input_ids), position_ids) if custom else ()
         hidden = self.connection.run(self.remote.forward(hidden, *extras))
         return self.head.logits(hidden.to(self.dtype))
 
