@@ -121,6 +121,8 @@ def cmd_join(args: argparse.Namespace) -> int:
             "public_name",
             "gossip_period",
             "suspicion_timeout",
+            "metrics_port",
+            "metrics_host",
         )
     }
     overrides["identity_path"] = args.identity
@@ -134,7 +136,10 @@ def cmd_join(args: argparse.Namespace) -> int:
         return node
 
     def ready(node):
-        _say(f"ONLINE peer_id={node.peer_id} blocks={node.start}:{node.end} model={node.model_record.model_id}")
+        metrics = f" metrics={node.metrics_addr}" if node.metrics_addr else ""
+        _say(
+            f"ONLINE peer_id={node.peer_id} blocks={node.start}:{node.end} model={node.model_record.model_id}{metrics}"
+        )
 
     _run_async(_serve_until_signal(start, lambda node: node.leave(), ready))
     return 0
@@ -278,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--public-name", default=None)
     p.add_argument("--gossip-period", type=float, default=None, help="seconds between SWIM probes (default 1)")
     p.add_argument("--suspicion-timeout", type=float, default=None, help="seconds SUSPECT before DEAD (default 1.5)")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9156; 0 = off)")
+    p.add_argument("--metrics-host", default=None, help="address the metrics endpoint binds (default 0.0.0.0)")
     p.add_argument("--config", default=None, help="TOML file with a [node] table")
     p.add_argument(
         "--debug-step-delay-ms",

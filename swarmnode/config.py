@@ -60,8 +60,12 @@ class NodeConfig:
     public_name: str = ""
     gossip_period: float = 1.0  # seconds between SWIM probes
     suspicion_timeout: float = 1.5  # seconds a member stays SUSPECT before it is declared DEAD
+    metrics_port: int = 9156  # /metrics, /healthz, /readyz; 0 = off; taken (several nodes on a host): another one
+    metrics_host: str = "0.0.0.0"
 
     def __post_init__(self) -> None:
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port must be in 0..65535 (0 = off), got {self.metrics_port}")
         if self.announce_period <= 0:
             raise ConfigError("announce_period must be positive")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

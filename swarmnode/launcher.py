@@ -170,6 +170,8 @@ class LocalSwarm:
             "1",
             "--announce-period",
             "2",
+            "--metrics-host",
+            "127.0.0.1",  # tests and demos stay on loopback; the port falls back to a free one if taken
             *extra,
         ]
         proc = self._spawn(name or f"node-{blocks.replace(':', '_')}", args)

@@ -39,6 +39,7 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
                 "dtype": r.dtype,
                 "version": r.version,
                 "public_name": r.public_name,
+                "metrics_addr": r.metrics_addr,
             }
             for r in nodes
         ],

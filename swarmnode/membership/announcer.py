@@ -24,8 +24,16 @@ logger = logging.getLogger(__name__)
 class Announcer:
     """Keeps a node's record fresh in the DHT; ``record_fn`` gives the current record."""
 
-    def __init__(self, dht: hivemind.DHT, model: ModelRecord, record_fn: Callable[[], NodeRecord], period: float):
+    def __init__(
+        self,
+        dht: hivemind.DHT,
+        model: ModelRecord,
+        record_fn: Callable[[], NodeRecord],
+        period: float,
+        on_failure: Callable[[], None] | None = None,
+    ):
         self.dht, self.model, self.record_fn, self.period = dht, model, record_fn, period
+        self.on_failure = on_failure or (lambda: None)  # a metric: an announcement failed
         self._task: asyncio.Task | None = None
 
     async def announce(self, state: NodeState | None = None) -> bool:
@@ -39,10 +47,13 @@ class Announcer:
         if record.state != NodeState.OFFLINE:
             items.append((MODELS_KEY, self.model.model_id, self.model.to_wire()))
         try:
-            return await store_records(self.dht, items, ttl=2 * self.period)
+            stored = await store_records(self.dht, items, ttl=2 * self.period)
         except Exception as e:  # noqa: BLE001 - a failed announce is retried next period
             logger.warning("announce failed: %s", e)
-            return False
+            stored = False
+        if not stored:
+            self.on_failure()
+        return stored
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())

@@ -58,6 +58,7 @@ class SwimGossip:
         config: GossipConfig = GossipConfig(),
         rng: random.Random | None = None,
         on_refute: Callable[[], Awaitable[None]] | None = None,
+        on_probe_failure: Callable[[], None] | None = None,
     ):
         self.p2p, self.dht, self.model_id, self.num_blocks = p2p, dht, model_id, num_blocks
         self.self_id = str(p2p.peer_id)
@@ -65,6 +66,7 @@ class SwimGossip:
         self.membership = Membership(self.self_id, incarnation, config.suspicion_timeout)
         self.rng = rng or random.Random()
         self.on_refute = on_refute  # called when we raised our incarnation: re-announce it at once
+        self.on_probe_failure = on_probe_failure or (lambda: None)  # a metric: a probe got no answer
         self._announced_incarnation = incarnation
         self._tasks: list[asyncio.Task] = []
 
@@ -148,6 +150,7 @@ class SwimGossip:
         """SWIM's probe: direct ping, then indirect pings; a silent target becomes SUSPECT."""
         if await self._ping(target, self.config.ping_timeout):
             return True
+        self.on_probe_failure()
         helpers = self.membership.others(target, self.config.indirect_k, self.rng)
         remaining = max(0.1, self.config.period - self.config.ping_timeout)
         if helpers:

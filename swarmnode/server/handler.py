@@ -34,6 +34,7 @@ from swarmnode.records import NodeState
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.busy import BusyMeter
 from swarmnode.server.cache import CacheManager, Session
+from swarmnode.server.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
 MAX_FORWARD_TOKENS = 8192
@@ -57,8 +58,10 @@ class NodeHandler:
         state_fn: Callable[[], NodeState],
         session_idle_timeout: float = 600.0,
         config_hash: str = "",
+        metrics: NodeMetrics | None = None,
     ):
         self.config_hash = config_hash  # of the checkpoint this node serves
+        self.metrics = metrics or NodeMetrics(lambda: {})  # a private registry when none is given
         self.backend, self.caches = backend, caches
         self.info_fn, self.state_fn = info_fn, state_fn
         self.session_idle_timeout = session_idle_timeout
@@ -78,9 +81,12 @@ class NodeHandler:
             hidden, mask, positions = step_tensors(request.tensors)
             self.backend.check_hidden(hidden, MAX_FORWARD_TOKENS)
             self.backend.check_padding(mask, positions, hidden)
-            return make_response({}, (await self._run(hidden, start, end, None, mask, positions),))
+            timing: dict[str, float] = {}
+            out = await self._run(hidden, start, end, None, mask, positions, timing)
+            self._observe("forward", timing, hidden)
+            return make_response({}, (out,))
         except RemoteError as e:
-            return error_response(e)
+            return self._error(e)
 
     async def handle_inference_stream(self, stream_info, reader, writer) -> None:
         """Serve one raw rpc_inference stream (see swarmnode.net.protocol.INFERENCE_HANDLE)."""
@@ -113,7 +119,9 @@ class NodeHandler:
                         session = self._open_session(meta, hidden)
                     yield await self._step(session, meta, hidden, mask, positions, received)
                 except RemoteError as e:
-                    yield error_response(e)
+                    if session is None:
+                        self.metrics.sessions_refused.labels(_refusal_reason(e)).inc()
+                    yield self._error(e)
                     if session is None and not isinstance(e, InvalidRequest):
                         return  # the session cannot be admitted here: nothing more to do
         finally:
@@ -152,6 +160,7 @@ class NodeHandler:
             raise UnknownSession(f"no session {session_id!r} on this node: open it from position 0")
         self.backend.check_hidden(hidden, max_length)
         session = self.caches.open(session_id, start, end, hidden.shape[0], max_length)
+        self.metrics.sessions_opened.inc()
         logger.debug("opened session %s for blocks %d:%d, max_length %d", session_id, start, end, max_length)
         return session
 
@@ -180,6 +189,7 @@ class NodeHandler:
         began = time.perf_counter()
         timing: dict[str, float] = {}
         out = await self._run(hidden, start, end, cache, mask, positions, timing)
+        self._observe("decode" if hidden.shape[1] == 1 else "prefill", timing, hidden)
         compute_ms = 1000 * (timing["finished"] - timing["started"])
         return make_response(
             {
@@ -195,6 +205,13 @@ class NodeHandler:
             (out,),
         )
 
+    def _observe(self, kind: str, timing: dict[str, float], hidden) -> None:
+        self.metrics.observe_step(kind, timing["finished"] - timing["started"], hidden.shape[0] * hidden.shape[1])
+
+    def _error(self, error: RemoteError):
+        self.metrics.errors.labels(error.code).inc()
+        return error_response(error)
+
     async def _run(self, hidden, start: int, end: int, cache, mask=None, positions=None, timing=None):
         began = time.perf_counter()
         try:
@@ -206,6 +223,15 @@ class NodeHandler:
             raise NodeInternalError(f"compute failed: {e}") from e
         finally:
             self.busy.add(began, time.perf_counter())
+
+
+def _refusal_reason(error: RemoteError) -> str:
+    """A bounded label for why a session was not admitted."""
+    return {
+        "cache_exhausted": "cache_exhausted",
+        "node_unavailable": "not_online",
+        "model_mismatch": "model_mismatch",
+    }.get(error.code, "invalid_request")
 
 
 def node_info(**fields) -> dict:

@@ -31,6 +31,7 @@ from swarmnode.server.block_selection import blocks_for_memory, choose_span, par
 from swarmnode.server.cache import CacheManager
 from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf16_speedup
 from swarmnode.server.handler import NodeHandler, node_info
+from swarmnode.server.metrics import MetricsServer, NodeMetrics, start_metrics_server
 
 logger = logging.getLogger(__name__)
 MEMORY_RESERVE_BYTES = 1 << 30  # left free for the OS and the process itself when detecting memory
@@ -76,6 +77,10 @@ class Node:
         self._lifeline = None
         self._closed = asyncio.Event()
         self.gossip: SwimGossip | None = None
+        self.metrics: NodeMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.metrics_addr = ""  # host:port of /metrics, announced in the record
+        self._kv_bytes_per_block_token = 0
         # Raised by every (re)start, so a node back with the same identity outranks its old dead verdict.
         self.incarnation = int(time.time() * 1000)
 
@@ -116,6 +121,8 @@ class Node:
             config_hash=spec.checkpoint.config_hash(),
         )
         request = parse_blocks(cfg.blocks, spec.num_blocks)  # validate before starting anything
+        self.metrics = NodeMetrics(self._metrics_state)
+        self.metrics.build.labels(swarmnode.__version__, model_id, dtype_name(self.dtype)).set(1)
 
         self.dht = start_dht(
             cfg.initial_peers,
@@ -132,7 +139,8 @@ class Node:
         kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
         bytes_per_value = torch.finfo(self.dtype).bits // 8
         cache_tokens = cfg.cache_tokens or DEFAULT_CACHE_TOKENS
-        cache_bytes_per_block = 2 * kv_heads * head_dim * bytes_per_value * cache_tokens
+        self._kv_bytes_per_block_token = 2 * kv_heads * head_dim * bytes_per_value
+        cache_bytes_per_block = self._kv_bytes_per_block_token * cache_tokens
         if request.span is not None:
             self.start, self.end = request.span
         else:
@@ -145,7 +153,14 @@ class Node:
             self.start, self.end = choose_span(served_throughput(snapshot, exclude=self.peer_id), count)
         logger.info("serving blocks %d:%d of %s (%s)", self.start, self.end, model_id, dtype_name(self.dtype))
 
-        self.announcer = Announcer(self.dht, self.model_record, self.record, cfg.announce_period)
+        if cfg.metrics_port:
+            self.metrics_server = start_metrics_server(
+                self.metrics, lambda: self.state == NodeState.ONLINE, cfg.metrics_host, cfg.metrics_port
+            )
+            self.metrics_addr = f"{self._metrics_host()}:{self.metrics_server.port}"
+        self.announcer = Announcer(
+            self.dht, self.model_record, self.record, cfg.announce_period, on_failure=self.metrics.announce_failures.inc
+        )
         await self.announcer.announce(NodeState.JOINING)  # claim the span before the slow part
 
         loaded = load_blocks(spec, self.start, self.end, cfg.device, self.dtype)
@@ -164,7 +179,12 @@ class Node:
 
         self.backend.prefill_rps = self.prefill_rps
         self.handler = NodeHandler(
-            self.backend, self.caches, self.info, lambda: self.state, config_hash=self.model_record.config_hash
+            self.backend,
+            self.caches,
+            self.info,
+            lambda: self.state,
+            config_hash=self.model_record.config_hash,
+            metrics=self.metrics,
         )
         await SwarmNodeService().add_p2p_handlers(self.p2p, wrapper=self.handler)
         await self.p2p.add_binary_stream_handler(INFERENCE_HANDLE, self.handler.handle_inference_stream)
@@ -173,7 +193,14 @@ class Node:
         self.announcer.start()
         gossip_config = GossipConfig(period=cfg.gossip_period, suspicion_timeout=cfg.suspicion_timeout)
         self.gossip = SwimGossip(
-            self.p2p, self.dht, model_id, spec.num_blocks, self.incarnation, gossip_config, on_refute=self._refuted
+            self.p2p,
+            self.dht,
+            model_id,
+            spec.num_blocks,
+            self.incarnation,
+            gossip_config,
+            on_refute=self._refuted,
+            on_probe_failure=self.metrics.probe_failures.inc,
         )
         await self.gossip.start()
         logger.info("node %s is ONLINE", self.peer_id)
@@ -221,6 +248,8 @@ class Node:
                 logger.debug("removing handlers failed: %s", e)
         if self.backend is not None:
             self.backend.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         if self.p2p is not None:
             await self.p2p.shutdown()
         if self.dht is not None:
@@ -250,8 +279,37 @@ class Node:
             dtype=dtype_name(self.dtype),
             version=swarmnode.__version__,
             public_name=self.config.public_name,
+            metrics_addr=self.metrics_addr,
             incarnation=self.incarnation,
         )
+
+    def _metrics_host(self) -> str:
+        """The address others reach the metrics endpoint at: its bind address, or else this node's
+        first announced IPv4 address."""
+        host = self.config.metrics_host
+        if host not in ("0.0.0.0", "::", ""):
+            return host
+        for maddr in self.maddrs:
+            parts = maddr.split("/")
+            if len(parts) > 2 and parts[1] == "ip4":
+                return parts[2]
+        return "127.0.0.1"
+
+    def _metrics_state(self) -> dict:
+        """The live numbers a scrape reads (memory only; called from the metrics thread)."""
+        caches, handler, gossip = self.caches, self.handler, self.gossip
+        members = dict(gossip.membership.members) if gossip is not None else {}  # one atomic copy
+        return {
+            "sessions_active": caches.active_sessions if caches else 0,
+            "cache_used_bytes": caches.used * self._kv_bytes_per_block_token if caches else 0,
+            "cache_budget_bytes": caches.budget * self._kv_bytes_per_block_token if caches else 0,
+            "start": self.start,
+            "end": self.end,
+            "busy": handler.busy.fraction() if handler is not None else -1.0,
+            "inference_rps": self.inference_rps,
+            "state": self.state.name,
+            "members": {peer: member.status.name for peer, member in members.items()},
+        }
 
     def info(self) -> dict:
         record = self.record()
