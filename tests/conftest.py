@@ -59,11 +59,16 @@ def llama_swarm(tmp_path_factory, llama_path):
     swarm.close()
 
 
-@pytest.fixture(scope="session")
-def llama_client(llama_swarm, llama_path):
+def swarm_client(swarm: LocalSwarm, model_path: str):
+    """A client of ``swarm`` for ``model_path`` (a context manager that closes it)."""
     from swarmnode import DistributedModelForCausalLM
 
-    with DistributedModelForCausalLM.from_pretrained(llama_path, initial_peers=llama_swarm.initial_peers) as model:
+    return DistributedModelForCausalLM.from_pretrained(model_path, initial_peers=swarm.initial_peers)
+
+
+@pytest.fixture(scope="session")
+def llama_client(llama_swarm, llama_path):
+    with swarm_client(llama_swarm, llama_path) as model:
         yield model
 
 
@@ -97,9 +102,7 @@ def smollm2_swarm(tmp_path_factory, smollm2_path):
 
 @pytest.fixture(scope="session")
 def smollm2_client(smollm2_swarm, smollm2_path):
-    from swarmnode import DistributedModelForCausalLM
-
-    with DistributedModelForCausalLM.from_pretrained(smollm2_path, initial_peers=smollm2_swarm.initial_peers) as model:
+    with swarm_client(smollm2_swarm, smollm2_path) as model:
         yield model
 
 

@@ -14,7 +14,7 @@ from swarmnode.errors import ModelLoadError, ModelMismatch
 from swarmnode.models import load_blocks, load_model_spec
 from swarmnode.records import model_id_from_name
 from swarmnode.server.dtype_choice import BF16_MIN_SPEEDUP, choose_dtype
-from tests.conftest import start_swarm
+from tests.conftest import start_swarm, swarm_client
 from tests.test_models import generate_through_spans
 
 PAD = 0
@@ -32,9 +32,7 @@ def opt_swarm(tmp_path_factory, opt_path):
 
 @pytest.fixture(scope="module")
 def opt_client(opt_swarm, opt_path):
-    from swarmnode import DistributedModelForCausalLM
-
-    with DistributedModelForCausalLM.from_pretrained(opt_path, initial_peers=opt_swarm.initial_peers) as model:
+    with swarm_client(opt_swarm, opt_path) as model:
         yield model
 
 

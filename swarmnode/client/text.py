@@ -85,6 +85,16 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
+def eos_token_ids(generation_config, tokenizer=None) -> set[int]:
+    """Token ids that end an answer: the generation config's (an id or a list), plus the
+    tokenizer's own end-of-sequence token when a tokenizer is given."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    if tokenizer is not None:
+        ids.append(tokenizer.eos_token_id)
+    return {int(i) for i in ids if i is not None}
+
+
 def chat_prompt_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
     """Token ids of ``messages`` rendered through the tokenizer's chat template."""
     if not getattr(tokenizer, "chat_template", None):

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from swarmnode.client.text import IncrementalDecoder, StopSequences, chat_prompt_ids
+from swarmnode.client.text import IncrementalDecoder, StopSequences, chat_prompt_ids, eos_token_ids
 from swarmnode.errors import (
     ModelLoadError,
     NodeUnavailable,
@@ -89,7 +89,7 @@ class SwarmApi:
         self.names = {self.model_id, model.spec.name}
         limit = getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_CONTEXT
         self.max_context = max_context or min(int(limit), DEFAULT_MAX_CONTEXT)
-        self.eos = _eos_ids(model.generation_config.eos_token_id)
+        self.eos = eos_token_ids(model.generation_config)
         self.created = int(time.time())
 
     # ---- building a job --------------------------------------------------------------------------
@@ -162,12 +162,6 @@ class SwarmApi:
         if tail:
             yield tail
         yield Finished(reason, count)
-
-
-def _eos_ids(value) -> set[int]:
-    if value is None:
-        return set()
-    return {int(v) for v in (value if isinstance(value, (list, tuple)) else [value])}
 
 
 def _usage(prompt: int, completion: int) -> dict:

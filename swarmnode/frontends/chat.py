@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from swarmnode.client.text import IncrementalDecoder, chat_prompt_ids
+from swarmnode.client.text import IncrementalDecoder, chat_prompt_ids, eos_token_ids
 from swarmnode.errors import SwarmNodeError
 
 HELP = "commands: /reset (forget the conversation), /quit (or Ctrl-D); Ctrl-C stops an answer"
@@ -61,14 +61,12 @@ class Conversation:
         self.reset()
 
     def reset(self) -> None:
-        """Forget the conversation and close the session (the nodes free its caches)."""
-        if self.session is not None:
-            self.session.close()
+        """Forget the conversation and start a fresh session (the nodes free the old one's caches)."""
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
-        self.session = self.model.inference_session(max_length=self.max_length)
+        self.new_session()
 
     def new_session(self) -> None:
-        """Keep the conversation, continue it in a fresh session (after the old one failed)."""
+        """Keep the conversation, continue it in a fresh session (the old one failed or is full)."""
         if self.session is not None:
             self.session.close()
         self.session = self.model.inference_session(max_length=self.max_length)
@@ -98,7 +96,7 @@ class Conversation:
             yield turn
             return
         decoder = IncrementalDecoder(self.tokenizer)
-        eos = _eos_ids(self.model, self.tokenizer)
+        eos = eos_token_ids(self.model.generation_config, self.tokenizer)
         stream = self.model.stream_tokens(
             torch.tensor([new_ids]), session=self.session, max_new_tokens=budget, **self.options
         )
@@ -157,19 +155,9 @@ class Conversation:
         while len(rest) > 1 and len(chat_prompt_ids(self.tokenizer, system + rest)) + reserve > self.max_length:
             rest = rest[1:]
             dropped += 1
-        self.session.close()
-        self.session = self.model.inference_session(max_length=self.max_length)
+        self.new_session()
         self.messages = system + rest
         return dropped
-
-
-def _eos_ids(model, tokenizer) -> set[int]:
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids = configured if isinstance(configured, list) else [configured]
-    ids = [i for i in ids if i is not None]
-    if tokenizer.eos_token_id is not None:
-        ids.append(tokenizer.eos_token_id)
-    return {int(i) for i in ids}
 
 
 class _StopOnInterrupt:

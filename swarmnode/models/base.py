@@ -177,10 +177,10 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> n
     """
     from swarmnode.errors import ModelLoadError
 
-    expected = module.state_dict(keep_vars=True)
-    missing = [name for name in expected if name not in state]
+    missing = missing_tensors(module, state)
     if missing:
         raise ModelLoadError(f"cannot load {what}: the checkpoint lacks {', '.join(missing)}")
+    expected = module.state_dict(keep_vars=True)
     wrong = [
         f"{name} {tuple(state[name].shape)} (expected {tuple(t.shape)})"
         for name, t in expected.items()
