@@ -154,6 +154,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- monitor -----------------------------------------------------------------------------------------
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from swarmnode.monitor.service import SwarmMonitor
+
+    async def start():
+        return SwarmMonitor(
+            args.initial_peers,
+            host=args.host,
+            port=args.port,
+            refresh_period=args.refresh_period,
+            write_targets=args.write_targets,
+            model_id=args.model,
+        )
+
+    async def stop(monitor):
+        await asyncio.get_running_loop().run_in_executor(None, monitor.close)
+
+    def ready(monitor):
+        targets = f" targets={args.write_targets}" if args.write_targets else ""
+        _say(f"MONITOR http://{args.host}:{monitor.port}/ metrics=http://{args.host}:{monitor.port}/metrics{targets}")
+
+    _run_async(_serve_until_signal(start, stop, ready))
+    return 0
+
+
 # ---- generate, chat, api, convert -------------------------------------------------------------------
 def _sampling_options(args: argparse.Namespace) -> dict:
     """Generation options from --temperature / --top-p / --top-k (unset: the model's own defaults)."""
@@ -299,6 +324,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model id (default: every model in the swarm)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("monitor", help="export swarm health to Prometheus and serve a health page (read-only)")
+    p.add_argument("--initial-peers", nargs="+", required=True)
+    p.add_argument("--host", default="0.0.0.0", help="address the page and /metrics bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=9157, help="port of the page, /api/health and /metrics (default 9157)")
+    p.add_argument("--refresh-period", type=float, default=5.0, help="seconds between reads of the DHT (default 5)")
+    p.add_argument("--write-targets", default=None, help="keep a Prometheus file-SD targets file of every node here")
+    p.add_argument("--model", default=None, help="watch only this model id (default: every model)")
+    p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("generate", help="generate text through the swarm, streamed to the terminal")
     p.add_argument("prompt")

@@ -123,6 +123,7 @@ _REMOTE_ERRORS = {
     cls.code: cls
     for cls in (InvalidRequest, UnknownSession, CacheExhausted, NodeUnavailable, NodeInternalError, ModelMismatch)
 }
+ERROR_CODES: tuple[str, ...] = tuple(sorted(_REMOTE_ERRORS))  # every code a node may answer with
 
 
 def remote_error_from_code(code: str, message: str, peer_id: str | None = None) -> RemoteError:

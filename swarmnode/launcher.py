@@ -107,6 +107,23 @@ class SwarmProcess:
         stop_lifeline(self.lifeline)
 
 
+def _wait_http(proc: SwarmProcess, url: str, timeout: float) -> None:
+    """Wait until ``url`` answers 200; stop ``proc`` and raise if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.wait()}; log:\n{proc.log_tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.3)
+    proc.stop()
+    raise TimeoutError(f"{proc.name} did not answer {url} within {timeout:.0f} s; see {proc.log_path}")
+
+
 class LocalSwarm:
     """A bootstrap peer plus nodes, each its own process; a context manager that stops them all."""
 
@@ -185,19 +202,18 @@ class LocalSwarm:
         proc = self._spawn(f"api-{port}", ["api", "--initial-peers", *self.initial_peers, "--model", model,
                                            "--port", str(port), *extra])  # fmt: skip
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise RuntimeError(f"swarmnode api exited with {proc.popen.wait()}; log:\n{proc.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{base}/v1/models", timeout=5) as response:
-                    if response.status == 200:
-                        return proc, base
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.3)
-        proc.stop()
-        raise TimeoutError(f"swarmnode api did not answer within {timeout:.0f} s; see {proc.log_path}")
+        _wait_http(proc, f"{base}/v1/models", timeout)
+        return proc, base
+
+    def start_monitor(self, *extra: str, timeout: float = 60) -> tuple[SwarmProcess, str]:
+        """Start ``swarmnode monitor`` on a free loopback port; returns it and its base URL once it
+        has read the swarm (``/readyz``)."""
+        port = free_port()
+        proc = self._spawn(f"monitor-{port}", ["monitor", "--initial-peers", *self.initial_peers, "--host",
+                                               "127.0.0.1", "--port", str(port), *extra])  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(proc, f"{base}/readyz", timeout)
+        return proc, base
 
     @staticmethod
     def wait_online(proc: SwarmProcess, timeout: float = 120) -> SwarmProcess:

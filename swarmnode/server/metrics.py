@@ -14,13 +14,13 @@ never runs on the event loop either.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+
+from swarmnode.errors import ERROR_CODES
+from swarmnode.net.http import HttpEndpoint, respond
 
 logger = logging.getLogger(__name__)
 STEP_KINDS = ("decode", "prefill", "forward")
@@ -60,6 +60,8 @@ class NodeMetrics:
             self.tokens.labels(kind)
         for reason in REFUSAL_REASONS:
             self.sessions_refused.labels(reason)
+        for code in ERROR_CODES:
+            self.errors.labels(code)
         r.register(_StateCollector(state))
 
     def observe_step(self, kind: str, seconds: float, tokens: int) -> None:
@@ -103,16 +105,7 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=float(value))
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
-class MetricsServer:
+class MetricsServer(HttpEndpoint):
     """Serves ``/metrics``, ``/healthz`` (the process is alive) and ``/readyz`` (200 only while
     ``ready()``) on its own thread; ``close()`` stops it."""
 
@@ -122,28 +115,16 @@ class MetricsServer:
         def app(environ, start_response):
             path = environ.get("PATH_INFO", "")
             if path == "/healthz":
-                return _text(start_response, "200 OK", "ok\n")
+                return respond(start_response, "200 OK", "ok\n")
             if path == "/readyz":
                 if ready():
-                    return _text(start_response, "200 OK", "ready\n")
-                return _text(start_response, "503 Service Unavailable", "not ready\n")
+                    return respond(start_response, "200 OK", "ready\n")
+                return respond(start_response, "503 Service Unavailable", "not ready\n")
             if path in ("/metrics", "/"):
                 return metrics_app(environ, start_response)
-            return _text(start_response, "404 Not Found", "not found: try /metrics, /healthz or /readyz\n")
+            return respond(start_response, "404 Not Found", "not found: try /metrics, /healthz or /readyz\n")
 
-        self._server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
-        self.host, self.port = host, self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="swarmnode-metrics", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
-def _text(start_response, status: str, body: str):
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8")])
-    return [body.encode()]
+        super().__init__(app, host, port, name="swarmnode-metrics")
 
 
 def start_metrics_server(metrics: NodeMetrics, ready: Callable[[], bool], host: str, port: int) -> MetricsServer:

@@ -1,0 +1,162 @@
+"""Swarm health as pure functions over DHT snapshots: what the monitor exports and shows.
+
+``model_health`` turns one model's :class:`~swarmnode.records.SwarmSnapshot` into a frozen
+:class:`ModelHealth` (replicas and advertised throughput per block, coverage, the weakest
+block, nodes by state, dead verdicts, the version mix, and per node its state, span,
+throughput, busy fraction, last-seen age and the step time clients measured). No sockets:
+unit-tested on hand-made snapshots.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+from swarmnode.records import ModelRecord, NodeRecord, NodeState, SwarmSnapshot
+from swarmnode.routing.stigmergy import aggregate
+
+NODE_STATES = ("ONLINE", "JOINING", "DRAINING", "OFFLINE", "DEAD")
+MAX_NODES_PER_MODEL = 256  # per-node series and page rows are capped: a label set bounded by swarm size
+SHARED_CLAMP = 1e6  # the monitor has no priors of its own: clients' medians are taken as they are
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    """One node as the monitor sees it."""
+
+    peer_id: str
+    name: str  # the node's public name, or the start of its peer id
+    state: str  # one of NODE_STATES
+    start: int
+    end: int
+    throughput: float  # advertised tokens/s per block
+    busy: float | None  # fraction of the last few seconds spent computing; None = not reported
+    sessions: int
+    version: str
+    dtype: str
+    last_seen_s: float  # seconds since its newest announcement
+    metrics_addr: str
+    step_s: float | None  # clients' median compute time of one token through its whole span
+
+
+@dataclass(frozen=True)
+class ModelHealth:
+    """One model's swarm: coverage per block and its nodes."""
+
+    model_id: str
+    family: str
+    num_blocks: int
+    replicas: tuple[int, ...]  # ONLINE, not-dead nodes serving each block
+    throughput: tuple[float, ...]  # their advertised tokens/s, summed per block
+    coverage: float  # fraction of blocks with at least one replica
+    min_replicas: int  # the weakest block's replicas
+    gaps: tuple[tuple[int, int], ...]  # maximal [start, end) runs of blocks nobody serves
+    nodes_by_state: dict[str, int]
+    dead_verdicts: int  # verdicts in the DHT now (they expire)
+    versions: dict[str, int]  # live nodes per software version
+    nodes: tuple[NodeHealth, ...]
+    nodes_omitted: int = 0  # nodes beyond MAX_NODES_PER_MODEL
+
+
+@dataclass(frozen=True)
+class SwarmHealth:
+    """Everything the monitor knows at one refresh."""
+
+    models: tuple[ModelHealth, ...] = ()
+    refreshed_at: float = 0.0  # wall-clock time of the last successful refresh; 0 = never
+    error: str = ""  # why the last refresh failed ("" = it did not)
+    initial_peers: tuple[str, ...] = ()
+    refresh_period_s: float = 0.0
+
+    @property
+    def reachable(self) -> bool:
+        return self.refreshed_at > 0 and not self.error
+
+
+def node_state(snapshot: SwarmSnapshot, record: NodeRecord) -> str:
+    # A node that said goodbye is OFFLINE even if gossip saw it vanish and called it dead.
+    if snapshot.is_dead(record) and record.state != NodeState.OFFLINE:
+        return "DEAD"
+    return record.state.name
+
+
+def _runs(blocks: list[int]) -> tuple[tuple[int, int], ...]:
+    runs: list[list[int]] = []
+    for block in blocks:
+        if runs and runs[-1][1] == block:
+            runs[-1][1] = block + 1
+        else:
+            runs.append([block, block + 1])
+    return tuple((start, end) for start, end in runs)
+
+
+def model_health(snapshot: SwarmSnapshot, record: ModelRecord, now: float) -> ModelHealth:
+    """Summarise ``snapshot`` (read at DHT time ``now``) for ``record``'s model."""
+    n = snapshot.num_blocks
+    shared = aggregate(snapshot.shared, {}, skip_publisher=None, clamp=SHARED_CLAMP, sessions_cap=1 << 20)
+    serving = [snapshot.serving(b) for b in range(n)]
+    replicas = tuple(len(nodes) for nodes in serving)
+    throughput = tuple(round(sum(r.inference_rps for r in nodes), 3) for nodes in serving)
+    records = sorted(snapshot.nodes.values(), key=lambda r: (r.start, r.end, r.peer_id))
+    nodes = []
+    for r in records:
+        estimate = shared.estimates.get(r.peer_id)
+        per_block = estimate.per_block_s if estimate is not None else None
+        nodes.append(
+            NodeHealth(
+                peer_id=r.peer_id,
+                name=r.public_name or r.peer_id[:12],
+                state=node_state(snapshot, r),
+                start=r.start,
+                end=r.end,
+                throughput=round(r.inference_rps, 3),
+                busy=round(r.busy, 3) if r.busy >= 0 else None,
+                sessions=r.active_sessions,
+                version=r.version or "unknown",
+                dtype=r.dtype,
+                last_seen_s=round(max(0.0, now - r.timestamp), 1),
+                metrics_addr=r.metrics_addr,
+                step_s=per_block * r.num_blocks if per_block is not None else None,
+            )
+        )
+    states = Counter(node.state for node in nodes)
+    live = [node for node in nodes if node.state not in ("DEAD", "OFFLINE")]
+    return ModelHealth(
+        model_id=snapshot.model_id,
+        family=record.family,
+        num_blocks=n,
+        replicas=replicas,
+        throughput=throughput,
+        coverage=sum(1 for c in replicas if c > 0) / n,
+        min_replicas=min(replicas, default=0),
+        gaps=_runs([b for b in range(n) if replicas[b] == 0]),
+        nodes_by_state={state: states.get(state, 0) for state in NODE_STATES},
+        dead_verdicts=len(snapshot.dead),
+        versions=dict(Counter(node.version for node in live)),
+        nodes=tuple(nodes[:MAX_NODES_PER_MODEL]),
+        nodes_omitted=max(0, len(nodes) - MAX_NODES_PER_MODEL),
+    )
+
+
+def health_json(health: SwarmHealth) -> dict:
+    """The JSON document served at ``/api/health`` (see docs/monitoring.md)."""
+    return {
+        "reachable": health.reachable,
+        "error": health.error,
+        "refreshed_at": health.refreshed_at,
+        "refresh_period_s": health.refresh_period_s,
+        "initial_peers": list(health.initial_peers),
+        "models": [asdict(model) for model in health.models],
+    }
+
+
+def scrape_targets(health: SwarmHealth) -> list[dict]:
+    """Prometheus file-based service discovery: every live node's metrics address, labelled with
+    its model, peer id and name (nodes that are dead, offline or without an endpoint are left out)."""
+    groups = []
+    for model in health.models:
+        for node in model.nodes:
+            if node.metrics_addr and node.state not in ("DEAD", "OFFLINE"):
+                labels = {"model": model.model_id, "peer": node.peer_id, "node": node.name}
+                groups.append({"targets": [node.metrics_addr], "labels": labels})
+    return groups
