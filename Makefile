@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format bench lock check-install clean
+.PHONY: demo test lint format bench lock check-install system-packages dashboard clean
 
 $(STAMP): pyproject.toml constraints.txt requirements-model.txt
 	$(PYTHON) scripts/check_install_files.py
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt requirements-model.txt
 demo: $(STAMP)
 	$(BIN)/swarmnode demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/ruff check swarmnode tests scripts
 	$(BIN)/ruff format --check swarmnode tests scripts
 	$(BIN)/python -m pytest -v -rs tests
@@ -34,6 +34,14 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_latency.py
+
+# Prometheus, promtool, headless Chromium and its driver for the monitoring tests (Debian packages).
+system-packages:
+	bash scripts/install_system_packages.sh
+
+# Regenerate monitoring/dashboards/swarm-health.json from scripts/build_dashboard.py.
+dashboard: $(STAMP)
+	$(BIN)/python scripts/build_dashboard.py
 
 # Regenerate constraints.txt from package names in a fresh virtualenv (never edit it by hand).
 lock:

@@ -110,11 +110,12 @@ class SwarmMonitor:
         return self.health
 
     def _count_new_verdicts(self, model_id: str, dead: dict[str, int]) -> None:
+        counter = self.metrics.dead_verdicts_seen.labels(model_id)  # exists (at 0) from the model's first read
         for peer_id, incarnation in dead.items():
             key = (model_id, peer_id, incarnation)
             if key not in self._seen_verdicts:
                 self._seen_verdicts.add(key)
-                self.metrics.dead_verdicts_seen.labels(model_id).inc()
+                counter.inc()
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
