@@ -166,6 +166,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             refresh_period=args.refresh_period,
             write_targets=args.write_targets,
             model_id=args.model,
+            retention_s=args.forget_after,
         )
 
     async def stop(monitor):
@@ -332,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh-period", type=float, default=5.0, help="seconds between reads of the DHT (default 5)")
     p.add_argument("--write-targets", default=None, help="keep a Prometheus file-SD targets file of every node here")
     p.add_argument("--model", default=None, help="watch only this model id (default: every model)")
+    p.add_argument("--forget-after", type=float, default=600.0,
+                   help="seconds a node whose record expired stays listed as DEAD (default 600)")  # fmt: skip
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("generate", help="generate text through the swarm, streamed to the terminal")

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from swarmnode.monitor import health as health_mod
 from swarmnode.monitor.exporter import MonitorMetrics
-from swarmnode.monitor.health import SwarmHealth, health_json, model_health, scrape_targets
+from swarmnode.monitor.health import SwarmHealth, health_json, model_health, recall, scrape_targets
 from swarmnode.monitor.service import SwarmMonitor, write_targets
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, SwarmSnapshot
 
@@ -64,6 +64,20 @@ def test_node_details_last_seen_and_the_step_time_clients_shared():
     assert a.name == "alice" and a.busy == 0.5 and a.last_seen_s == 7.0
     assert a.step_s == pytest.approx(3 * 0.003)  # the median over publishers, times the node's blocks
     assert model_health(snapshot(node("b", 0, 3)), MODEL, NOW).nodes[0].busy is None  # busy -1: not reported
+
+
+def test_a_node_whose_record_expired_stays_listed_as_dead_until_forgotten():
+    first = snapshot(node("a", 0, 3), node("b", 3, 6), node("c", 3, 6, state=NodeState.OFFLINE))
+    seen, vanished, memory = recall(first, {}, NOW, retention_s=60)
+    assert vanished == frozenset() and set(memory) == {"a", "b", "c"}
+    later = snapshot(node("b", 3, 6))  # a crashed and c left: their records expired
+    seen, vanished, memory = recall(later, memory, NOW + 10, retention_s=60)
+    h = model_health(seen, MODEL, NOW + 10, vanished)
+    assert {n.peer_id: n.state for n in h.nodes} == {"a": "DEAD", "b": "ONLINE", "c": "OFFLINE"}
+    assert h.replicas == (0, 0, 0, 1, 1, 1) and h.dead_verdicts == 0  # no verdict was read: none is counted
+    assert h.nodes[0].last_seen_s == 12.0
+    seen, vanished, memory = recall(later, memory, NOW + 100, retention_s=60)
+    assert set(seen.nodes) == {"b"} and vanished == frozenset()  # forgotten after the retention time
 
 
 def test_per_node_rows_are_capped(monkeypatch):

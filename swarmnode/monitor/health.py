@@ -10,7 +10,8 @@ unit-tested on hand-made snapshots.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.routing.stigmergy import aggregate
@@ -73,9 +74,11 @@ class SwarmHealth:
         return self.refreshed_at > 0 and not self.error
 
 
-def node_state(snapshot: SwarmSnapshot, record: NodeRecord) -> str:
+def node_state(snapshot: SwarmSnapshot, record: NodeRecord, vanished: frozenset[str] = frozenset()) -> str:
     # A node that said goodbye is OFFLINE even if gossip saw it vanish and called it dead.
-    if snapshot.is_dead(record) and record.state != NodeState.OFFLINE:
+    if record.state == NodeState.OFFLINE:
+        return "OFFLINE"
+    if snapshot.is_dead(record) or record.peer_id in vanished:
         return "DEAD"
     return record.state.name
 
@@ -90,11 +93,33 @@ def _runs(blocks: list[int]) -> tuple[tuple[int, int], ...]:
     return tuple((start, end) for start, end in runs)
 
 
-def model_health(snapshot: SwarmSnapshot, record: ModelRecord, now: float) -> ModelHealth:
-    """Summarise ``snapshot`` (read at DHT time ``now``) for ``record``'s model."""
+def recall(
+    snapshot: SwarmSnapshot, memory: Mapping[str, tuple[NodeRecord, float]], now: float, retention_s: float
+) -> tuple[SwarmSnapshot, frozenset[str], dict[str, tuple[NodeRecord, float]]]:
+    """Add the nodes seen before whose records have since expired (a crashed node stops announcing
+    and its record soon vanishes, often before gossip's verdict is read): they stay on the page, as
+    vanished, for ``retention_s`` seconds. ``memory`` maps peer id → (last record, DHT time last seen).
+
+    Returns the snapshot with those nodes, their peer ids, and the memory for the next refresh."""
+    new_memory = {peer: (record, now) for peer, record in snapshot.nodes.items()}
+    nodes, vanished = dict(snapshot.nodes), set()
+    for peer, (record, seen) in memory.items():
+        if peer in nodes or now - seen > retention_s or record.end > snapshot.num_blocks:
+            continue
+        new_memory[peer] = (record, seen)
+        nodes[peer] = record
+        vanished.add(peer)
+    return replace(snapshot, nodes=nodes), frozenset(vanished), new_memory
+
+
+def model_health(
+    snapshot: SwarmSnapshot, record: ModelRecord, now: float, vanished: frozenset[str] = frozenset()
+) -> ModelHealth:
+    """Summarise ``snapshot`` (read at DHT time ``now``) for ``record``'s model. Nodes in
+    ``vanished`` (records expired, see :func:`recall`) count as DEAD unless they said goodbye."""
     n = snapshot.num_blocks
     shared = aggregate(snapshot.shared, {}, skip_publisher=None, clamp=SHARED_CLAMP, sessions_cap=1 << 20)
-    serving = [snapshot.serving(b) for b in range(n)]
+    serving = [[r for r in snapshot.serving(b) if r.peer_id not in vanished] for b in range(n)]
     replicas = tuple(len(nodes) for nodes in serving)
     throughput = tuple(round(sum(r.inference_rps for r in nodes), 3) for nodes in serving)
     records = sorted(snapshot.nodes.values(), key=lambda r: (r.start, r.end, r.peer_id))
@@ -106,7 +131,7 @@ def model_health(snapshot: SwarmSnapshot, record: ModelRecord, now: float) -> Mo
             NodeHealth(
                 peer_id=r.peer_id,
                 name=r.public_name or r.peer_id[:12],
-                state=node_state(snapshot, r),
+                state=node_state(snapshot, r, vanished),
                 start=r.start,
                 end=r.end,
                 throughput=round(r.inference_rps, 3),

@@ -31,7 +31,7 @@ from prometheus_client import make_wsgi_app
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
 from swarmnode.monitor.exporter import MonitorMetrics
-from swarmnode.monitor.health import SwarmHealth, health_json, model_health, scrape_targets
+from swarmnode.monitor.health import SwarmHealth, health_json, model_health, recall, scrape_targets
 from swarmnode.net.dht import get_dht_time
 from swarmnode.net.http import HttpEndpoint, respond
 
@@ -50,6 +50,7 @@ class SwarmMonitor:
         refresh_period: float = 5.0,
         write_targets: str | os.PathLike | None = None,
         model_id: str | None = None,
+        retention_s: float = 600.0,
     ):
         if refresh_period <= 0:
             raise ValueError("refresh_period must be positive")
@@ -57,6 +58,8 @@ class SwarmMonitor:
         self.refresh_period = refresh_period
         self.targets_path = Path(write_targets) if write_targets else None
         self.model_id = model_id
+        self.retention_s = retention_s  # how long a node whose record expired stays on the page (as DEAD)
+        self._memory: dict[str, dict] = {}  # model id → peer id → (last record, when last seen)
         self.health = SwarmHealth(initial_peers=self.initial_peers, refresh_period_s=refresh_period)
         self.metrics = MonitorMetrics(lambda: self.health)
         self._seen_verdicts: set[tuple[str, str, int]] = set()
@@ -94,7 +97,11 @@ class SwarmMonitor:
             record = models[model_id]
             snapshot = connection.run(connection.snapshot(model_id, record.num_blocks, max_age=0), READ_TIMEOUT_S)
             self._count_new_verdicts(model_id, snapshot.dead)
-            healths.append(model_health(snapshot, record, now=get_dht_time()))
+            now = get_dht_time()
+            snapshot, vanished, self._memory[model_id] = recall(
+                snapshot, self._memory.get(model_id, {}), now, self.retention_s
+            )
+            healths.append(model_health(snapshot, record, now, vanished))
         error = "" if models else "no models found: no node has announced one, or the initial peers are unreachable"
         self.health = SwarmHealth(
             models=tuple(healths),
