@@ -175,6 +175,11 @@ def test_promtool_accepts_the_metrics_of_a_node_and_of_the_monitor(stack):
         assert out.returncode == 0, (url, out.stdout.decode() + out.stderr.decode())
 
 
+def test_nodes_logged_their_loading_progress(stack):
+    log = stack["swarm"].processes[1].log_path.read_text()  # not a terminal: a line per block, no bar
+    assert "loading blocks: 3/3 (100%)" in log and "\r" not in log
+
+
 def test_every_dashboard_query_returns_data_from_a_real_prometheus(stack):
     prometheus, generator, model_id = stack["prometheus"], stack["generator"], stack["model_id"]
     wait_for("the client to generate", lambda: generator.tokens >= 16, 60)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import shutil
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
 from swarmnode.records import NodeState, SwarmSnapshot
@@ -67,23 +74,40 @@ def swarm_status(initial_peers: list[str], model_id: str | None = None) -> dict:
         connection.close()
 
 
-def format_status(report: dict) -> str:
-    """A human-readable rendering of :func:`swarm_status`'s report."""
+def format_status(report: dict, width: int | None = None) -> str:
+    """A human-readable rendering of :func:`swarm_status`'s report: per model a summary line,
+    the replicas of every block, and a table of its nodes."""
     if not report["models"]:
         return "no models are served in this swarm yet"
-    lines = []
+    console = Console(width=width or max(120, shutil.get_terminal_size((200, 24)).columns), no_color=True,
+                      highlight=False, record=True, file=io.StringIO())  # fmt: skip
     for model in report["models"]:
         if "error" in model:
-            lines.append(f"model {model['model_id']}: {model['error']}")
+            console.print(f"model {model['model_id']}: {model['error']}")
             continue
         gaps = ", ".join(f"{s}:{e}" for s, e in model["gaps"]) or "none"
-        lines.append(f"model {model['model_id']} ({model['family']}, {model['num_blocks']} blocks) — gaps: {gaps}")
-        lines.append("  coverage per block: " + " ".join(str(c) for c in model["coverage"]))
+        covered = sum(1 for c in model["coverage"] if c > 0)
+        console.print(
+            f"model {model['model_id']} ({model['family']}, {model['num_blocks']} blocks): "
+            f"{covered}/{model['num_blocks']} blocks served, gaps: {gaps}"
+        )
+        console.print("replicas per block: " + " ".join(str(c) for c in model["coverage"]))
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for name, justify in _COLUMNS:
+            table.add_column(name, justify=justify, no_wrap=True)
         for n in model["nodes"]:
-            busy = "?" if n["busy"] is None else f"{n['busy']:.0%}"
-            lines.append(
-                f"  {n['peer_id']}  {n['state']:<8} blocks {n['start']}:{n['end']}  "
-                f"{n['inference_rps']:.0f} tok/s/block  sessions {n['active_sessions']}  busy {busy}  "
-                f"cache left {n['cache_tokens_left']}  {n['dtype']}"
-            )
-    return "\n".join(lines)
+            busy = "-" if n["busy"] is None else f"{n['busy']:.0%}"
+            table.add_row(
+                n["peer_id"], n["public_name"] or "-", n["state"], f"{n['start']}:{n['end']}",
+                f"{n['inference_rps']:.0f}", str(n["active_sessions"]), busy, str(n["cache_tokens_left"]),
+                n["dtype"], n["version"] or "-", n["metrics_addr"] or "-",
+            )  # fmt: skip
+        console.print(table)
+    return "\n".join(line.rstrip() for line in console.export_text().strip("\n").splitlines())
+
+
+_COLUMNS = (
+    ("PEER ID", "left"), ("NAME", "left"), ("STATE", "left"), ("BLOCKS", "right"), ("TOK/S/BLOCK", "right"),
+    ("SESSIONS", "right"), ("BUSY", "right"), ("CACHE LEFT", "right"), ("DTYPE", "left"), ("VERSION", "left"),
+    ("METRICS", "left"),
+)  # fmt: skip

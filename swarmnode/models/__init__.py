@@ -7,6 +7,7 @@ the tensors they need.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -105,8 +106,16 @@ class LoadedBlocks:
     loaded_parameters: int  # number of parameters read from the checkpoint
 
 
-def load_blocks(spec: ModelSpec, start: int, end: int, device: str, dtype: torch.dtype) -> LoadedBlocks:
-    """Build blocks [start, end) reading only their tensors from the checkpoint.
+def load_blocks(
+    spec: ModelSpec,
+    start: int,
+    end: int,
+    device: str,
+    dtype: torch.dtype,
+    on_block: Callable[[int, int], None] | None = None,
+) -> LoadedBlocks:
+    """Build blocks [start, end) reading only their tensors from the checkpoint; ``on_block(done,
+    total)`` is called after each block (progress).
 
     Every tensor the span needs is checked before any is read, so one ModelLoadError names
     all that are missing; tensors the blocks do not use are ignored, as transformers does.
@@ -133,6 +142,8 @@ def load_blocks(spec: ModelSpec, start: int, end: int, device: str, dtype: torch
         block = load_into(block, state, f"block {index}")
         loaded += sum(t.numel() for t in block.state_dict().values())
         blocks.append(block.to(device).eval())
+        if on_block is not None:
+            on_block(len(blocks), len(shells))
     aux = spec.family.new_step_aux(spec.config)
     if aux is not None:
         aux = aux.to(device).eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import hivemind
 import psutil
@@ -32,6 +33,7 @@ from swarmnode.server.cache import CacheManager
 from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf16_speedup
 from swarmnode.server.handler import NodeHandler, node_info
 from swarmnode.server.metrics import MetricsServer, NodeMetrics, start_metrics_server
+from swarmnode.server.progress import LoadProgress
 
 logger = logging.getLogger(__name__)
 MEMORY_RESERVE_BYTES = 1 << 30  # left free for the OS and the process itself when detecting memory
@@ -62,8 +64,11 @@ def detect_memory(device: str) -> int:
 class Node:
     """One node of the swarm (see module docstring)."""
 
-    def __init__(self, config: NodeConfig, step_delay_s: float = 0.0):
+    def __init__(
+        self, config: NodeConfig, step_delay_s: float = 0.0, load_progress: Callable[[int, int], None] | None = None
+    ):
         self.config = config
+        self.load_progress = load_progress if load_progress is not None else LoadProgress()
         self.step_delay_s = step_delay_s
         self.state = NodeState.JOINING
         self.dht: hivemind.DHT | None = None
@@ -163,7 +168,7 @@ class Node:
         )
         await self.announcer.announce(NodeState.JOINING)  # claim the span before the slow part
 
-        loaded = load_blocks(spec, self.start, self.end, cfg.device, self.dtype)
+        loaded = load_blocks(spec, self.start, self.end, cfg.device, self.dtype, on_block=self.load_progress)
         self.loaded_parameters = loaded.loaded_parameters
         self.backend = BlockBackend(spec, loaded, cfg.device, self.dtype, self.step_delay_s)
         self.caches = CacheManager(
