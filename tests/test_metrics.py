@@ -66,3 +66,50 @@ def test_a_serving_node_exports_what_it_did(llama_swarm, llama_client):
             assert response.status == 200
     announced = {n["peer_id"]: n["metrics_addr"] for n in status_cli(llama_swarm.initial_peers)["nodes"]}
     assert announced[node.info["peer_id"]] == node.info["metrics"]
+
+
+@pytest.mark.swarm
+def test_scraping_every_node_during_generation_does_not_change_step_latency(llama_swarm, llama_client):
+    """Alternating rounds without and with a scraper fetching every node's /metrics up to 50 times
+    a second (750 times Prometheus' default rate): the median node time per step and the median
+    time per token stay within noise."""
+    import statistics
+    import threading
+
+    urls = [f"http://{p.info['metrics']}/metrics" for p in llama_swarm.processes if "metrics" in p.info]
+    assert len(urls) == 3
+    prompt = torch.tensor([[11, 22, 33, 44, 55, 66]])
+
+    def generation_round(into: list[tuple[float, float]]) -> None:
+        for _ in range(3):
+            with llama_client.inference_session(max_length=64) as session:
+                session.tracing = True
+                llama_client.generate(prompt, max_new_tokens=32, session=session)
+                for trace in session.traces[1:]:  # decode steps only
+                    into.append((sum(h.node_ms for h in trace.hops), 1000 * (trace.finished - trace.started)))
+
+    stop, scrapes = threading.Event(), []
+
+    def scrape() -> None:
+        while not stop.wait(0.02):
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    scrapes.append(len(response.read()))
+
+    quiet: list[tuple[float, float]] = []
+    scraped: list[tuple[float, float]] = []
+    generation_round([])  # warm-up
+    for _ in range(4):
+        generation_round(quiet)
+        stop.clear()
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
+        generation_round(scraped)
+        stop.set()
+        scraper.join(10)
+    node_q, node_s = (statistics.median(n for n, _ in xs) for xs in (quiet, scraped))
+    token_q, token_s = (statistics.median(t for _, t in xs) for xs in (quiet, scraped))
+    print(f"median node time per step {node_q:.3f} -> {node_s:.3f} ms ({node_s / node_q:.3f}x); per token "
+          f"{token_q:.2f} -> {token_s:.2f} ms ({token_s / token_q:.3f}x); {len(scrapes)} scrapes")  # fmt: skip
+    assert len(scrapes) >= 30
+    assert node_s / node_q < 1.3 and token_s / token_q < 1.3

@@ -298,3 +298,10 @@ def test_killing_a_node_shows_in_the_monitor_prometheus_and_the_page(stack):
         browser.save_screenshot(str(ARTIFACTS / "health-page-after-kill.png"))
     finally:
         browser.quit()
+
+
+def test_the_monitor_stops_cleanly_on_sigterm(stack):
+    monitor = stack["monitor"]
+    began = time.monotonic()
+    assert monitor.stop(timeout=20) == 0
+    assert time.monotonic() - began < 15
