@@ -121,7 +121,7 @@ def test_monitor_series_bounded_labels_and_values():
     assert json.loads(json.dumps(health_json(SwarmHealth(models=(h,)))))["models"][0]["gaps"] == [[3, 6]]
 
 
-def _dead_peer() -> str:
+def dead_peer() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -130,7 +130,7 @@ def _dead_peer() -> str:
 
 @pytest.mark.timeout(120)
 def test_a_monitor_that_cannot_reach_its_swarm_says_so_and_keeps_serving():
-    monitor = SwarmMonitor([_dead_peer()], host="127.0.0.1", port=0, refresh_period=0.5)
+    monitor = SwarmMonitor([dead_peer()], host="127.0.0.1", port=0, refresh_period=0.5)
     try:
         base = f"http://127.0.0.1:{monitor.port}"
         deadline = time.monotonic() + 90

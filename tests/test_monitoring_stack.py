@@ -305,3 +305,27 @@ def test_the_monitor_stops_cleanly_on_sigterm(stack):
     began = time.monotonic()
     assert monitor.stop(timeout=20) == 0
     assert time.monotonic() - began < 15
+
+
+def test_the_health_page_says_when_the_swarm_or_the_monitor_cannot_be_reached():
+    from selenium.webdriver.common.by import By
+
+    from swarmnode.monitor.service import SwarmMonitor
+    from tests.test_monitor_health import dead_peer
+
+    monitor = SwarmMonitor([dead_peer()], host="127.0.0.1", port=0, refresh_period=0.5)
+    browser = chromium()
+    try:
+        wait_for("a failed read of the swarm", lambda: monitor.health.error, 60)
+        browser.get(f"http://127.0.0.1:{monitor.port}/")
+
+        def banner() -> str:  # read in the page itself: the banner is redrawn every refresh
+            return browser.execute_script("const e = document.getElementById('error'); return e ? e.textContent : '';")
+
+        assert wait_for("the error banner", banner, 30).startswith("The swarm cannot be reached: ")
+        assert not browser.find_elements(By.CSS_SELECTOR, "tr.node-row")
+        monitor.close()  # now the page's own requests fail
+        wait_for("the monitor-down banner", lambda: "The monitor cannot be reached" in banner(), 15)
+    finally:
+        browser.quit()
+        monitor.close()
