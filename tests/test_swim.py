@@ -2,7 +2,8 @@
 
 import random
 
-from swarmnode.membership.swim import Member, Membership, Status, Update, overrides
+from swarmnode.membership.ratelimit import RateLimiter
+from swarmnode.membership.swim import MAX_SKEW_MS, Member, Membership, Status, Update, overrides
 from tests.clock import Clock
 
 
@@ -34,7 +35,7 @@ def test_suspicion_times_out_into_a_verdict():
 
 
 def test_a_suspected_member_refutes_with_a_higher_incarnation():
-    m = Membership("me", 7, suspicion_timeout=1.0, clock=Clock())
+    m = Membership("me", 7, suspicion_timeout=1.0, clock=Clock(), now_ms=lambda: 0)
     assert m.apply(Update("me", Status.SUSPECT, 7))
     assert m.incarnation == 8
     assert Update("me", Status.ALIVE, 8) in m.piggyback()
@@ -68,3 +69,62 @@ def test_malformed_wire_updates_are_dropped():
     assert Update.from_wire(["p", 1, 3]) == Update("p", Status.SUSPECT, 3)
     for bad in (None, ["p", 9, 1], ["", 0, 1], ["p", 0, True], "xyz", [1, 2, 3]):
         assert Update.from_wire(bad) is None
+
+
+NOW_MS = 1_800_000_000_000  # incarnations are start times in ms
+
+
+def group(*peers: str, **kw) -> Membership:
+    m = Membership("me", NOW_MS - 10, suspicion_timeout=1.0, clock=Clock(), now_ms=lambda: NOW_MS, **kw)
+    for peer in peers:
+        m.add_seed(peer, NOW_MS - 100)
+    return m
+
+
+def test_only_members_speak_and_only_for_themselves_as_alive():
+    m = group("a", "b")
+    assert m.receive("outsider", NOW_MS, [Update("a", Status.SUSPECT, NOW_MS - 100)]) == []
+    assert m.view() == {"a": "ALIVE", "b": "ALIVE"} and "outsider" not in m.members
+    assert m.receive("a", NOW_MS - 100, [Update("a", Status.DEAD, NOW_MS - 100)]) == []  # nobody kills itself
+    assert m.receive("a", NOW_MS - 50, []) == [Update("a", Status.ALIVE, NOW_MS - 50)]  # a restart, said by itself
+    assert m.receive("a", None, [Update("stranger", Status.ALIVE, NOW_MS)]) == []  # no introductions
+
+
+def test_nobody_can_suspect_a_future_incarnation_or_push_one_toward_overflow():
+    m = group("a", "b")
+    huge = (1 << 64) - 1
+    for forged in (Update("me", Status.SUSPECT, huge), Update("me", Status.DEAD, NOW_MS + 1),
+                   Update("b", Status.SUSPECT, NOW_MS), Update("b", Status.DEAD, huge),
+                   Update("b", Status.ALIVE, NOW_MS + MAX_SKEW_MS + 1), Update("b", Status.SUSPECT, -1)):  # fmt: skip
+        assert m.receive("a", None, [forged]) == [], forged
+    assert m.incarnation == NOW_MS - 10 and m.view() == {"a": "ALIVE", "b": "ALIVE"}
+    assert not m.add_seed("c", huge)  # a record's incarnation is bounded too
+    # a suspicion of a life that really exists is SWIM as usual: refuted by moving to now
+    assert m.receive("a", None, [Update("me", Status.SUSPECT, NOW_MS - 10)]) == [Update("me", Status.SUSPECT,
+                                                                                          NOW_MS - 10)]  # fmt: skip
+    assert m.incarnation == NOW_MS
+    assert m.receive("a", None, [Update("b", Status.SUSPECT, NOW_MS - 100)]) and m.view()["b"] == "SUSPECT"
+
+
+def test_dead_members_are_pruned_after_the_retention_time():
+    clock = Clock()
+    m = Membership("me", 1, suspicion_timeout=1.0, clock=clock, now_ms=lambda: 100, dead_retention=5.0)
+    m.add_seed("a", 3)
+    m.apply(Update("a", Status.DEAD, 3))
+    clock.now = 4.9
+    m.tick()
+    assert "a" in m.members
+    clock.now = 5.0
+    m.tick()
+    assert "a" not in m.members
+
+
+def test_rate_limiter_allows_bursts_then_the_rate_and_forgets_old_peers():
+    clock = Clock()
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock, max_peers=2)
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    clock.now = 0.5  # one token back
+    assert limiter.allow("a") and not limiter.allow("a")
+    limiter.allow("b")
+    limiter.allow("c")  # "a" is the least recently used of three: dropped
+    assert len(limiter._buckets) == 2 and "a" not in limiter._buckets

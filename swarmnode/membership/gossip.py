@@ -25,6 +25,7 @@ from hivemind.p2p import P2P, P2PContext, PeerID
 from hivemind.proto import runtime_pb2
 
 from swarmnode.errors import RemoteError
+from swarmnode.membership.ratelimit import RateLimiter
 from swarmnode.membership.swim import Membership, Status, Update
 from swarmnode.net.dht import fetch_snapshot, store_records
 from swarmnode.net.protocol import GossipService, make_request, make_response, read_response, unpack_meta
@@ -43,6 +44,7 @@ class GossipConfig:
     suspicion_timeout: float = 1.5  # SUSPECT → DEAD
     seed_period: float = 2.0  # seconds between re-reads of the DHT records
     verdict_ttl: float = 60.0  # seconds a dead verdict stays in the DHT
+    max_messages_per_s: float = 20.0  # per sender; beyond it a message's updates are ignored
 
 
 class SwimGossip:
@@ -69,6 +71,7 @@ class SwimGossip:
         self.on_probe_failure = on_probe_failure or (lambda: None)  # a metric: a probe got no answer
         self._announced_incarnation = incarnation
         self._tasks: list[asyncio.Task] = []
+        self.limiter = RateLimiter(config.max_messages_per_s, burst=2 * config.max_messages_per_s)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -91,34 +94,45 @@ class SwimGossip:
 
     # ---- RPC handlers ------------------------------------------------------------------------------
     async def rpc_ping(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
-        self._absorb(request.metadata)
+        self._absorb(request.metadata, str(context.remote_id))
         return self._answer({"ack": True})
 
     async def rpc_ping_req(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
-        meta = self._absorb(request.metadata)
+        sender = str(context.remote_id)
+        meta = self._absorb(request.metadata, sender)
         target = meta.get("target")
-        ack = isinstance(target, str) and await self._ping(target, self.config.ping_timeout)
+        # Only members may ask, and only about members: no one uses us to ping arbitrary peers.
+        ack = (
+            sender in self.membership.members
+            and isinstance(target, str)
+            and target in self.membership.members
+            and await self._ping(target, self.config.ping_timeout)
+        )
         return self._answer({"ack": bool(ack)})
 
-    def _absorb(self, raw: bytes) -> dict:
-        """Apply the updates a message carries (a malformed one is ignored, never fatal)."""
+    def _absorb(self, raw: bytes, sender: str) -> dict:
+        """Apply what ``sender`` (the connection's authenticated peer id) told us. Malformed,
+        misattributed or too frequent messages change nothing and are never fatal."""
         try:
             meta = unpack_meta(raw)
         except RemoteError:
             return {}
-        sender, incarnation = meta.get("from"), meta.get("incarnation")
-        if isinstance(sender, str) and isinstance(incarnation, int):
-            self.membership.add_seed(sender, incarnation)
-        self._apply_updates(meta)
+        claimed = meta.get("from")
+        if claimed is not None and claimed != sender:
+            logger.debug("ignoring a gossip message from %s that claims to be from %r", sender, claimed)
+            return {}
+        if not self.limiter.allow(sender):
+            return meta
+        self._apply_updates(sender, meta)
         return meta
 
-    def _apply_updates(self, meta: dict) -> None:
-        """Apply the piggybacked updates of a request or an answer (at most 64; bad ones skipped)."""
+    def _apply_updates(self, sender: str, meta: dict) -> None:
+        """Apply the sender's incarnation and piggybacked updates (at most 64; bad ones skipped)."""
         raw_updates = meta.get("updates")
-        for raw_update in raw_updates[:64] if isinstance(raw_updates, list) else []:
-            update = Update.from_wire(raw_update)
-            if update is not None:
-                self.membership.apply(update)
+        updates = [Update.from_wire(raw) for raw in (raw_updates[:64] if isinstance(raw_updates, list) else [])]
+        incarnation = meta.get("incarnation")
+        incarnation = incarnation if isinstance(incarnation, int) and not isinstance(incarnation, bool) else None
+        self.membership.receive(sender, incarnation, [u for u in updates if u is not None])
 
     def _message(self, to: str | None = None, **extra) -> dict:
         updates = [u.to_wire() for u in self.membership.piggyback()]
@@ -133,15 +147,15 @@ class SwimGossip:
 
     # ---- probing -----------------------------------------------------------------------------------
     async def _call(self, peer_id: str, method: str, timeout: float, **extra) -> bool:
-        stub = GossipService.get_stub(self.p2p, PeerID.from_base58(peer_id))
         try:
+            stub = GossipService.get_stub(self.p2p, PeerID.from_base58(peer_id))
             request = make_request(self._message(to=peer_id, **extra))
             response = await getattr(stub, method)(request, timeout=timeout)
             meta, _ = read_response(response, peer_id)
-        except Exception:  # noqa: BLE001 - unreachable, timed out, refused: all mean "no ack"
+        except Exception:  # noqa: BLE001 - unreachable, timed out, refused, a bad id: all mean "no ack"
             return False
-        self._apply_updates(meta)
-        return bool(meta.get("ack"))
+        self._apply_updates(peer_id, meta)  # the peer we called answered: the connection vouches for it
+        return meta.get("ack") is True
 
     async def _ping(self, peer_id: str, timeout: float) -> bool:
         return await self._call(peer_id, "rpc_ping", timeout)
@@ -172,16 +186,22 @@ class SwimGossip:
     async def _protocol_loop(self) -> None:
         while True:
             began = asyncio.get_running_loop().time()
-            await self._publish(self.membership.tick())
-            target = self.membership.next_target(self.rng)
-            if target is not None:
-                await self.probe(target)
-            await self._publish(self.membership.tick())
-            if self.membership.incarnation != self._announced_incarnation and self.on_refute is not None:
-                self._announced_incarnation = self.membership.incarnation
-                await self.on_refute()
+            try:
+                await self._protocol_period()
+            except Exception as e:  # noqa: BLE001 - one bad period must never end failure detection
+                logger.warning("gossip protocol period failed: %s", e, exc_info=True)
             elapsed = asyncio.get_running_loop().time() - began
             await asyncio.sleep(max(0.0, self.config.period - elapsed))
+
+    async def _protocol_period(self) -> None:
+        await self._publish(self.membership.tick())
+        target = self.membership.next_target(self.rng)
+        if target is not None:
+            await self.probe(target)
+        await self._publish(self.membership.tick())
+        if self.membership.incarnation != self._announced_incarnation and self.on_refute is not None:
+            self._announced_incarnation = self.membership.incarnation
+            await self.on_refute()
 
     async def _publish(self, verdicts: list[Update]) -> None:
         """Tell every member (small swarms: a ping each) and write the verdicts to the DHT, so

@@ -12,6 +12,19 @@ refutes by raising its incarnation and spreading ALIVE. Every member times suspi
 out on its own clock, so a suspicion that has spread turns into DEAD everywhere at
 about the same moment. Each applied update is retransmitted a bounded number of times
 (``retransmit_mult × ⌈log2(n + 1)⌉``), freshest first.
+
+Peers are strangers, so what a message says is checked against who sent it
+(:meth:`Membership.receive`; the sender is the authenticated peer id of the connection):
+
+- only members speak: a message from a peer that is not a member changes nothing;
+- a member speaks for itself only as ALIVE (its own incarnation);
+- SUSPECT/DEAD about a member must name an incarnation that member really had (at most
+  the one we know): nobody can suspect a future life, so no forged incarnation can force a
+  refutation past it; about an unknown peer they are ignored;
+- every incarnation is an integer in ``[0, now_ms + MAX_SKEW_MS]`` (incarnations are start
+  times in ms, and a refutation moves to ``max(incarnation + 1, now_ms)``), so nothing a peer
+  sends can push a number toward an overflow;
+- DEAD members are pruned after ``dead_retention`` seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +35,9 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+MAX_INCARNATION = 1 << 53  # far above any start time in ms; exact in every wire format
+MAX_SKEW_MS = 5 * 60 * 1000  # how far ahead of our clock a peer's incarnation may be
 
 
 class Status(enum.IntEnum):
@@ -59,6 +75,15 @@ class Member:
     since: float  # when the status last changed (our clock)
 
 
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def sane_incarnation(incarnation: int, now_ms: int) -> bool:
+    """An incarnation a live peer can have: not negative, not beyond our clock plus skew."""
+    return 0 <= incarnation <= min(MAX_INCARNATION, now_ms + MAX_SKEW_MS)
+
+
 def overrides(update: Update, current: Member | None) -> bool:
     """SWIM precedence: does ``update`` replace what we hold?"""
     if current is None:
@@ -81,20 +106,54 @@ class Membership:
         suspicion_timeout: float,
         clock: Callable[[], float] = time.monotonic,
         retransmit_mult: int = 3,
+        now_ms: Callable[[], int] = wall_ms,
+        dead_retention: float = 60.0,
     ):
         self.self_id, self.incarnation = self_id, incarnation
         self.suspicion_timeout, self.clock, self.retransmit_mult = suspicion_timeout, clock, retransmit_mult
+        self.now_ms, self.dead_retention = now_ms, dead_retention
         self.members: dict[str, Member] = {}
         self._pending: dict[str, tuple[Update, int]] = {}  # peer → (latest update, transmissions left)
         self._order: list[str] = []
         self._enqueue(Update(self_id, Status.ALIVE, incarnation))
 
     # ---- applying what we learn ------------------------------------------------------------------
+    def receive(self, sender: str, incarnation: int | None, updates: list[Update]) -> list[Update]:
+        """Apply what ``sender`` (the authenticated peer id of the connection) told us: its own
+        incarnation and the updates it carried. Returns the updates that changed our view;
+        anything the sender has no standing to say is dropped (see the module docstring)."""
+        sender_member = self.members.get(sender)
+        if sender_member is None or sender == self.self_id:
+            return []  # only members speak; members come from the DHT records (add_seed)
+        now = self.now_ms()
+        applied = []
+        if isinstance(incarnation, int) and sane_incarnation(incarnation, now):
+            own = Update(sender, Status.ALIVE, incarnation)
+            if self.apply(own):
+                applied.append(own)
+        for update in updates:
+            if self._admissible(sender, update, now) and self.apply(update):
+                applied.append(update)
+        return applied
+
+    def _admissible(self, sender: str, update: Update, now: int) -> bool:
+        if not sane_incarnation(update.incarnation, now):
+            return False
+        if update.peer_id == sender:
+            return update.status == Status.ALIVE  # a member speaks for itself only as alive
+        if update.peer_id == self.self_id:
+            # Suspected at an incarnation we never had: forged. Refute only our real lives.
+            return update.status == Status.ALIVE or update.incarnation <= self.incarnation
+        known = self.members.get(update.peer_id)
+        if known is None:
+            return False  # third parties do not introduce members
+        return update.status == Status.ALIVE or update.incarnation <= known.incarnation
+
     def apply(self, update: Update) -> bool:
-        """Apply an update (ours or heard); True when it changed our view."""
+        """Apply an update (ours or an admissible one heard); True when it changed our view."""
         if update.peer_id == self.self_id:
             if update.status != Status.ALIVE and update.incarnation >= self.incarnation:
-                self.incarnation = update.incarnation + 1  # refute: we are alive
+                self.incarnation = max(update.incarnation + 1, self.now_ms())  # refute: we are alive
                 self._enqueue(Update(self.self_id, Status.ALIVE, self.incarnation))
                 return True
             return False
@@ -107,7 +166,7 @@ class Membership:
 
     def add_seed(self, peer_id: str, incarnation: int = 0) -> bool:
         """A peer seen in the DHT records: known from now on, alive unless we know better."""
-        if peer_id == self.self_id:
+        if peer_id == self.self_id or not sane_incarnation(incarnation, self.now_ms()):
             return False
         current = self.members.get(peer_id)
         if current is not None and current.incarnation >= incarnation:
@@ -127,7 +186,7 @@ class Membership:
         return self.apply(Update(peer_id, Status.SUSPECT, member.incarnation))
 
     def tick(self) -> list[Update]:
-        """Turn expired suspicions into DEAD; returns the new verdicts."""
+        """Turn expired suspicions into DEAD and prune old DEAD members; returns the new verdicts."""
         now = self.clock()
         verdicts = []
         for peer_id, member in list(self.members.items()):
@@ -135,6 +194,8 @@ class Membership:
                 verdict = Update(peer_id, Status.DEAD, member.incarnation)
                 self.apply(verdict)
                 verdicts.append(verdict)
+            elif member.status == Status.DEAD and now - member.since >= self.dead_retention:
+                self.forget(peer_id)
         return verdicts
 
     # ---- what we tell others ---------------------------------------------------------------------
