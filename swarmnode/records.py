@@ -67,6 +67,34 @@ def validate_model_id(model_id: str) -> str:
     return model_id
 
 
+MAX_BLOCKS = 1 << 16  # more blocks than any model has
+MAX_INCARNATION = 1 << 53  # incarnations are start times in ms; exact in every wire format
+MAX_COUNT = 1 << 40  # token counts, sessions
+MAX_RATE = 1e9  # tokens/s per block: far above any device, finite
+MAX_TEXT = {"peer_id": 128, "dtype": 32, "quantization": 32, "version": 64, "public_name": 64, "metrics_addr": 256,
+            "model_id": 128, "family": 64, "repository": 256, "config_hash": 128, "reporter": 128}  # fmt: skip
+
+
+def _int_in(value: Any, low: int, high: int) -> int:
+    """An integer (not a bool, not a float) in [low, high], else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{value!r} is not an integer in [{low}, {high}]")
+    return value
+
+
+def _float_in(value: Any, low: float, high: float) -> float:
+    """A finite number in [low, high] (NaN and infinities fail), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValueError(f"{value!r} is not a number in [{low}, {high}]")
+    return float(value)
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT[name]:
+        raise ValueError(f"{name} must be a string of at most {MAX_TEXT[name]} characters")
+    return value
+
+
 def _known_fields(cls: type, raw: dict) -> dict:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in raw.items() if k in names}
@@ -117,19 +145,29 @@ class NodeRecord:
             return None
         try:
             kwargs = _known_fields(cls, raw)
-            kwargs["state"] = NodeState(int(kwargs["state"]))
-            for name in ("start", "end", "cache_tokens_left", "active_sessions", "incarnation", "v"):
+            kwargs["state"] = NodeState(_int_in(kwargs["state"], 0, 3))
+            kwargs["start"] = _int_in(kwargs["start"], 0, MAX_BLOCKS)
+            kwargs["end"] = _int_in(kwargs["end"], 1, MAX_BLOCKS)
+            for name in ("cache_tokens_left", "active_sessions"):
                 if name in kwargs:
-                    kwargs[name] = int(kwargs[name])
-            for name in ("inference_rps", "prefill_rps", "timestamp"):
+                    kwargs[name] = _int_in(kwargs[name], 0, MAX_COUNT)
+            if "incarnation" in kwargs:
+                kwargs["incarnation"] = _int_in(kwargs["incarnation"], 0, MAX_INCARNATION)
+            if "v" in kwargs:
+                kwargs["v"] = _int_in(kwargs["v"], 0, 1 << 16)
+            for name in ("inference_rps", "prefill_rps"):
                 if name in kwargs:
-                    kwargs[name] = float(kwargs[name])
+                    kwargs[name] = _float_in(kwargs[name], 0.0, MAX_RATE)
+            if "timestamp" in kwargs:
+                kwargs["timestamp"] = _float_in(kwargs["timestamp"], 0.0, 1e12)
             for name in ("peer_id", "dtype", "quantization", "version", "public_name", "metrics_addr"):
-                if name in kwargs and not isinstance(kwargs[name], str):
-                    return None
+                if name in kwargs:
+                    _text(name, kwargs[name])
             if "busy" in kwargs:
-                busy = float(kwargs["busy"])
-                kwargs["busy"] = busy if 0.0 <= busy <= 1.0 else -1.0  # NaN and nonsense: not known
+                busy = kwargs["busy"]
+                if isinstance(busy, bool) or not isinstance(busy, int | float):
+                    raise ValueError(f"busy must be a number, got {busy!r}")
+                kwargs["busy"] = float(busy) if 0.0 <= busy <= 1.0 else -1.0  # NaN, out of range: not known
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError):
             return None
@@ -155,12 +193,10 @@ class ModelRecord:
             return None
         try:
             kwargs = _known_fields(cls, raw)
-            kwargs["num_blocks"] = int(kwargs["num_blocks"])
-            if kwargs["num_blocks"] <= 0:
-                return None
+            kwargs["num_blocks"] = _int_in(kwargs["num_blocks"], 1, MAX_BLOCKS)
             for name in ("model_id", "family", "repository", "config_hash"):
-                if name in kwargs and not isinstance(kwargs[name], str):
-                    return None
+                if name in kwargs:
+                    _text(name, kwargs[name])
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError):
             return None
@@ -184,9 +220,10 @@ class DeadVerdict:
             return None
         try:
             kwargs = _known_fields(cls, raw)
-            if not isinstance(kwargs["peer_id"], str) or isinstance(kwargs["incarnation"], bool):
-                return None
-            kwargs["incarnation"] = int(kwargs["incarnation"])
+            _text("peer_id", kwargs["peer_id"])
+            if "reporter" in kwargs:
+                _text("reporter", kwargs["reporter"])
+            kwargs["incarnation"] = _int_in(kwargs["incarnation"], 0, MAX_INCARNATION)
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError):
             return None

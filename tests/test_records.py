@@ -1,6 +1,7 @@
 import pytest
 
 from swarmnode.records import (
+    DeadVerdict,
     ModelRecord,
     NodeRecord,
     NodeState,
@@ -48,6 +49,17 @@ def test_node_record_ignores_unknown_fields_from_newer_versions():
         {"peer_id": "QmA", "state": 3, "start": 5, "end": 2},  # empty span
         {"peer_id": "QmA", "state": 3, "start": "x", "end": 2},
         {"peer_id": 12, "state": 3, "start": 0, "end": 2},
+        # numbers a hostile peer could use to win every route, every comparison, or overflow
+        {"peer_id": "QmA", "state": 3, "start": 0, "end": 2, "inference_rps": float("inf")},
+        {"peer_id": "QmA", "state": 3, "start": 0, "end": 2, "inference_rps": float("nan")},
+        {"peer_id": "QmA", "state": 3, "start": 0, "end": 2, "prefill_rps": -1.0},
+        {"peer_id": "QmA", "state": 3, "start": 0, "end": 2, "timestamp": float("inf")},
+        {"peer_id": "QmA", "state": 3, "start": 0, "end": 2, "incarnation": (1 << 64) - 1},
+        {"peer_id": "QmA", "state": 3, "start": 0, "end": 2, "cache_tokens_left": -5},
+        {"peer_id": "QmA", "state": 3.0, "start": 0, "end": 2},
+        {"peer_id": "QmA", "state": 3, "start": 0, "end": 1 << 30},
+        {"peer_id": "QmA" * 100, "state": 3, "start": 0, "end": 2},
+        {"peer_id": "QmA", "state": 3, "start": 0, "end": 2, "version": "x" * 1000},
     ],
 )
 def test_bad_node_records_are_skipped_not_raised(broken):
@@ -81,3 +93,11 @@ def test_snapshot_coverage():
     )
     assert snap.uncovered() == [3, 4, 5]
     assert [r.peer_id for r in snap.serving(4, (NodeState.JOINING,))] == ["b"]
+
+
+def test_dead_verdicts_are_bounded():
+    assert DeadVerdict.from_wire({"peer_id": "QmA", "incarnation": 5, "reporter": "QmB"}) == DeadVerdict(
+        "QmA", 5, "QmB"
+    )
+    for bad in ((1 << 64) - 1, -1, 2.5, True, "7"):
+        assert DeadVerdict.from_wire({"peer_id": "QmA", "incarnation": bad}) is None
