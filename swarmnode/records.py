@@ -42,6 +42,35 @@ def dead_key(model_id: str) -> str:
     return f"{model_id}.dead"
 
 
+def verdict_subkey(peer_id: str, reporter: str) -> str:
+    """Subkey of one member's verdict about ``peer_id``: every reporter keeps its own."""
+    return f"{peer_id}@{reporter}"
+
+
+def corroborated_dead(nodes: dict[str, NodeRecord], verdicts: list[DeadVerdict]) -> dict[str, int]:
+    """Peer id → the incarnation declared dead, counting only verdicts that hold up.
+
+    A verdict counts when its reporter is a member (a node with a record that has not left)
+    other than the subject, and it covers the subject's newest announced incarnation (a
+    node's own newer record outranks any verdict). A node is dead once more than one member
+    says so; in a swarm where only one other member exists, that one suffices.
+    """
+    members = {peer for peer, record in nodes.items() if record.state != NodeState.OFFLINE}
+    reporters: dict[str, set[str]] = {}
+    for verdict in verdicts:
+        subject = nodes.get(verdict.peer_id)
+        if subject is None or verdict.reporter not in members or verdict.reporter == verdict.peer_id:
+            continue
+        if verdict.incarnation >= subject.incarnation:
+            reporters.setdefault(verdict.peer_id, set()).add(verdict.reporter)
+    dead = {}
+    for peer, who in reporters.items():
+        needed = min(2, len(members - {peer}))
+        if len(who) >= needed:
+            dead[peer] = nodes[peer].incarnation
+    return dead
+
+
 def observations_key(model_id: str) -> str:
     """DHT key of clients' shared routing observations (subkey: the publishing client)."""
     return f"{model_id}.observations"
@@ -231,14 +260,16 @@ class DeadVerdict:
 
 @dataclass(frozen=True)
 class SwarmSnapshot:
-    """What one reader saw of one model's swarm at one moment: node records by peer id,
-    and gossip's dead verdicts (peer id → the incarnation declared dead)."""
+    """What one reader saw of one model's swarm at one moment: node records by peer id, and
+    gossip's corroborated dead verdicts (peer id → the incarnation declared dead; see
+    :func:`corroborated_dead`)."""
 
     model_id: str
     num_blocks: int
     nodes: dict[str, NodeRecord]
     dead: dict[str, int] = field(default_factory=dict)
     shared: dict[str, dict] = field(default_factory=dict)  # publisher → its per-node observations
+    verdicts: tuple[DeadVerdict, ...] = ()  # every well-formed verdict read, corroborated or not
 
     def is_dead(self, record: NodeRecord) -> bool:
         """A verdict covers the record's incarnation: the node died since it announced it."""

@@ -17,7 +17,7 @@ from swarmnode.monitor import health as health_mod
 from swarmnode.monitor.exporter import MonitorMetrics
 from swarmnode.monitor.health import SwarmHealth, health_json, model_health, recall, scrape_targets
 from swarmnode.monitor.service import SwarmMonitor, write_targets
-from swarmnode.records import ModelRecord, NodeRecord, NodeState, SwarmSnapshot
+from swarmnode.records import DeadVerdict, ModelRecord, NodeRecord, NodeState, SwarmSnapshot
 
 NOW = 1000.0
 MODEL = ModelRecord("m", num_blocks=6, family="llama")
@@ -29,7 +29,10 @@ def node(peer: str, start: int, end: int, state=NodeState.ONLINE, **kw) -> NodeR
 
 
 def snapshot(*records: NodeRecord, dead=None, shared=None) -> SwarmSnapshot:
-    return SwarmSnapshot("m", 6, {r.peer_id: r for r in records}, dead=dead or {}, shared=shared or {})
+    """``dead``: corroborated verdicts, each also read as a verdict from another node."""
+    nodes = {r.peer_id: r for r in records}
+    verdicts = tuple(DeadVerdict(p, i, next((q for q in nodes if q != p), "?")) for p, i in (dead or {}).items())
+    return SwarmSnapshot("m", 6, nodes, dead=dead or {}, shared=shared or {}, verdicts=verdicts)
 
 
 def test_coverage_replicas_gaps_and_the_weakest_block():
@@ -64,6 +67,15 @@ def test_node_details_last_seen_and_the_step_time_clients_shared():
     assert a.name == "alice" and a.busy == 0.5 and a.last_seen_s == 7.0
     assert a.step_s == pytest.approx(3 * 0.003)  # the median over publishers, times the node's blocks
     assert model_health(snapshot(node("b", 0, 3)), MODEL, NOW).nodes[0].busy is None  # busy -1: not reported
+
+
+def test_the_monitor_counts_verdicts_of_members_only():
+    records = {"a": node("a", 0, 3), "b": node("b", 3, 6)}
+    verdicts = (DeadVerdict("x", 5, "a"), DeadVerdict("x", 7, "b"), DeadVerdict("y", 1, "outsider"),
+                DeadVerdict("a", 1, "a"))  # fmt: skip
+    snap = SwarmSnapshot("m", 6, records, verdicts=verdicts)
+    assert health_mod.verdict_subjects(snap) == {"x": 7}
+    assert model_health(snap, MODEL, NOW).dead_verdicts == 1
 
 
 def test_a_node_whose_record_expired_stays_listed_as_dead_until_forgotten():

@@ -101,3 +101,24 @@ def test_dead_verdicts_are_bounded():
     )
     for bad in ((1 << 64) - 1, -1, 2.5, True, "7"):
         assert DeadVerdict.from_wire({"peer_id": "QmA", "incarnation": bad}) is None
+
+
+def test_a_node_is_dead_only_when_more_than_one_member_says_so():
+    from swarmnode.records import corroborated_dead
+
+    nodes = {p: _record(peer_id=p, incarnation=10) for p in ("a", "b", "c", "d")}
+    nodes["gone"] = _record(peer_id="gone", state=NodeState.OFFLINE)
+
+    def verdicts(*reporters, subject="a", incarnation=10):
+        return [DeadVerdict(subject, incarnation, r) for r in reporters]
+
+    assert corroborated_dead(nodes, verdicts("b")) == {}  # one member's word is not enough
+    assert corroborated_dead(nodes, verdicts("b", "b")) == {}  # nor said twice
+    assert corroborated_dead(nodes, verdicts("b", "c")) == {"a": 10}
+    assert corroborated_dead(nodes, verdicts("b", "outsider")) == {}  # non-members do not count
+    assert corroborated_dead(nodes, verdicts("b", "gone")) == {}  # nor nodes that left
+    assert corroborated_dead(nodes, verdicts("b", "a")) == {}  # nor the subject itself
+    assert corroborated_dead(nodes, verdicts("b", "c", incarnation=9)) == {}  # its newer record outranks them
+    assert corroborated_dead(nodes, verdicts("b", "c", subject="nobody")) == {}
+    pair = {p: nodes[p] for p in ("a", "b")}
+    assert corroborated_dead(pair, verdicts("b")) == {"a": 10}  # the only other member suffices

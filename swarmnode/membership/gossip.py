@@ -29,7 +29,7 @@ from swarmnode.membership.ratelimit import RateLimiter
 from swarmnode.membership.swim import Membership, Status, Update
 from swarmnode.net.dht import fetch_snapshot, store_records
 from swarmnode.net.protocol import GossipService, make_request, make_response, read_response, unpack_meta
-from swarmnode.records import DeadVerdict, NodeState, dead_key
+from swarmnode.records import DeadVerdict, NodeState, dead_key, verdict_subkey
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class SwimGossip:
         self.on_probe_failure = on_probe_failure or (lambda: None)  # a metric: a probe got no answer
         self._announced_incarnation = incarnation
         self._tasks: list[asyncio.Task] = []
+        self._confirming: set[str] = set()  # peers whose death we are checking ourselves
+        self._background: set[asyncio.Task] = set()
         self.limiter = RateLimiter(config.max_messages_per_s, burst=2 * config.max_messages_per_s)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -80,9 +82,9 @@ class SwimGossip:
         self._tasks = [asyncio.create_task(self._protocol_loop()), asyncio.create_task(self._seed_loop())]
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._background]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         self._tasks = []
         try:
             await GossipService().remove_p2p_handlers(self.p2p)
@@ -132,14 +134,30 @@ class SwimGossip:
         updates = [Update.from_wire(raw) for raw in (raw_updates[:64] if isinstance(raw_updates, list) else [])]
         incarnation = meta.get("incarnation")
         incarnation = incarnation if isinstance(incarnation, int) and not isinstance(incarnation, bool) else None
-        self.membership.receive(sender, incarnation, [u for u in updates if u is not None])
+        for update in self.membership.receive(sender, incarnation, [u for u in updates if u is not None]):
+            if update.status == Status.DEAD and update.peer_id not in self._confirming:
+                # Readers count a node dead only when more than one member says so: check it ourselves.
+                self._confirming.add(update.peer_id)
+                task = asyncio.ensure_future(self._confirm_dead(update))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _confirm_dead(self, verdict: Update) -> None:
+        """Another member declared ``verdict.peer_id`` dead: if it does not answer us either,
+        publish our own verdict (corroboration); if it does, it hears it was suspected and refutes."""
+        try:
+            if not await self._ping(verdict.peer_id, self.config.ping_timeout):
+                await self._publish([verdict], spread=False)
+        finally:
+            self._confirming.discard(verdict.peer_id)
 
     def _message(self, to: str | None = None, **extra) -> dict:
         updates = [u.to_wire() for u in self.membership.piggyback()]
         suspicion = self.membership.members.get(to) if to else None
-        if suspicion is not None and suspicion.status == Status.SUSPECT:
-            # Lifeguard's buddy system: tell a suspect it is suspected, so it can refute at once.
-            updates.insert(0, Update(to, Status.SUSPECT, suspicion.incarnation).to_wire())
+        if suspicion is not None and suspicion.status != Status.ALIVE:
+            # Lifeguard's buddy system: tell a suspect (or a member we hold dead) what we think,
+            # so it can refute at once.
+            updates.insert(0, Update(to, suspicion.status, suspicion.incarnation).to_wire())
         return {"from": self.self_id, "incarnation": self.membership.incarnation, "updates": updates, **extra}
 
     def _answer(self, extra: dict) -> runtime_pb2.ExpertResponse:
@@ -203,16 +221,21 @@ class SwimGossip:
             self._announced_incarnation = self.membership.incarnation
             await self.on_refute()
 
-    async def _publish(self, verdicts: list[Update]) -> None:
+    async def _publish(self, verdicts: list[Update], spread: bool = True) -> None:
         """Tell every member (small swarms: a ping each) and write the verdicts to the DHT, so
         other nodes and clients stop using those nodes at once."""
         if not verdicts:
             return
-        await self._spread(len(self.membership.members))
+        if spread:
+            await self._spread(len(self.membership.members))
         for verdict in verdicts:
             logger.warning("declaring %s dead (incarnation %d)", verdict.peer_id, verdict.incarnation)
         items = [
-            (dead_key(self.model_id), v.peer_id, DeadVerdict(v.peer_id, v.incarnation, self.self_id).to_wire())
+            (
+                dead_key(self.model_id),
+                verdict_subkey(v.peer_id, self.self_id),
+                DeadVerdict(v.peer_id, v.incarnation, self.self_id).to_wire(),
+            )
             for v in verdicts
         ]
         try:

@@ -53,7 +53,7 @@ class ModelHealth:
     min_replicas: int  # the weakest block's replicas
     gaps: tuple[tuple[int, int], ...]  # maximal [start, end) runs of blocks nobody serves
     nodes_by_state: dict[str, int]
-    dead_verdicts: int  # verdicts in the DHT now (they expire)
+    dead_verdicts: int  # peers some member declared dead, by verdicts in the DHT now (they expire)
     versions: dict[str, int]  # live nodes per software version
     nodes: tuple[NodeHealth, ...]
     nodes_omitted: int = 0  # nodes beyond MAX_NODES_PER_MODEL
@@ -72,6 +72,17 @@ class SwarmHealth:
     @property
     def reachable(self) -> bool:
         return self.refreshed_at > 0 and not self.error
+
+
+def verdict_subjects(snapshot: SwarmSnapshot) -> dict[str, int]:
+    """Peers that some member (a node that has not left) declared dead, with the highest
+    incarnation declared: what gossip says, before readers ask for corroboration."""
+    members = {peer for peer, record in snapshot.nodes.items() if record.state != NodeState.OFFLINE}
+    subjects: dict[str, int] = {}
+    for verdict in snapshot.verdicts:
+        if verdict.reporter in members and verdict.reporter != verdict.peer_id:
+            subjects[verdict.peer_id] = max(subjects.get(verdict.peer_id, -1), verdict.incarnation)
+    return subjects
 
 
 def node_state(snapshot: SwarmSnapshot, record: NodeRecord, vanished: frozenset[str] = frozenset()) -> str:
@@ -156,7 +167,7 @@ def model_health(
         min_replicas=min(replicas, default=0),
         gaps=_runs([b for b in range(n) if replicas[b] == 0]),
         nodes_by_state={state: states.get(state, 0) for state in NODE_STATES},
-        dead_verdicts=len(snapshot.dead),
+        dead_verdicts=len(verdict_subjects(snapshot)),
         versions=dict(Counter(node.version for node in live)),
         nodes=tuple(nodes[:MAX_NODES_PER_MODEL]),
         nodes_omitted=max(0, len(nodes) - MAX_NODES_PER_MODEL),

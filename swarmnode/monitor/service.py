@@ -31,7 +31,14 @@ from prometheus_client import make_wsgi_app
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
 from swarmnode.monitor.exporter import MonitorMetrics
-from swarmnode.monitor.health import SwarmHealth, health_json, model_health, recall, scrape_targets
+from swarmnode.monitor.health import (
+    SwarmHealth,
+    health_json,
+    model_health,
+    recall,
+    scrape_targets,
+    verdict_subjects,
+)
 from swarmnode.net.dht import get_dht_time
 from swarmnode.net.http import HttpEndpoint, respond
 
@@ -96,7 +103,7 @@ class SwarmMonitor:
         for model_id in wanted:
             record = models[model_id]
             snapshot = connection.run(connection.snapshot(model_id, record.num_blocks, max_age=0), READ_TIMEOUT_S)
-            self._count_new_verdicts(model_id, snapshot.dead)
+            self._count_new_verdicts(model_id, verdict_subjects(snapshot))
             now = get_dht_time()
             snapshot, vanished, self._memory[model_id] = recall(
                 snapshot, self._memory.get(model_id, {}), now, self.retention_s

@@ -24,9 +24,13 @@ from swarmnode.records import (
     NodeRecord,
     SwarmSnapshot,
     block_key,
+    corroborated_dead,
     dead_key,
     observations_key,
+    verdict_subkey,
 )
+
+MAX_CLOCK_SKEW_S = 300.0  # how far ahead of our DHT time a record's timestamp may be
 
 
 def validate_maddrs(maddrs: tuple[str, ...] | list[str], *, need_peer_id: bool, what: str) -> list[str]:
@@ -131,18 +135,22 @@ async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> S
         for publisher, value in found.get(observations_key(model_id), {}).items()
         if isinstance(value, dict) and len(value) <= 4096 and all(isinstance(v, dict) for v in value.values())
     }
-    dead: dict[str, int] = {}
-    for peer_id, value in found.get(dead_key(model_id), {}).items():
-        verdict = DeadVerdict.from_wire(value)
-        if verdict is not None and verdict.peer_id == peer_id:
-            dead[peer_id] = max(dead.get(peer_id, -1), verdict.incarnation)
+    latest = get_dht_time() + MAX_CLOCK_SKEW_S  # a record from the future would win every comparison
     nodes: dict[str, NodeRecord] = {}
     for key in keys:
         for peer_id, value in found.get(key, {}).items():
             record = NodeRecord.from_wire(value)
-            if record is None or record.peer_id != peer_id or record.end > num_blocks:
+            if record is None or record.peer_id != peer_id or record.end > num_blocks or record.timestamp > latest:
                 continue
             current = nodes.get(peer_id)
             if current is None or record.timestamp > current.timestamp:
                 nodes[peer_id] = record
-    return SwarmSnapshot(model_id=model_id, num_blocks=num_blocks, nodes=nodes, dead=dead, shared=shared)
+    verdicts = []
+    for subkey, value in found.get(dead_key(model_id), {}).items():
+        verdict = DeadVerdict.from_wire(value)
+        if verdict is not None and subkey == verdict_subkey(verdict.peer_id, verdict.reporter):
+            verdicts.append(verdict)
+    dead = corroborated_dead(nodes, verdicts)
+    return SwarmSnapshot(
+        model_id=model_id, num_blocks=num_blocks, nodes=nodes, dead=dead, shared=shared, verdicts=tuple(verdicts)
+    )
