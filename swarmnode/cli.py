@@ -75,7 +75,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 
     async def start():
-        dht = start_dht(
+        dht, _identity = start_dht(
             args.initial_peers,
             host_maddrs=args.host_maddrs,
             announce_maddrs=args.announce_maddrs,

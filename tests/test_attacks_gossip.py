@@ -67,7 +67,7 @@ def test_forged_suspicions_and_verdicts_do_not_take_a_live_node_out(tmp_path, ll
             record = NodeRecord(str(connection.p2p.peer_id), NodeState.ONLINE, 0, 1, timestamp=time.time(),
                                 incarnation=int(time.time() * 1000))  # fmt: skip
             item = (block_key(nodes[0].info["model"], 0), record.peer_id, record.to_wire())
-            store_records(connection.dht, [item], ttl=30).result(10)
+            store_records(connection.dht, connection.identity, [item], ttl=30).result(10)
             time.sleep(3)  # the nodes' seed loops (2 s) read it
             for _ in range(3):
                 attack(connection, nodes, victim, bystander, as_member=True)

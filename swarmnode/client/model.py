@@ -56,7 +56,8 @@ class RemoteBlocks:
         if measured:
             item = (observations_key(self.model_id), self.client_id, measured)
             ttl = max(SHARED_TTL_S, 3 * self.config.share_period)
-            self.connection.background(store_records(self.connection.dht, [item], ttl=ttl), "sharing observations")
+            work = store_records(self.connection.dht, self.connection.identity, [item], ttl=ttl)
+            self.connection.background(work, "sharing observations")
 
     async def _check_model_record(self) -> None:
         """Refuse a swarm that announces another checkpoint under this model id."""

@@ -38,7 +38,7 @@ class SwarmConnection:
         self._lifeline = None
         self.dht = None
         try:
-            self.dht = start_dht(
+            self.dht, self.identity = start_dht(
                 config.initial_peers,
                 host_maddrs=("/ip4/127.0.0.1/tcp/0",),
                 client_mode=True,

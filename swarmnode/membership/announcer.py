@@ -16,6 +16,7 @@ import hivemind
 from hivemind.utils import get_dht_time
 
 from swarmnode.net.dht import store_records
+from swarmnode.net.identity import Identity
 from swarmnode.records import MODELS_KEY, ModelRecord, NodeRecord, NodeState, block_key
 
 logger = logging.getLogger(__name__)
@@ -27,12 +28,13 @@ class Announcer:
     def __init__(
         self,
         dht: hivemind.DHT,
+        identity: Identity,
         model: ModelRecord,
         record_fn: Callable[[], NodeRecord],
         period: float,
         on_failure: Callable[[], None] | None = None,
     ):
-        self.dht, self.model, self.record_fn, self.period = dht, model, record_fn, period
+        self.dht, self.identity, self.model, self.record_fn, self.period = dht, identity, model, record_fn, period
         self.on_failure = on_failure or (lambda: None)  # a metric: an announcement failed
         self._task: asyncio.Task | None = None
 
@@ -47,7 +49,7 @@ class Announcer:
         if record.state != NodeState.OFFLINE:
             items.append((MODELS_KEY, self.model.model_id, self.model.to_wire()))
         try:
-            stored = await store_records(self.dht, items, ttl=2 * self.period)
+            stored = await store_records(self.dht, self.identity, items, ttl=2 * self.period)
         except Exception as e:  # noqa: BLE001 - a failed announce is retried next period
             logger.warning("announce failed: %s", e)
             stored = False

@@ -28,6 +28,7 @@ from swarmnode.errors import RemoteError
 from swarmnode.membership.ratelimit import RateLimiter
 from swarmnode.membership.swim import Membership, Status, Update
 from swarmnode.net.dht import fetch_snapshot, store_records
+from swarmnode.net.identity import Identity
 from swarmnode.net.protocol import GossipService, make_request, make_response, read_response, unpack_meta
 from swarmnode.records import DeadVerdict, NodeState, dead_key, verdict_subkey
 
@@ -54,6 +55,7 @@ class SwimGossip:
         self,
         p2p: P2P,
         dht: hivemind.DHT,
+        identity: Identity,
         model_id: str,
         num_blocks: int,
         incarnation: int,
@@ -62,7 +64,7 @@ class SwimGossip:
         on_refute: Callable[[], Awaitable[None]] | None = None,
         on_probe_failure: Callable[[], None] | None = None,
     ):
-        self.p2p, self.dht, self.model_id, self.num_blocks = p2p, dht, model_id, num_blocks
+        self.p2p, self.dht, self.identity, self.model_id, self.num_blocks = p2p, dht, identity, model_id, num_blocks
         self.self_id = str(p2p.peer_id)
         self.config = config
         self.membership = Membership(self.self_id, incarnation, config.suspicion_timeout)
@@ -239,7 +241,7 @@ class SwimGossip:
             for v in verdicts
         ]
         try:
-            await store_records(self.dht, items, ttl=self.config.verdict_ttl)
+            await store_records(self.dht, self.identity, items, ttl=self.config.verdict_ttl)
         except Exception as e:  # noqa: BLE001 - retried with the next verdict; gossip itself goes on
             logger.warning("could not publish dead verdicts: %s", e)
 

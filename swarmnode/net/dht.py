@@ -6,6 +6,8 @@ module-level functions (picklable) that touch only the DHT node.
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from hivemind.utils import get_dht_time
 from multiaddr import Multiaddr
 
 from swarmnode.errors import ConfigError, SwarmUnavailable
+from swarmnode.net.identity import Identity, SignedRecordValidator, open_envelope
 from swarmnode.records import (
     MODELS_KEY,
     DeadVerdict,
@@ -54,8 +57,9 @@ def start_dht(
     announce_maddrs: tuple[str, ...] | list[str] = (),
     identity_path: str = "",
     client_mode: bool = False,
-) -> hivemind.DHT:
-    """Start a DHT peer in a child process (hivemind runs p2pd under it)."""
+) -> tuple[hivemind.DHT, Identity]:
+    """Start a DHT peer in a child process (hivemind runs p2pd under it); returns it and the
+    peer's identity (from ``identity_path``, created there if missing; else a new one)."""
     peers = validate_maddrs(initial_peers, need_peer_id=True, what="initial peer")
     kwargs: dict[str, Any] = dict(
         initial_peers=peers or None,
@@ -63,19 +67,26 @@ def start_dht(
         client_mode=client_mode,
         host_maddrs=validate_maddrs(host_maddrs, need_peer_id=False, what="host multiaddr"),
         num_workers=8,
+        record_validators=[SignedRecordValidator()],  # forged or unsigned records are not stored here
     )
     if announce_maddrs:
         kwargs["announce_maddrs"] = validate_maddrs(announce_maddrs, need_peer_id=False, what="announce multiaddr")
-    if identity_path:
-        path = Path(identity_path).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            P2P.generate_identity(str(path))  # stable peer id from now on
+    with tempfile.TemporaryDirectory(prefix="swarmnode-identity-") as scratch:
+        if identity_path:
+            path = Path(identity_path).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                P2P.generate_identity(str(path))  # stable peer id from now on
+        else:
+            # A new key for this run only; hivemind creates it (no check that it is taken: it is new).
+            # We need the key itself, not only p2pd: it signs this peer's records.
+            path = Path(scratch) / "identity.key"
         kwargs["identity_path"] = str(path)
-    try:
-        return hivemind.DHT(**kwargs)
-    except Exception as e:  # noqa: BLE001 - hivemind reports start failures with many types
-        raise SwarmUnavailable(f"cannot start the DHT peer (initial peers {peers}): {e}") from e
+        try:
+            dht = hivemind.DHT(**kwargs)
+        except Exception as e:  # noqa: BLE001 - hivemind reports start failures with many types
+            raise SwarmUnavailable(f"cannot start the DHT peer (initial peers {peers}): {e}") from e
+        return dht, Identity.from_file(path)
 
 
 def full_maddrs(dht: hivemind.DHT) -> list[str]:
@@ -89,10 +100,12 @@ async def _store_records(_dht, node: DHTNode, items: list[tuple[str, str, Any]],
     return all(results.values())
 
 
-def store_records(dht: hivemind.DHT, items: list[tuple[str, str, Any]], ttl: float):
-    """Store (key, subkey, value) triples expiring in ``ttl`` seconds; returns an awaitable MPFuture."""
+def store_records(dht: hivemind.DHT, identity: Identity, items: list[tuple[str, str, Any]], ttl: float):
+    """Store (key, subkey, value) triples, each signed by ``identity``, expiring in ``ttl``
+    seconds; returns an awaitable MPFuture."""
     expiration = get_dht_time() + ttl
-    return dht.run_coroutine(partial(_store_records, items=items, expiration=expiration), return_future=True)
+    sealed = [(key, subkey, identity.seal(key, subkey, value)) for key, subkey, value in items]
+    return dht.run_coroutine(partial(_store_records, items=sealed, expiration=expiration), return_future=True)
 
 
 async def _get_subkeys(_dht, node: DHTNode, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -112,9 +125,17 @@ def get_subkeys(dht: hivemind.DHT, keys: list[str]):
     return dht.run_coroutine(partial(_get_subkeys, keys=keys), return_future=True)
 
 
-def parse_models(raw: dict[str, Any]) -> dict[str, ModelRecord]:
+def signed_values(found: dict[str, Any], key: str) -> Iterator[tuple[str, str, Any]]:
+    """(subkey, signer's peer id, record) for every validly signed value under ``key``."""
+    for subkey, envelope in found.get(key, {}).items():
+        opened = open_envelope(key, subkey, envelope)
+        if opened is not None:
+            yield subkey, opened[0], opened[1]
+
+
+def parse_models(found: dict[str, Any]) -> dict[str, ModelRecord]:
     models = {}
-    for model_id, value in raw.items():
+    for model_id, _signer, value in signed_values(found, MODELS_KEY):
         record = ModelRecord.from_wire(value)
         if record is not None and record.model_id == model_id:
             models[model_id] = record
@@ -122,8 +143,7 @@ def parse_models(raw: dict[str, Any]) -> dict[str, ModelRecord]:
 
 
 async def fetch_models(dht: hivemind.DHT) -> dict[str, ModelRecord]:
-    found = await get_subkeys(dht, [MODELS_KEY])
-    return parse_models(found.get(MODELS_KEY, {}))
+    return parse_models(await get_subkeys(dht, [MODELS_KEY]))
 
 
 async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> SwarmSnapshot:
@@ -132,23 +152,28 @@ async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> S
     found = await get_subkeys(dht, [*keys, dead_key(model_id), observations_key(model_id)])
     shared = {
         publisher: value
-        for publisher, value in found.get(observations_key(model_id), {}).items()
-        if isinstance(value, dict) and len(value) <= 4096 and all(isinstance(v, dict) for v in value.values())
+        for publisher, signer, value in signed_values(found, observations_key(model_id))
+        if signer == publisher  # a client speaks only for itself
+        and isinstance(value, dict)
+        and len(value) <= 4096
+        and all(isinstance(v, dict) for v in value.values())
     }
     latest = get_dht_time() + MAX_CLOCK_SKEW_S  # a record from the future would win every comparison
     nodes: dict[str, NodeRecord] = {}
     for key in keys:
-        for peer_id, value in found.get(key, {}).items():
+        for peer_id, signer, value in signed_values(found, key):
             record = NodeRecord.from_wire(value)
-            if record is None or record.peer_id != peer_id or record.end > num_blocks or record.timestamp > latest:
+            if record is None or signer != peer_id or record.peer_id != peer_id:
+                continue  # a record about a node counts only when that node signed it
+            if record.end > num_blocks or record.timestamp > latest:
                 continue
             current = nodes.get(peer_id)
             if current is None or record.timestamp > current.timestamp:
                 nodes[peer_id] = record
     verdicts = []
-    for subkey, value in found.get(dead_key(model_id), {}).items():
+    for subkey, signer, value in signed_values(found, dead_key(model_id)):
         verdict = DeadVerdict.from_wire(value)
-        if verdict is not None and subkey == verdict_subkey(verdict.peer_id, verdict.reporter):
+        if verdict is not None and signer == verdict.reporter and subkey == verdict_subkey(verdict.peer_id, signer):
             verdicts.append(verdict)
     dead = corroborated_dead(nodes, verdicts)
     return SwarmSnapshot(

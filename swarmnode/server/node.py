@@ -129,7 +129,7 @@ class Node:
         self.metrics = NodeMetrics(self._metrics_state)
         self.metrics.build.labels(swarmnode.__version__, model_id, dtype_name(self.dtype)).set(1)
 
-        self.dht = start_dht(
+        self.dht, self.identity = start_dht(
             cfg.initial_peers,
             host_maddrs=cfg.host_maddrs,
             announce_maddrs=cfg.announce_maddrs,
@@ -164,7 +164,12 @@ class Node:
             )
             self.metrics_addr = f"{self._metrics_host()}:{self.metrics_server.port}"
         self.announcer = Announcer(
-            self.dht, self.model_record, self.record, cfg.announce_period, on_failure=self.metrics.announce_failures.inc
+            self.dht,
+            self.identity,
+            self.model_record,
+            self.record,
+            cfg.announce_period,
+            on_failure=self.metrics.announce_failures.inc,
         )
         await self.announcer.announce(NodeState.JOINING)  # claim the span before the slow part
 
@@ -200,6 +205,7 @@ class Node:
         self.gossip = SwimGossip(
             self.p2p,
             self.dht,
+            self.identity,
             model_id,
             spec.num_blocks,
             self.incarnation,
