@@ -123,6 +123,10 @@ def cmd_join(args: argparse.Namespace) -> int:
             "suspicion_timeout",
             "metrics_port",
             "metrics_host",
+            "max_sessions_per_peer",
+            "max_cache_share_per_peer",
+            "session_idle_timeout",
+            "max_requests_per_peer_s",
         )
     }
     overrides["identity_path"] = args.identity
@@ -131,7 +135,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         raise SwarmNodeError("--model is required (a checkpoint folder or a hub name)")
 
     async def start():
-        node = Node(config, step_delay_s=args.debug_step_delay_ms / 1000)
+        node = Node(config, step_delay_s=args.debug_step_delay_ms / 1000, corrupt_output=args.debug_corrupt_output)
         await node.__aenter__()
         return node
 
@@ -311,12 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suspicion-timeout", type=float, default=None, help="seconds SUSPECT before DEAD (default 1.5)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (default 9156; 0 = off)")
     p.add_argument("--metrics-host", default=None, help="address the metrics endpoint binds (default 0.0.0.0)")
+    p.add_argument("--max-sessions-per-peer", type=int, default=None, help="sessions one peer may hold (default 64)")
+    p.add_argument("--max-cache-share-per-peer", type=float, default=None,
+                   help="fraction of the KV budget one peer may hold (default 0.5)")  # fmt: skip
+    p.add_argument("--session-idle-timeout", type=float, default=None,
+                   help="seconds a session may sit idle before it is closed (default 300)")  # fmt: skip
+    p.add_argument("--max-requests-per-peer-s", type=float, default=None,
+                   help="session opens and unary RPCs per second per peer (default 200)")  # fmt: skip
     p.add_argument("--config", default=None, help="TOML file with a [node] table")
     p.add_argument(
         "--debug-step-delay-ms",
         type=float,
         default=0.0,
         help="TESTING AID: sleep this long in every step (simulates a slow node); off by default",
+    )
+    p.add_argument(
+        "--debug-corrupt-output",
+        choices=("nan", "noise", "shape"),
+        default="",
+        help="TESTING AID: return corrupted hidden states (simulates a broken or hostile node); off by default",
     )
     p.set_defaults(func=cmd_join)
 

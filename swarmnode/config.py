@@ -62,8 +62,17 @@ class NodeConfig:
     suspicion_timeout: float = 1.5  # seconds a member stays SUSPECT before it is declared DEAD
     metrics_port: int = 9156  # /metrics, /healthz, /readyz; 0 = off; taken (several nodes on a host): another one
     metrics_host: str = "0.0.0.0"
+    # What one peer (one authenticated peer id) may hold on this node: strangers share it.
+    max_sessions_per_peer: int = 64
+    max_cache_share_per_peer: float = 0.5  # of the KV budget
+    session_idle_timeout: float = 300.0  # seconds a session may wait for its next step before it is closed
+    max_requests_per_peer_s: float = 200.0  # session opens and unary RPCs per second per peer
 
     def __post_init__(self) -> None:
+        if self.max_sessions_per_peer < 1 or not 0 < self.max_cache_share_per_peer <= 1:
+            raise ConfigError("max_sessions_per_peer must be >= 1 and max_cache_share_per_peer in (0, 1]")
+        if self.session_idle_timeout <= 0 or self.max_requests_per_peer_s <= 0:
+            raise ConfigError("session_idle_timeout and max_requests_per_peer_s must be positive")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError(f"metrics_port must be in 0..65535 (0 = off), got {self.metrics_port}")
         if self.announce_period <= 0:

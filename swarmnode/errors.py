@@ -15,6 +15,8 @@ caller can catch one class and still tell the cases apart::
         ├── InvalidRequest          the request was malformed (shape, dtype, bytes, range)
         ├── UnknownSession          the node holds no such session
         ├── CacheExhausted          the node's KV-cache budget cannot fit the session
+        │   └── PeerLimitExceeded   this peer already holds its share of the node (sessions, cache)
+        ├── NodeBusy                this peer sends the node more requests than it accepts: retry later
         ├── NodeUnavailable         the node is draining/offline, or did not answer
         ├── NodeInternalError       the node failed while computing
         └── ModelMismatch           the node's checkpoint differs from the client's (config hashes)
@@ -96,6 +98,16 @@ class CacheExhausted(RemoteError):
     code = "cache_exhausted"
 
 
+class PeerLimitExceeded(CacheExhausted):
+    """This peer already holds its share of the node (sessions or KV cache); same wire code."""
+
+
+class NodeBusy(RemoteError):
+    """The node refuses this peer's request for now (a per-peer rate limit); retryable."""
+
+    code = "node_busy"
+
+
 class NodeUnavailable(RemoteError):
     """The node is draining or offline, or did not answer in time."""
 
@@ -121,7 +133,15 @@ class ModelMismatch(RemoteError):
 
 _REMOTE_ERRORS = {
     cls.code: cls
-    for cls in (InvalidRequest, UnknownSession, CacheExhausted, NodeUnavailable, NodeInternalError, ModelMismatch)
+    for cls in (
+        InvalidRequest,
+        UnknownSession,
+        CacheExhausted,
+        NodeBusy,
+        NodeUnavailable,
+        NodeInternalError,
+        ModelMismatch,
+    )
 }
 ERROR_CODES: tuple[str, ...] = tuple(sorted(_REMOTE_ERRORS))  # every code a node may answer with
 

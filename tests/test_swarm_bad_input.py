@@ -1,6 +1,8 @@
 """Every malformed request gets a clear error reply, and the node keeps serving."""
 
 import asyncio
+import time
+import urllib.request
 import uuid
 
 import pytest
@@ -8,7 +10,7 @@ import torch
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
-from swarmnode.errors import InvalidRequest, UnknownSession
+from swarmnode.errors import CacheExhausted, InvalidRequest, UnknownSession
 from swarmnode.net.protocol import INFERENCE_HANDLE, make_request, pack_meta, read_response, tensor_to_proto
 from swarmnode.net.stream import NodeStream
 
@@ -136,3 +138,67 @@ def test_raw_garbage_bytes_on_the_wire_do_not_break_the_node(llama_swarm, llama_
     out = llama_client.generate(prompt, max_new_tokens=8)
     assert torch.equal(out, llama_reference.generate(prompt, max_new_tokens=8, do_sample=False))
     assert all(p.alive() for p in llama_swarm.processes)
+
+
+def test_a_frame_declaring_a_huge_length_is_refused_before_it_is_read(llama_swarm, llama_client, llama_reference):
+    """A frame header announcing 2**40 bytes: the node closes that stream at once (it does not
+    try to buffer it) and serves everyone else."""
+    peer = first_node(llama_swarm).info["peer_id"]
+    connection = llama_client.connection
+
+    async def send_huge_header() -> bytes:
+        _, reader, writer = await connection.p2p.call_binary_stream_handler(PeerID.from_base58(peer), INFERENCE_HANDLE)
+        writer.write(P2P.MESSAGE_MARKER + (1 << 40).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER) + b"\0" * 1024)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=10)  # EOF: the node closed the stream
+        writer.close()
+        return answer
+
+    assert connection.run(send_huge_header(), timeout=30) == b""
+    prompt = torch.tensor([[4, 3, 2, 1]])
+    out = llama_client.generate(prompt, max_new_tokens=8)
+    assert torch.equal(out, llama_reference.generate(prompt, max_new_tokens=8, do_sample=False))
+    assert all(p.alive() for p in llama_swarm.processes)
+
+
+def test_one_peer_cannot_hold_more_than_its_share(tmp_path, llama_path):
+    """A node that lets each peer hold 2 sessions: the third from the same peer is refused
+    (peer_limit), another peer still gets in, and closing frees the share."""
+    from swarmnode.client.swarm import SwarmConnection
+    from swarmnode.config import ClientConfig
+    from swarmnode.launcher import LocalSwarm
+
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        node = swarm.start_node(llama_path, "0:3", "--max-sessions-per-peer", "2")
+        peer = node.info["peer_id"]
+        greedy, other = (SwarmConnection(ClientConfig(initial_peers=tuple(swarm.initial_peers))) for _ in range(2))
+        try:
+
+            async def hold(count: int):
+                streams, answers = [], []
+                for _ in range(count):
+                    stream = await NodeStream.open(greedy.p2p, peer)
+                    await stream.send(step(opening(), torch.zeros(1, 1, HIDDEN)))
+                    try:
+                        answers.append(read_response(await asyncio.wait_for(stream.recv(), 30), peer))
+                    except Exception as e:  # noqa: BLE001 - the refusal is what we look for
+                        answers.append(e)
+                    streams.append(stream)
+                return streams, answers
+
+            streams, answers = greedy.run(hold(3), timeout=60)
+            assert isinstance(answers[0], tuple) and isinstance(answers[1], tuple)
+            assert isinstance(answers[2], CacheExhausted) and "already holds 2 sessions" in str(answers[2])
+            assert isinstance(other.run(exchange(other, peer, [step(opening(), torch.zeros(1, 1, HIDDEN))]))[0],
+                              tuple)  # fmt: skip
+            for stream in streams:
+                greedy.run(stream.close())
+            time.sleep(0.5)  # the node notices the closed streams
+            assert isinstance(greedy.run(exchange(greedy, peer, [step(opening(), torch.zeros(1, 1, HIDDEN))]))[0],
+                              tuple)  # fmt: skip
+            metrics = urllib.request.urlopen(f"http://{node.info['metrics']}/metrics", timeout=5).read().decode()
+            assert 'swarmnode_sessions_refused_total{reason="peer_limit"} 1.0' in metrics
+        finally:
+            greedy.close()
+            other.close()

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 import torch
 
 from swarmnode.client.generation import load_generation_config, plan_generation, prompt_positions
-from swarmnode.client.session import InferenceSession
+from swarmnode.client.session import InferenceSession, StepInput, hop_output
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
 from swarmnode.errors import ModelMismatch, NoServersForBlocks, SessionError
 from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spec
 from swarmnode.net.dht import store_records
-from swarmnode.net.protocol import make_request, read_response
+from swarmnode.net.protocol import make_request
 from swarmnode.records import model_id_from_name, observations_key, validate_model_id
 from swarmnode.routing import Bans, Hop, make_router
 
@@ -113,7 +113,7 @@ class RemoteBlocks:
             stub = self.connection.stub(hop.peer_id)
             try:
                 response = await stub.rpc_forward(request, timeout=self.config.request_timeout)
-                _, (hidden,) = read_response(response, hop.peer_id)
+                _, hidden = hop_output(response, hop.peer_id, StepInput(hidden))
             except Exception as e:
                 self.router.report_failure(hop, e)
                 raise

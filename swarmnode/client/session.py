@@ -69,6 +69,23 @@ class StepInput:
         return StepInput(self.hidden[:, :tokens], cut(self.mask), cut(self.positions))
 
 
+def hop_output(response, peer_id: str, sent: StepInput) -> tuple[dict, torch.Tensor]:
+    """A hop's answer, checked before anyone uses it: exactly one tensor, of the shape that was
+    sent, a float dtype, all finite. Anything else is that node's failure (RemoteError), so the
+    session fails over instead of passing garbage to the next node."""
+    meta, tensors = read_response(response, peer_id)
+    if len(tensors) != 1:
+        raise RemoteError(f"node returned {len(tensors)} tensors instead of 1", peer_id)
+    (out,) = tensors
+    if out.shape != sent.hidden.shape:
+        raise RemoteError(f"node returned shape {tuple(out.shape)} for {tuple(sent.hidden.shape)}", peer_id)
+    if out.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise RemoteError(f"node returned dtype {out.dtype}", peer_id)
+    if not torch.isfinite(out).all():
+        raise RemoteError("node returned NaN or infinite hidden states", peer_id)
+    return meta, out
+
+
 @dataclass
 class _HopState:
     """One open hop of the chain."""
@@ -136,6 +153,7 @@ class InferenceSession:
         self._hops: list[_HopState] = []
         self._closed = False
         self._step = 0
+        self._refused_by: set[str | None] = set()  # nodes that answered invalid_request
         self._streams_opened = 0
         self._released = False  # our hold on the chain's nodes was given back to the router
         self.tracing = False  # record a StepTrace per step (scripts/bench_token_budget.py)
@@ -249,8 +267,7 @@ class InferenceSession:
             try:
                 out = await self._run_hop(state, step)
             except (NodeUnavailable, RemoteError) as error:
-                if isinstance(error, InvalidRequest):
-                    raise  # our own request was wrong: another node would say the same
+                self._check_refusal(error)
                 await self._replace(index, error)
                 continue  # run this step on the replacement
             step = step.with_hidden(out)
@@ -295,7 +312,7 @@ class InferenceSession:
         except TimeoutError:
             raise NodeUnavailable("the node did not answer within the step timeout", state.hop.peer_id) from None
         received = time.perf_counter()
-        meta, (out,) = read_response(response, state.hop.peer_id)
+        meta, out = hop_output(response, state.hop.peer_id, step)
         elapsed = time.perf_counter() - began
         state.history.append(step)
         state.cache_len_before = int(meta.get("cache_len_before", -1))
@@ -338,8 +355,7 @@ class InferenceSession:
                 replacement = await self._replay_chain(chain, failed.history)
                 break
             except (NodeUnavailable, RemoteError) as e:
-                if isinstance(e, InvalidRequest):
-                    raise
+                self._check_refusal(e)
                 exclude.add(e.peer_id)
                 self._on_hop_failure(next(h for h in chain if h.peer_id == e.peer_id), e)
         self._hops[index : index + 1] = replacement
@@ -384,13 +400,21 @@ class InferenceSession:
             outputs = []
             for chunk in inputs:
                 async with asyncio.timeout(self.remote.config.request_timeout):
-                    meta, (out,) = read_response(await state.stream.recv(), state.hop.peer_id)
+                    meta, out = hop_output(await state.stream.recv(), state.hop.peer_id, chunk)
                 outputs.append(chunk.with_hidden(out))
             return outputs
 
         _, outputs = await asyncio.gather(send_all(), receive_all())
         state.history = list(inputs)
         return outputs
+
+    def _check_refusal(self, error: BaseException) -> None:
+        """A node that calls our request invalid may be right (then every node says so) or may
+        be hostile: the session tries another node, and gives up once two nodes refused."""
+        if isinstance(error, InvalidRequest):
+            self._refused_by.add(error.peer_id)
+            if len(self._refused_by) >= 2:
+                raise error
 
     def _on_hop_failure(self, hop: Hop, error: BaseException) -> None:
         """Every hop failure passes here, so the router bans and learns."""

@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.p2p import P2P, P2PContext, ServicerBase
 from hivemind.proto import runtime_pb2
+from hivemind.proto.p2pd_pb2 import RPCError
 
 from swarmnode.errors import InvalidRequest, RemoteError, remote_error_from_code
 
@@ -81,17 +82,41 @@ class GossipService(ServicerBase):
 INFERENCE_HANDLE = "SwarmNodeService.rpc_inference"
 
 
-async def read_requests(reader) -> AsyncIterator[runtime_pb2.ExpertRequest]:
-    """Requests from a raw inference stream until the client ends it (or it breaks)."""
+MAX_RESPONSE_BYTES = 1 << 30  # what a client reads from a node at most: a sanity bound, not a budget
+
+
+async def receive_message(reader, message_type: type, limit: int):
+    """Read one framed protobuf message (hivemind's stream framing) of at most ``limit`` bytes.
+
+    The length is checked before any of the message is read, so a peer cannot make us buffer
+    a frame of any size it declares. Returns ``(message, None)``, or ``(None, RPCError)`` for an
+    error frame; raises InvalidRequest for an oversized or unknown frame (the stream cannot be
+    trusted past it), IncompleteReadError when the stream ends."""
+    marker = await reader.readexactly(1)
+    length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
+    if length > limit:
+        raise InvalidRequest(f"a message of {length} bytes exceeds this stream's limit of {limit} bytes")
+    if marker not in (P2P.MESSAGE_MARKER, P2P.ERROR_MARKER):
+        raise InvalidRequest(f"unknown frame marker {marker!r}")
+    data = await reader.readexactly(length)
+    try:
+        if marker == P2P.MESSAGE_MARKER:
+            return message_type.FromString(data), None
+        return None, RPCError.FromString(data)
+    except DecodeError as e:
+        raise InvalidRequest(f"undecodable message on the stream: {e}") from e
+
+
+async def read_requests(reader, limit: int) -> AsyncIterator[runtime_pb2.ExpertRequest]:
+    """Requests from a raw inference stream (each at most ``limit`` bytes) until the client
+    ends it (or it breaks)."""
     while True:
         try:
-            request, _ = await P2P.receive_protobuf(runtime_pb2.ExpertRequest, reader)
+            request, _ = await receive_message(reader, runtime_pb2.ExpertRequest, limit)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             return  # the client went away
-        except (TypeError, DecodeError) as e:
-            raise InvalidRequest(f"undecodable message on the stream: {e}") from e
         if request is None:
-            return  # END_OF_STREAM
+            return  # END_OF_STREAM (an empty error frame)
         yield request
 
 

@@ -13,8 +13,8 @@ import asyncio
 from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
-from swarmnode.errors import NodeUnavailable, RemoteError
-from swarmnode.net.protocol import INFERENCE_HANDLE
+from swarmnode.errors import InvalidRequest, NodeUnavailable, RemoteError
+from swarmnode.net.protocol import INFERENCE_HANDLE, MAX_RESPONSE_BYTES, receive_message
 
 
 class NodeStream:
@@ -44,10 +44,13 @@ class NodeStream:
 
     async def recv(self) -> runtime_pb2.ExpertResponse:
         try:
-            response, error = await P2P.receive_protobuf(runtime_pb2.ExpertResponse, self._reader)
+            response, error = await receive_message(self._reader, runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES)
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
             self.closed = True
             raise NodeUnavailable("the node closed the stream", self.peer_id) from e
+        except InvalidRequest as e:  # an oversized or garbled frame: nothing after it can be trusted
+            self.closed = True
+            raise RemoteError(f"the node sent a bad frame: {e}", self.peer_id) from e
         if error is not None:
             self.closed = True
             raise RemoteError(f"the node's RPC layer failed: {error.message}", self.peer_id)

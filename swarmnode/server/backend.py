@@ -22,17 +22,42 @@ INLINE_TOKENS = 4  # steps this small run on the event loop (see run)
 INLINE_BUDGET_S = 0.15  # longer steps leave the loop: well under gossip's 0.4 s ping timeout
 
 
+CORRUPTIONS = ("", "nan", "noise", "shape")
+
+
+def corrupt(out: torch.Tensor, how: str) -> torch.Tensor:
+    """TESTING AID only (``swarmnode join --debug-corrupt-output``): what a broken or hostile node
+    might return — NaNs, small noise (plausible but wrong), or the wrong shape."""
+    if how == "nan":
+        out = out.clone()
+        out[..., 0] = float("nan")
+    elif how == "noise":
+        out = out + 1e-2 * out.std() * torch.randn_like(out)
+    elif how == "shape":
+        out = out[..., :-1]
+    return out
+
+
 class BlockBackend:
     """Blocks [start, end) of one model, with validation and a dedicated compute thread."""
 
     def __init__(
-        self, spec: ModelSpec, loaded: LoadedBlocks, device: str, dtype: torch.dtype, step_delay_s: float = 0.0
+        self,
+        spec: ModelSpec,
+        loaded: LoadedBlocks,
+        device: str,
+        dtype: torch.dtype,
+        step_delay_s: float = 0.0,
+        corrupt_output: str = "",
     ):
         self.spec, self.loaded = spec, loaded
         self.start, self.end = loaded.start, loaded.end
         self.device, self.dtype = torch.device(device), dtype
         self.hidden_size = spec.hidden_size
         self.step_delay_s = step_delay_s
+        if corrupt_output not in CORRUPTIONS:
+            raise ValueError(f"corrupt_output must be one of {sorted(CORRUPTIONS)}")
+        self.corrupt_output = corrupt_output  # TESTING AID (--debug-corrupt-output): a dishonest node
         self.prefill_rps = 0.0  # tokens/s per block for prompts, once profiled (0: unknown, never inline)
         # Each block's attention window (None: full), so a step builds one mask per distinct window.
         self.window_of = {i: spec.family.layer_window(spec.config, i) for i in range(self.start, self.end)}
@@ -154,6 +179,8 @@ class BlockBackend:
         if cache is not None:
             cache.commit(hidden.shape[1])
         out = hidden.to("cpu", out_dtype)
+        if self.corrupt_output:
+            out = corrupt(out, self.corrupt_output)
         if timing is not None:
             timing.update(started=started, finished=time.perf_counter())
         return out

@@ -132,6 +132,11 @@ class CacheManager:
             self._sessions[session_id] = session
         return session
 
+    def reserved(self, session_id: str) -> int:
+        """Block-tokens reserved by an open session (0 if it is not open)."""
+        session = self._sessions.get(session_id)
+        return session.cost if session is not None else 0
+
     def get(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
         if session is None:

@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from hivemind.p2p import P2P, P2PContext
 from hivemind.proto import runtime_pb2
@@ -17,12 +18,16 @@ from hivemind.proto import runtime_pb2
 from swarmnode.errors import (
     InvalidRequest,
     ModelMismatch,
+    NodeBusy,
     NodeInternalError,
     NodeUnavailable,
+    PeerLimitExceeded,
     RemoteError,
     UnknownSession,
 )
+from swarmnode.membership.ratelimit import RateLimiter
 from swarmnode.net.protocol import (
+    MAX_METADATA_BYTES,
     PROTOCOL_VERSION,
     error_response,
     make_response,
@@ -38,6 +43,15 @@ from swarmnode.server.metrics import NodeMetrics
 
 logger = logging.getLogger(__name__)
 MAX_FORWARD_TOKENS = 8192
+
+
+@dataclass(frozen=True)
+class PeerLimits:
+    """What one peer (an authenticated peer id) may hold on this node."""
+
+    max_sessions: int = 64
+    max_cache_share: float = 0.5  # of the KV budget, in block-tokens
+    max_requests_per_s: float = 200.0  # session opens and unary RPCs
 
 
 def _int_field(meta: dict, name: str, default: int | None = None) -> int:
@@ -59,7 +73,11 @@ class NodeHandler:
         session_idle_timeout: float = 600.0,
         config_hash: str = "",
         metrics: NodeMetrics | None = None,
+        limits: PeerLimits = PeerLimits(),
     ):
+        self.limits = limits
+        self.rate = RateLimiter(limits.max_requests_per_s, burst=max(1.0, limits.max_requests_per_s))
+        self._held: dict[str, set[str]] = {}  # peer id → its open session ids
         self.config_hash = config_hash  # of the checkpoint this node serves
         self.metrics = metrics or NodeMetrics(lambda: {})  # a private registry when none is given
         self.backend, self.caches = backend, caches
@@ -69,12 +87,19 @@ class NodeHandler:
         self.sessions_done.set()
         self._streams = 0
         self.busy = BusyMeter()  # reported with every step and in the node's record
+        # The largest request frame read at all: MAX_FORWARD_TOKENS fp32 hidden states (batch × tokens in
+        # all) plus metadata. Checked before a byte of the message is read.
+        self.frame_limit = (4 * backend.hidden_size + 16) * MAX_FORWARD_TOKENS + MAX_METADATA_BYTES + (1 << 16)
 
     async def rpc_info(self, request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertResponse:
+        if not self.rate.allow(str(context.remote_id)):
+            return self._error(NodeBusy("too many requests from this peer: slow down"))
         return make_response(self.info_fn())
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
+            if not self.rate.allow(str(context.remote_id)):
+                raise NodeBusy("too many requests from this peer: slow down")
             meta = unpack_meta(request.metadata)
             self._check_model(meta)
             start, end = self._span(meta)
@@ -91,7 +116,8 @@ class NodeHandler:
     async def handle_inference_stream(self, stream_info, reader, writer) -> None:
         """Serve one raw rpc_inference stream (see swarmnode.net.protocol.INFERENCE_HANDLE)."""
         try:
-            async for response in self.rpc_inference(read_requests(reader), None):
+            requests = read_requests(reader, self.frame_limit)
+            async for response in self.rpc_inference(requests, None, peer=str(stream_info.peer_id)):
                 await P2P.send_protobuf(response, writer)
         except (ConnectionError, OSError, RemoteError) as e:
             logger.debug("inference stream ended: %s", e)
@@ -99,8 +125,9 @@ class NodeHandler:
             writer.close()
 
     async def rpc_inference(
-        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext | None
+        self, requests: AsyncIterator[runtime_pb2.ExpertRequest], context: P2PContext | None, peer: str = ""
     ) -> AsyncIterator[runtime_pb2.ExpertResponse]:
+        peer = str(context.remote_id) if context is not None else peer
         session: Session | None = None
         self._streams += 1
         self.sessions_done.clear()
@@ -116,7 +143,7 @@ class NodeHandler:
                     meta = unpack_meta(request.metadata)
                     hidden, mask, positions = step_tensors(request.tensors)
                     if session is None:
-                        session = self._open_session(meta, hidden)
+                        session = self._open_session(meta, hidden, peer)
                     yield await self._step(session, meta, hidden, mask, positions, received)
                 except RemoteError as e:
                     if session is None:
@@ -127,9 +154,31 @@ class NodeHandler:
         finally:
             if session is not None:
                 self.caches.close(session.session_id)
+                self._release(peer, session.session_id)
             self._streams -= 1
             if self._streams == 0:
                 self.sessions_done.set()
+
+    def _check_share(self, peer: str, cost: int) -> None:
+        """One peer may not hold more than its share: strangers share this node."""
+        held = self._held.get(peer, set())
+        if len(held) >= self.limits.max_sessions:
+            raise PeerLimitExceeded(
+                f"this peer already holds {len(held)} sessions here (limit {self.limits.max_sessions})"
+            )
+        reserved = sum(self.caches.reserved(sid) for sid in held)
+        share = int(self.limits.max_cache_share * self.caches.budget)
+        if reserved + cost > share:
+            raise PeerLimitExceeded(
+                f"this peer would hold {reserved + cost} block-tokens of KV cache here, above its share of {share}"
+            )
+
+    def _release(self, peer: str, session_id: str) -> None:
+        held = self._held.get(peer)
+        if held is not None:
+            held.discard(session_id)
+            if not held:
+                del self._held[peer]
 
     def _span(self, meta: dict) -> tuple[int, int]:
         start = _int_field(meta, "start", self.backend.start)
@@ -144,7 +193,9 @@ class NodeHandler:
                 f"checkpoints differ: this node serves config hash {self.config_hash}, the client has {theirs!r}"
             )
 
-    def _open_session(self, meta: dict, hidden) -> Session:
+    def _open_session(self, meta: dict, hidden, peer: str) -> Session:
+        if not self.rate.allow(peer):
+            raise NodeBusy("too many session opens from this peer: slow down")
         if self.state_fn() != NodeState.ONLINE:
             raise NodeUnavailable(f"node is {self.state_fn().name}: not accepting new sessions")
         self._check_model(meta)
@@ -159,7 +210,9 @@ class NodeHandler:
             # A stream that starts past position 0 claims a session this node should already hold.
             raise UnknownSession(f"no session {session_id!r} on this node: open it from position 0")
         self.backend.check_hidden(hidden, max_length)
+        self._check_share(peer, hidden.shape[0] * max_length * (end - start))
         session = self.caches.open(session_id, start, end, hidden.shape[0], max_length)
+        self._held.setdefault(peer, set()).add(session_id)
         self.metrics.sessions_opened.inc()
         logger.debug("opened session %s for blocks %d:%d, max_length %d", session_id, start, end, max_length)
         return session
@@ -227,7 +280,10 @@ class NodeHandler:
 
 def _refusal_reason(error: RemoteError) -> str:
     """A bounded label for why a session was not admitted."""
+    if isinstance(error, PeerLimitExceeded):
+        return "peer_limit"
     return {
+        "node_busy": "rate_limited",
         "cache_exhausted": "cache_exhausted",
         "node_unavailable": "not_online",
         "model_mismatch": "model_mismatch",

@@ -31,7 +31,7 @@ from swarmnode.server.backend import BlockBackend
 from swarmnode.server.block_selection import blocks_for_memory, choose_span, parse_blocks, served_throughput
 from swarmnode.server.cache import CacheManager
 from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf16_speedup
-from swarmnode.server.handler import NodeHandler, node_info
+from swarmnode.server.handler import NodeHandler, PeerLimits, node_info
 from swarmnode.server.metrics import MetricsServer, NodeMetrics, start_metrics_server
 from swarmnode.server.progress import LoadProgress
 
@@ -65,8 +65,13 @@ class Node:
     """One node of the swarm (see module docstring)."""
 
     def __init__(
-        self, config: NodeConfig, step_delay_s: float = 0.0, load_progress: Callable[[int, int], None] | None = None
+        self,
+        config: NodeConfig,
+        step_delay_s: float = 0.0,
+        load_progress: Callable[[int, int], None] | None = None,
+        corrupt_output: str = "",
     ):
+        self.corrupt_output = corrupt_output  # TESTING AID: see server/backend.py: corrupt
         self.config = config
         self.load_progress = load_progress if load_progress is not None else LoadProgress()
         self.step_delay_s = step_delay_s
@@ -175,7 +180,7 @@ class Node:
 
         loaded = load_blocks(spec, self.start, self.end, cfg.device, self.dtype, on_block=self.load_progress)
         self.loaded_parameters = loaded.loaded_parameters
-        self.backend = BlockBackend(spec, loaded, cfg.device, self.dtype, self.step_delay_s)
+        self.backend = BlockBackend(spec, loaded, cfg.device, self.dtype, self.step_delay_s, self.corrupt_output)
         self.caches = CacheManager(
             cache_tokens * (self.end - self.start), cfg.max_session_length, kv_heads, head_dim, self.dtype, cfg.device
         )
@@ -195,6 +200,8 @@ class Node:
             lambda: self.state,
             config_hash=self.model_record.config_hash,
             metrics=self.metrics,
+            session_idle_timeout=cfg.session_idle_timeout,
+            limits=PeerLimits(cfg.max_sessions_per_peer, cfg.max_cache_share_per_peer, cfg.max_requests_per_peer_s),
         )
         await SwarmNodeService().add_p2p_handlers(self.p2p, wrapper=self.handler)
         await self.p2p.add_binary_stream_handler(INFERENCE_HANDLE, self.handler.handle_inference_stream)
