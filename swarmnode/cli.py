@@ -73,10 +73,12 @@ async def _serve_until_signal(
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from swarmnode.net.dht import full_maddrs, start_dht
     from swarmnode.net.lifeline import start_lifeline, stop_lifeline
+    from swarmnode.net.swarmkey import load_swarm_key
 
     async def start():
         dht, _identity = start_dht(
             args.initial_peers,
+            swarm_key=load_swarm_key(args.swarm_key),
             host_maddrs=args.host_maddrs,
             announce_maddrs=args.announce_maddrs,
             identity_path=args.identity,
@@ -130,6 +132,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         )
     }
     overrides["identity_path"] = args.identity
+    overrides["swarm_key_path"] = args.swarm_key
     config = load_config(NodeConfig, overrides, config_file=args.config)
     if not config.model:
         raise SwarmNodeError("--model is required (a checkpoint folder or a hub name)")
@@ -153,7 +156,7 @@ def cmd_join(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from swarmnode.client.status import format_status, swarm_status
 
-    report = swarm_status(args.initial_peers, model_id=args.model)
+    report = swarm_status(args.initial_peers, model_id=args.model, swarm_key_path=args.swarm_key or "")
     _say(json.dumps(report, indent=2) if args.json else format_status(report))
     return 0
 
@@ -171,6 +174,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             write_targets=args.write_targets,
             model_id=args.model,
             retention_s=args.forget_after,
+            swarm_key_path=args.swarm_key or "",
         )
 
     async def stop(monitor):
@@ -205,6 +209,8 @@ def _open_model(args: argparse.Namespace, **client_options):
     from swarmnode.models import load_model_spec, load_tokenizer
 
     tokenizer = load_tokenizer(load_model_spec(args.model))
+    if args.swarm_key:
+        client_options["swarm_key_path"] = args.swarm_key
     model = DistributedModelForCausalLM.from_pretrained(
         args.model, initial_peers=args.initial_peers, model_id=args.model_id, **client_options
     )
@@ -279,7 +285,20 @@ def _client_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model-id", default=None)
     p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: the model's own setting)")
+    _swarm_key_argument(p)
     p.add_argument("--top-p", type=float, default=None)
+
+
+def _swarm_key_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--swarm-key", default=None, help="a private swarm's key file (swarmnode keygen); default: public")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from swarmnode.net.swarmkey import generate_key_file
+
+    path = generate_key_file(args.path)
+    _say(f"wrote a new swarm key to {path}: give it (and --swarm-key {path}) to every member")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--announce-maddrs", nargs="*", default=[])
     p.add_argument("--initial-peers", nargs="*", default=[], help="other bootstrap peers, if any")
     p.add_argument("--identity", default="", help="private key file; created if missing (stable peer id)")
+    _swarm_key_argument(p)
     p.set_defaults(func=cmd_bootstrap)
 
     p = sub.add_parser("join", help="serve a span of a model's blocks")
@@ -300,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blocks", default=None, help="auto (default), a count N, or START:END")
     p.add_argument("--model-id", default=None, help="DHT name of the model (default: from --model)")
     p.add_argument("--identity", default=None, help="private key file; created if missing")
+    _swarm_key_argument(p)
     p.add_argument("--host-maddrs", nargs="+", default=None)
     p.add_argument("--announce-maddrs", nargs="*", default=None)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
@@ -341,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--initial-peers", nargs="+", required=True)
     p.add_argument("--model", default=None, help="model id (default: every model in the swarm)")
     p.add_argument("--json", action="store_true")
+    _swarm_key_argument(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("monitor", help="export swarm health to Prometheus and serve a health page (read-only)")
@@ -352,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="watch only this model id (default: every model)")
     p.add_argument("--forget-after", type=float, default=600.0,
                    help="seconds a node whose record expired stays listed as DEAD (default 600)")  # fmt: skip
+    _swarm_key_argument(p)
     p.set_defaults(func=cmd_monitor)
 
     p = sub.add_parser("generate", help="generate text through the swarm, streamed to the terminal")
@@ -381,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", help="a new folder")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("keygen", help="write a new swarm key for a private swarm (never overwrites)")
+    p.add_argument("path", help="the key file to create")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("demo", help="start a local swarm, generate through it, compare with local generation")
     p.add_argument(

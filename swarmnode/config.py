@@ -47,6 +47,7 @@ class NodeConfig:
     blocks: str = "auto"  # auto | N | START:END
     model_id: str = ""  # DHT id of the model; derived from `model` when empty
     identity_path: str = ""
+    swarm_key_path: str = ""  # a private swarm's key file (swarmnode keygen); empty = a public swarm
     host_maddrs: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
     announce_maddrs: tuple[str, ...] = ()
     device: str = "cpu"
@@ -124,6 +125,7 @@ class ClientConfig:
     swarm_refresh_period: float = 2.0  # seconds between re-reads of the DHT records
     dtype: str = "float32"
     identity_path: str = ""
+    swarm_key_path: str = ""  # a private swarm's key file (swarmnode keygen); empty = a public swarm
 
     def __post_init__(self) -> None:
         if self.wait_for_servers < 0:

@@ -17,6 +17,7 @@ caller can catch one class and still tell the cases apart::
         ├── CacheExhausted          the node's KV-cache budget cannot fit the session
         │   └── PeerLimitExceeded   this peer already holds its share of the node (sessions, cache)
         ├── NodeBusy                this peer sends the node more requests than it accepts: retry later
+        ├── Unauthorized            a private swarm's node refused a caller without the swarm key
         ├── NodeUnavailable         the node is draining/offline, or did not answer
         ├── NodeInternalError       the node failed while computing
         └── ModelMismatch           the node's checkpoint differs from the client's (config hashes)
@@ -108,6 +109,12 @@ class NodeBusy(RemoteError):
     code = "node_busy"
 
 
+class Unauthorized(RemoteError):
+    """The node serves a private swarm and the caller did not prove it holds the swarm key."""
+
+    code = "unauthorized"
+
+
 class NodeUnavailable(RemoteError):
     """The node is draining or offline, or did not answer in time."""
 
@@ -138,6 +145,7 @@ _REMOTE_ERRORS = {
         UnknownSession,
         CacheExhausted,
         NodeBusy,
+        Unauthorized,
         NodeUnavailable,
         NodeInternalError,
         ModelMismatch,

@@ -154,8 +154,8 @@ class LocalSwarm:
         self.processes.append(proc)
         return proc
 
-    def start_bootstrap(self, identity: str | None = None, timeout: float = 60) -> str:
-        args = ["bootstrap", "--host-maddrs", LOOPBACK]
+    def start_bootstrap(self, identity: str | None = None, timeout: float = 60, extra: tuple[str, ...] = ()) -> str:
+        args = ["bootstrap", "--host-maddrs", LOOPBACK, *extra]
         if identity:
             args += ["--identity", identity]
         proc = self._spawn("bootstrap", args)

@@ -59,11 +59,11 @@ def llama_swarm(tmp_path_factory, llama_path):
     swarm.close()
 
 
-def swarm_client(swarm: LocalSwarm, model_path: str):
+def swarm_client(swarm: LocalSwarm, model_path: str, **options):
     """A client of ``swarm`` for ``model_path`` (a context manager that closes it)."""
     from swarmnode import DistributedModelForCausalLM
 
-    return DistributedModelForCausalLM.from_pretrained(model_path, initial_peers=swarm.initial_peers)
+    return DistributedModelForCausalLM.from_pretrained(model_path, initial_peers=swarm.initial_peers, **options)
 
 
 @pytest.fixture(scope="session")

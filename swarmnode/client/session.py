@@ -291,6 +291,9 @@ class InferenceSession:
         meta = {"session_id": state.stream_id, "step": self._step, "position": position}
         if position == 0:
             meta.update(start=state.hop.start, end=state.hop.end, max_length=self.max_length)
+            token = self.remote.connection.identity.call_token()
+            if token is not None:
+                meta["auth"] = token  # a private swarm: prove we hold its key
             if self.config_hash:
                 meta["config_hash"] = self.config_hash
         return make_request(meta, step.tensors())

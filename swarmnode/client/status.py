@@ -55,9 +55,10 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
     }
 
 
-def swarm_status(initial_peers: list[str], model_id: str | None = None) -> dict:
+def swarm_status(initial_peers: list[str], model_id: str | None = None, swarm_key_path: str = "") -> dict:
     """Read the swarm's model and node records into a JSON-friendly report."""
-    connection = SwarmConnection(load_config(ClientConfig, {"initial_peers": tuple(initial_peers)}))
+    overrides = {"initial_peers": tuple(initial_peers), "swarm_key_path": swarm_key_path or None}
+    connection = SwarmConnection(load_config(ClientConfig, overrides))
     try:
         models = connection.run(connection.models(), timeout=60)
         wanted = [model_id] if model_id else sorted(models)

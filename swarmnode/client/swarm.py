@@ -18,6 +18,7 @@ from swarmnode.errors import ConfigError, SwarmUnavailable
 from swarmnode.net.dht import fetch_models, fetch_snapshot, start_dht
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 from swarmnode.net.protocol import SwarmNodeService
+from swarmnode.net.swarmkey import load_swarm_key
 from swarmnode.records import ModelRecord, SwarmSnapshot
 
 T = TypeVar("T")
@@ -43,6 +44,7 @@ class SwarmConnection:
                 host_maddrs=("/ip4/127.0.0.1/tcp/0",),
                 client_mode=True,
                 identity_path=config.identity_path,
+                swarm_key=load_swarm_key(config.swarm_key_path),
             )
             self._lifeline = start_lifeline([self.dht.pid])
             self.p2p = self.run(self.dht.replicate_p2p())
@@ -81,7 +83,7 @@ class SwarmConnection:
 
     async def _fetch_snapshot(self, model_id: str, num_blocks: int) -> SwarmSnapshot:
         try:
-            snapshot = await fetch_snapshot(self.dht, model_id, num_blocks)
+            snapshot = await fetch_snapshot(self.dht, model_id, num_blocks, self.identity.swarm_key)
         except Exception as e:  # noqa: BLE001 - any DHT failure means we cannot see the swarm
             raise SwarmUnavailable(f"cannot read the swarm's records: {e}") from e
         self._snapshots[model_id] = (time.monotonic(), snapshot)
@@ -112,7 +114,7 @@ class SwarmConnection:
         task.add_done_callback(done)
 
     async def models(self) -> dict[str, ModelRecord]:
-        return await fetch_models(self.dht)
+        return await fetch_models(self.dht, self.identity.swarm_key)
 
     def close(self) -> None:
         if self.loop.is_running():

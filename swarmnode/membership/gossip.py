@@ -98,12 +98,15 @@ class SwimGossip:
 
     # ---- RPC handlers ------------------------------------------------------------------------------
     async def rpc_ping(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
-        self._absorb(request.metadata, str(context.remote_id))
+        if self._absorb(request.metadata, str(context.remote_id)) is None:
+            return make_response({})  # an outsider of a private swarm: it learns nothing
         return self._answer({"ack": True})
 
     async def rpc_ping_req(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         sender = str(context.remote_id)
         meta = self._absorb(request.metadata, sender)
+        if meta is None:
+            return make_response({})
         target = meta.get("target")
         # Only members may ask, and only about members: no one uses us to ping arbitrary peers.
         ack = (
@@ -114,13 +117,17 @@ class SwimGossip:
         )
         return self._answer({"ack": bool(ack)})
 
-    def _absorb(self, raw: bytes, sender: str) -> dict:
+    def _absorb(self, raw: bytes, sender: str) -> dict | None:
         """Apply what ``sender`` (the connection's authenticated peer id) told us. Malformed,
-        misattributed or too frequent messages change nothing and are never fatal."""
+        misattributed or too frequent messages change nothing and are never fatal; ``None``
+        when the sender is not of this private swarm."""
         try:
             meta = unpack_meta(raw)
         except RemoteError:
             return {}
+        swarm_key = self.identity.swarm_key
+        if swarm_key is not None and not swarm_key.admits(sender, meta.get("auth")):
+            return None
         claimed = meta.get("from")
         if claimed is not None and claimed != sender:
             logger.debug("ignoring a gossip message from %s that claims to be from %r", sender, claimed)
@@ -160,7 +167,11 @@ class SwimGossip:
             # Lifeguard's buddy system: tell a suspect (or a member we hold dead) what we think,
             # so it can refute at once.
             updates.insert(0, Update(to, suspicion.status, suspicion.incarnation).to_wire())
-        return {"from": self.self_id, "incarnation": self.membership.incarnation, "updates": updates, **extra}
+        message = {"from": self.self_id, "incarnation": self.membership.incarnation, "updates": updates, **extra}
+        token = self.identity.call_token()
+        if token is not None:
+            message["auth"] = token
+        return message
 
     def _answer(self, extra: dict) -> runtime_pb2.ExpertResponse:
         return make_response(self._message(**extra))
@@ -248,7 +259,7 @@ class SwimGossip:
     # ---- seeding from the DHT ---------------------------------------------------------------------
     async def _seed(self) -> None:
         try:
-            snapshot = await fetch_snapshot(self.dht, self.model_id, self.num_blocks)
+            snapshot = await fetch_snapshot(self.dht, self.model_id, self.num_blocks, self.identity.swarm_key)
         except Exception as e:  # noqa: BLE001 - try again next period
             logger.debug("seeding from the DHT failed: %s", e)
             return

@@ -58,7 +58,9 @@ class SwarmMonitor:
         write_targets: str | os.PathLike | None = None,
         model_id: str | None = None,
         retention_s: float = 600.0,
+        swarm_key_path: str = "",
     ):
+        self.swarm_key_path = swarm_key_path  # a private swarm's key: the monitor is a member's tool
         if refresh_period <= 0:
             raise ValueError("refresh_period must be positive")
         self.initial_peers = tuple(initial_peers)
@@ -94,7 +96,9 @@ class SwarmMonitor:
         """Read every model's records once and publish the result (called by the refresh thread)."""
         began = time.monotonic()
         if self._connection is None:
-            config = load_config(ClientConfig, {"initial_peers": self.initial_peers})
+            config = load_config(
+                ClientConfig, {"initial_peers": self.initial_peers, "swarm_key_path": self.swarm_key_path or None}
+            )
             self._connection = SwarmConnection(config)
         connection = self._connection
         models = connection.run(connection.models(), timeout=READ_TIMEOUT_S)

@@ -20,6 +20,7 @@ from multiaddr import Multiaddr
 
 from swarmnode.errors import ConfigError, SwarmUnavailable
 from swarmnode.net.identity import Identity, SignedRecordValidator, open_envelope
+from swarmnode.net.swarmkey import SwarmKey
 from swarmnode.records import (
     MODELS_KEY,
     DeadVerdict,
@@ -57,6 +58,7 @@ def start_dht(
     announce_maddrs: tuple[str, ...] | list[str] = (),
     identity_path: str = "",
     client_mode: bool = False,
+    swarm_key: SwarmKey | None = None,
 ) -> tuple[hivemind.DHT, Identity]:
     """Start a DHT peer in a child process (hivemind runs p2pd under it); returns it and the
     peer's identity (from ``identity_path``, created there if missing; else a new one)."""
@@ -67,7 +69,7 @@ def start_dht(
         client_mode=client_mode,
         host_maddrs=validate_maddrs(host_maddrs, need_peer_id=False, what="host multiaddr"),
         num_workers=8,
-        record_validators=[SignedRecordValidator()],  # forged or unsigned records are not stored here
+        record_validators=[SignedRecordValidator(swarm_key)],  # forged or unsigned records are not stored here
     )
     if announce_maddrs:
         kwargs["announce_maddrs"] = validate_maddrs(announce_maddrs, need_peer_id=False, what="announce multiaddr")
@@ -86,7 +88,7 @@ def start_dht(
             dht = hivemind.DHT(**kwargs)
         except Exception as e:  # noqa: BLE001 - hivemind reports start failures with many types
             raise SwarmUnavailable(f"cannot start the DHT peer (initial peers {peers}): {e}") from e
-        return dht, Identity.from_file(path)
+        return dht, Identity.from_file(path, swarm_key)
 
 
 def full_maddrs(dht: hivemind.DHT) -> list[str]:
@@ -125,34 +127,37 @@ def get_subkeys(dht: hivemind.DHT, keys: list[str]):
     return dht.run_coroutine(partial(_get_subkeys, keys=keys), return_future=True)
 
 
-def signed_values(found: dict[str, Any], key: str) -> Iterator[tuple[str, str, Any]]:
-    """(subkey, signer's peer id, record) for every validly signed value under ``key``."""
+def signed_values(found: dict[str, Any], key: str, swarm_key: SwarmKey | None = None) -> Iterator[tuple[str, str, Any]]:
+    """(subkey, signer's peer id, record) for every validly signed value under ``key`` (in a
+    private swarm: encrypted under its key)."""
     for subkey, envelope in found.get(key, {}).items():
-        opened = open_envelope(key, subkey, envelope)
+        opened = open_envelope(key, subkey, envelope, swarm_key)
         if opened is not None:
             yield subkey, opened[0], opened[1]
 
 
-def parse_models(found: dict[str, Any]) -> dict[str, ModelRecord]:
+def parse_models(found: dict[str, Any], swarm_key: SwarmKey | None = None) -> dict[str, ModelRecord]:
     models = {}
-    for model_id, _signer, value in signed_values(found, MODELS_KEY):
+    for model_id, _signer, value in signed_values(found, MODELS_KEY, swarm_key):
         record = ModelRecord.from_wire(value)
         if record is not None and record.model_id == model_id:
             models[model_id] = record
     return models
 
 
-async def fetch_models(dht: hivemind.DHT) -> dict[str, ModelRecord]:
-    return parse_models(await get_subkeys(dht, [MODELS_KEY]))
+async def fetch_models(dht: hivemind.DHT, swarm_key: SwarmKey | None = None) -> dict[str, ModelRecord]:
+    return parse_models(await get_subkeys(dht, [MODELS_KEY]), swarm_key)
 
 
-async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> SwarmSnapshot:
+async def fetch_snapshot(
+    dht: hivemind.DHT, model_id: str, num_blocks: int, swarm_key: SwarmKey | None = None
+) -> SwarmSnapshot:
     """Read every block's records and the dead verdicts of ``model_id`` (bad records are skipped)."""
     keys = [block_key(model_id, i) for i in range(num_blocks)]
     found = await get_subkeys(dht, [*keys, dead_key(model_id), observations_key(model_id)])
     shared = {
         publisher: value
-        for publisher, signer, value in signed_values(found, observations_key(model_id))
+        for publisher, signer, value in signed_values(found, observations_key(model_id), swarm_key)
         if signer == publisher  # a client speaks only for itself
         and isinstance(value, dict)
         and len(value) <= 4096
@@ -161,7 +166,7 @@ async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> S
     latest = get_dht_time() + MAX_CLOCK_SKEW_S  # a record from the future would win every comparison
     nodes: dict[str, NodeRecord] = {}
     for key in keys:
-        for peer_id, signer, value in signed_values(found, key):
+        for peer_id, signer, value in signed_values(found, key, swarm_key):
             record = NodeRecord.from_wire(value)
             if record is None or signer != peer_id or record.peer_id != peer_id:
                 continue  # a record about a node counts only when that node signed it
@@ -171,7 +176,7 @@ async def fetch_snapshot(dht: hivemind.DHT, model_id: str, num_blocks: int) -> S
             if current is None or record.timestamp > current.timestamp:
                 nodes[peer_id] = record
     verdicts = []
-    for subkey, signer, value in signed_values(found, dead_key(model_id)):
+    for subkey, signer, value in signed_values(found, dead_key(model_id), swarm_key):
         verdict = DeadVerdict.from_wire(value)
         if verdict is not None and signer == verdict.reporter and subkey == verdict_subkey(verdict.peer_id, signer):
             verdicts.append(verdict)

@@ -28,6 +28,8 @@ from hivemind.dht.validation import DHTRecord, RecordValidatorBase
 from hivemind.proto import crypto_pb2
 from hivemind.utils.serializer import MSGPackSerializer
 
+from swarmnode.net.swarmkey import SwarmKey
+
 MAX_ENVELOPE_BYTES = 64 * 1024  # a record, its key and its signature: far below this
 _PADDING = padding.PKCS1v15()
 _HASH = hashes.SHA256()
@@ -43,33 +45,49 @@ def peer_id_of(public_der: bytes) -> str:
 class Identity:
     """A peer's private key, read from a hivemind/p2pd identity file."""
 
-    def __init__(self, private_key: rsa.RSAPrivateKey):
+    def __init__(self, private_key: rsa.RSAPrivateKey, swarm_key: SwarmKey | None = None):
         self._key = private_key
+        self.swarm_key = swarm_key  # a private swarm's key: records are encrypted, calls carry a token
         self.public_der = private_key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         self.peer_id = peer_id_of(self.public_der)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> Identity:
+    def from_file(cls, path: str | Path, swarm_key: SwarmKey | None = None) -> Identity:
         key_data = crypto_pb2.PrivateKey.FromString(Path(path).read_bytes()).data
         key = serialization.load_der_private_key(key_data, password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError(f"{path}: expected an RSA identity")
-        return cls(key)
+        return cls(key, swarm_key)
+
+    def call_token(self) -> bytes | None:
+        """What this peer shows a node of a private swarm on every call (None: a public swarm)."""
+        return self.swarm_key.token(self.peer_id) if self.swarm_key is not None else None
 
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data, _PADDING, _HASH)
 
     def seal(self, key: str, subkey: str, value: Any) -> dict:
-        """Wrap ``value`` in a signed envelope bound to (key, subkey)."""
+        """Wrap ``value`` in a signed envelope bound to (key, subkey); in a private swarm the
+        record is encrypted under the swarm key first."""
+        key_bytes = key_id(key)
         signed = msgpack.packb(value, use_bin_type=True)
-        return {"signed": signed, "pk": self.public_der, "sig": self.sign(_payload(key_id(key), subkey, signed))}
+        envelope: dict[str, Any] = {"pk": self.public_der}
+        if self.swarm_key is not None:
+            signed = self.swarm_key.encrypt(signed, _associated(key_bytes, subkey))
+            envelope["enc"] = True
+        envelope.update(signed=signed, sig=self.sign(_payload(key_bytes, subkey, signed)))
+        return envelope
 
 
 def key_id(key: str) -> bytes:
     """The DHT's id of ``key`` (what a DHT node storing the record sees instead of the key)."""
     return DHTID.generate(source=key).to_bytes()
+
+
+def _associated(key_bytes: bytes, subkey: str) -> bytes:
+    return key_bytes + subkey.encode()
 
 
 def _payload(key_bytes: bytes, subkey: str, signed: bytes) -> bytes:
@@ -99,13 +117,14 @@ class _Verified:
 _verified = _Verified()
 
 
-def open_envelope(key: str, subkey: str, envelope: Any) -> tuple[str, Any] | None:
+def open_envelope(key: str, subkey: str, envelope: Any, swarm_key: SwarmKey | None = None) -> tuple[str, Any] | None:
     """(signer's peer id, the record) if ``envelope`` is well formed and its signature over
-    (key, subkey, record) is valid; ``None`` otherwise (never raises)."""
-    return _open(key_id(key), subkey, envelope)
+    (key, subkey, record) is valid — and, with ``swarm_key``, the record was encrypted under
+    it (without one, encrypted records are ignored); ``None`` otherwise (never raises)."""
+    return _open(key_id(key), subkey, envelope, swarm_key)
 
 
-def _open(key_bytes: bytes, subkey: str, envelope: Any) -> tuple[str, Any] | None:
+def _open(key_bytes: bytes, subkey: str, envelope: Any, swarm_key: SwarmKey | None) -> tuple[str, Any] | None:
     if not isinstance(envelope, dict) or not isinstance(subkey, str):
         return None
     signed, public_der, sig = envelope.get("signed"), envelope.get("pk"), envelope.get("sig")
@@ -125,6 +144,12 @@ def _open(key_bytes: bytes, subkey: str, envelope: Any) -> tuple[str, Any] | Non
             return None
         cached = (peer_id_of(public_der), payload)
         _verified.put(sig, cached)
+    if bool(envelope.get("enc")) != (swarm_key is not None):
+        return None  # a private swarm's record outside it, or a public record inside one
+    if swarm_key is not None:
+        signed = swarm_key.decrypt(signed, _associated(key_bytes, subkey))
+        if signed is None:
+            return None
     try:
         return cached[0], msgpack.unpackb(signed, raw=False, strict_map_key=False)
     except (ValueError, TypeError, msgpack.exceptions.ExtraData):  # unreadable: not a record
@@ -150,8 +175,12 @@ def may_write(signer: str, subkey: str) -> bool:
 
 class SignedRecordValidator(RecordValidatorBase):
     """hivemind validator run by every honest DHT peer (in its DHT process): a value is stored
-    or returned only when it is a validly signed envelope whose signer may write its subkey.
-    Forged records never reach the replicas, so they cannot even displace the real ones."""
+    or returned only when it is a validly signed envelope whose signer may write its subkey
+    (and, in a private swarm, encrypted under the swarm key). Forged records never reach the
+    replicas, so they cannot even displace the real ones."""
+
+    def __init__(self, swarm_key: SwarmKey | None = None):
+        self.swarm_key = swarm_key
 
     def validate(self, record: DHTRecord) -> bool:
         try:
@@ -159,7 +188,7 @@ class SignedRecordValidator(RecordValidatorBase):
             envelope = MSGPackSerializer.loads(record.value)
         except Exception:  # noqa: BLE001 - undecodable bytes from a peer: not a record of ours
             return False
-        opened = _open(record.key, subkey, envelope)
+        opened = _open(record.key, subkey, envelope, self.swarm_key)
         return opened is not None and may_write(opened[0], subkey)
 
     @property

@@ -23,6 +23,7 @@ from swarmnode.errors import (
     NodeUnavailable,
     PeerLimitExceeded,
     RemoteError,
+    Unauthorized,
     UnknownSession,
 )
 from swarmnode.membership.ratelimit import RateLimiter
@@ -35,6 +36,7 @@ from swarmnode.net.protocol import (
     step_tensors,
     unpack_meta,
 )
+from swarmnode.net.swarmkey import SwarmKey
 from swarmnode.records import NodeState
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.busy import BusyMeter
@@ -74,8 +76,10 @@ class NodeHandler:
         config_hash: str = "",
         metrics: NodeMetrics | None = None,
         limits: PeerLimits = PeerLimits(),
+        swarm_key: SwarmKey | None = None,
     ):
         self.limits = limits
+        self.swarm_key = swarm_key  # a private swarm: every caller proves it holds the key
         self.rate = RateLimiter(limits.max_requests_per_s, burst=max(1.0, limits.max_requests_per_s))
         self._held: dict[str, set[str]] = {}  # peer id → its open session ids
         self.config_hash = config_hash  # of the checkpoint this node serves
@@ -92,8 +96,14 @@ class NodeHandler:
         self.frame_limit = (4 * backend.hidden_size + 16) * MAX_FORWARD_TOKENS + MAX_METADATA_BYTES + (1 << 16)
 
     async def rpc_info(self, request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertResponse:
-        if not self.rate.allow(str(context.remote_id)):
+        peer = str(context.remote_id)
+        if not self.rate.allow(peer):
             return self._error(NodeBusy("too many requests from this peer: slow down"))
+        if self.swarm_key is not None:  # the token travels hex-encoded in the request's uid
+            try:
+                self._authorize(peer, bytes.fromhex(request.uid))
+            except (Unauthorized, ValueError):
+                return self._error(Unauthorized("this node serves a private swarm: start with its --swarm-key"))
         return make_response(self.info_fn())
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
@@ -101,6 +111,7 @@ class NodeHandler:
             if not self.rate.allow(str(context.remote_id)):
                 raise NodeBusy("too many requests from this peer: slow down")
             meta = unpack_meta(request.metadata)
+            self._authorize(str(context.remote_id), meta.get("auth"))
             self._check_model(meta)
             start, end = self._span(meta)
             hidden, mask, positions = step_tensors(request.tensors)
@@ -193,9 +204,14 @@ class NodeHandler:
                 f"checkpoints differ: this node serves config hash {self.config_hash}, the client has {theirs!r}"
             )
 
+    def _authorize(self, peer: str, token: object) -> None:
+        if self.swarm_key is not None and not self.swarm_key.admits(peer, token):
+            raise Unauthorized("this node serves a private swarm: start with its --swarm-key")
+
     def _open_session(self, meta: dict, hidden, peer: str) -> Session:
         if not self.rate.allow(peer):
             raise NodeBusy("too many session opens from this peer: slow down")
+        self._authorize(peer, meta.get("auth"))
         if self.state_fn() != NodeState.ONLINE:
             raise NodeUnavailable(f"node is {self.state_fn().name}: not accepting new sessions")
         self._check_model(meta)
@@ -282,6 +298,8 @@ def _refusal_reason(error: RemoteError) -> str:
     """A bounded label for why a session was not admitted."""
     if isinstance(error, PeerLimitExceeded):
         return "peer_limit"
+    if isinstance(error, Unauthorized):
+        return "unauthorized"
     return {
         "node_busy": "rate_limited",
         "cache_exhausted": "cache_exhausted",

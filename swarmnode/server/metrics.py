@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 STEP_KINDS = ("decode", "prefill", "forward")
 # From 100 µs (a tiny model's decode step) to 30 s (a long prompt on a slow device).
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-REFUSAL_REASONS = ("cache_exhausted", "peer_limit", "rate_limited", "not_online", "model_mismatch", "invalid_request")
+REFUSAL_REASONS = (
+    "cache_exhausted", "peer_limit", "rate_limited", "unauthorized", "not_online", "model_mismatch", "invalid_request",
+)  # fmt: skip
 MEMBER_STATES = ("ALIVE", "SUSPECT", "DEAD")
 
 

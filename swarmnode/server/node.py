@@ -26,6 +26,7 @@ from swarmnode.models import DTYPES, ModelSpec, block_parameter_count, dtype_nam
 from swarmnode.net.dht import fetch_models, fetch_snapshot, full_maddrs, start_dht
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
+from swarmnode.net.swarmkey import load_swarm_key
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.block_selection import blocks_for_memory, choose_span, parse_blocks, served_throughput
@@ -139,6 +140,7 @@ class Node:
             host_maddrs=cfg.host_maddrs,
             announce_maddrs=cfg.announce_maddrs,
             identity_path=cfg.identity_path,
+            swarm_key=load_swarm_key(cfg.swarm_key_path),
         )
         self._lifeline = start_lifeline([self.dht.pid])
         self.p2p = await self.dht.replicate_p2p()
@@ -159,7 +161,7 @@ class Node:
                 budget = cfg.max_memory if cfg.max_memory is not None else detect_memory(cfg.device)
                 block_bytes = block_parameter_count(spec) * bytes_per_value
                 count = blocks_for_memory(budget, block_bytes, cache_bytes_per_block, spec.num_blocks)
-            snapshot = await fetch_snapshot(self.dht, model_id, spec.num_blocks)
+            snapshot = await fetch_snapshot(self.dht, model_id, spec.num_blocks, self.identity.swarm_key)
             self.start, self.end = choose_span(served_throughput(snapshot, exclude=self.peer_id), count)
         logger.info("serving blocks %d:%d of %s (%s)", self.start, self.end, model_id, dtype_name(self.dtype))
 
@@ -200,6 +202,7 @@ class Node:
             lambda: self.state,
             config_hash=self.model_record.config_hash,
             metrics=self.metrics,
+            swarm_key=self.identity.swarm_key,
             session_idle_timeout=cfg.session_idle_timeout,
             limits=PeerLimits(cfg.max_sessions_per_peer, cfg.max_cache_share_per_peer, cfg.max_requests_per_peer_s),
         )
@@ -226,7 +229,7 @@ class Node:
     async def _check_same_checkpoint(self) -> None:
         """Refuse to join a swarm that serves another checkpoint under the same model id."""
         ours = self.model_record
-        theirs = (await fetch_models(self.dht)).get(ours.model_id)
+        theirs = (await fetch_models(self.dht, self.identity.swarm_key)).get(ours.model_id)
         if theirs is not None and theirs.config_hash and theirs.config_hash != ours.config_hash:
             raise ModelMismatch(
                 f"the swarm serves model {ours.model_id!r} with config hash {theirs.config_hash}, "
