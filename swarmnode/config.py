@@ -123,6 +123,9 @@ class ClientConfig:
     step_timeout_floor: float = 1.0
     step_timeout_factor: float = 10.0
     swarm_refresh_period: float = 2.0  # seconds between re-reads of the DHT records
+    # Spot-checks: this fraction of each hop's steps is recomputed by an independent replica
+    # chain of the same span and compared (client/verify.py). 0 = off.
+    verify_fraction: float = 0.0
     dtype: str = "float32"
     identity_path: str = ""
     swarm_key_path: str = ""  # a private swarm's key file (swarmnode keygen); empty = a public swarm
@@ -132,6 +135,8 @@ class ClientConfig:
             raise ConfigError("wait_for_servers must be >= 0")
         if self.request_timeout <= 0:
             raise ConfigError("request_timeout must be positive")
+        if not 0.0 <= self.verify_fraction <= 1.0:
+            raise ConfigError("verify_fraction must be in [0, 1]")
         if self.step_timeout_floor <= 0 or self.step_timeout_factor <= 0:
             raise ConfigError("step_timeout_floor and step_timeout_factor must be positive")
         known = ("aco", "shortest", "shortest_load", "random")

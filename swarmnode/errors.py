@@ -17,6 +17,7 @@ caller can catch one class and still tell the cases apart::
         ├── CacheExhausted          the node's KV-cache budget cannot fit the session
         │   └── PeerLimitExceeded   this peer already holds its share of the node (sessions, cache)
         ├── NodeBusy                this peer sends the node more requests than it accepts: retry later
+        ├── VerificationFailed      a spot-check found the node's output wrong (raised by the client)
         ├── Unauthorized            a private swarm's node refused a caller without the swarm key
         ├── NodeUnavailable         the node is draining/offline, or did not answer
         ├── NodeInternalError       the node failed while computing
@@ -101,6 +102,12 @@ class CacheExhausted(RemoteError):
 
 class PeerLimitExceeded(CacheExhausted):
     """This peer already holds its share of the node (sessions or KV cache); same wire code."""
+
+
+class VerificationFailed(RemoteError):
+    """A node's output disagreed with an independent replica of its span (a client's spot-check)."""
+
+    code = "verification_failed"
 
 
 class NodeBusy(RemoteError):

@@ -39,3 +39,35 @@ def test_nodes_returning_nan_or_the_wrong_shape_are_failed_over(tmp_path, llama_
         reasons = " ".join(failed.values())
         assert "NaN" in reasons or "shape" in reasons, reasons
         assert all(p.alive() for p in swarm.processes)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.25])
+def test_a_node_adding_small_noise_is_caught_by_spot_checks(tmp_path, llama_path, llama_reference, fraction):
+    """Three replicas of 4:8, one of which adds small noise (relative 1e-2) and advertises a huge
+    throughput so that routers pick it. Spot-checks recompute steps on another replica, a third
+    breaks the tie: the noisy node is caught within ⌈1/fraction⌉ steps of the session and the
+    session moves off it."""
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        liar = ("--debug-corrupt-output", "noise", "--throughput", "1000000")
+        started = [swarm.start_node(llama_path, "0:4", wait=False),
+                   swarm.start_node(llama_path, "4:8", *liar, wait=False),
+                   swarm.start_node(llama_path, "4:8", wait=False),
+                   swarm.start_node(llama_path, "4:8", wait=False)]  # fmt: skip
+        for node in started:
+            swarm.wait_online(node)
+        noisy = started[1].info["peer_id"]
+        prompt = torch.tensor([[2, 7, 1, 8, 2, 8]])
+        with swarm_client(swarm, llama_path, verify_fraction=fraction) as model:
+            with model.inference_session(max_length=32) as session:
+                out = model.generate(prompt, max_new_tokens=8, session=session)
+                chain = [h.peer_id for h in session.chain]
+                caught = [e for e in session.failovers if e.failed.peer_id == noisy]
+                checks = dict(session.verification)
+        print(f"fraction {fraction}: {checks}; failovers {[(e.failed.peer_id[:8], e.reason[:60]) for e in caught]}")
+        assert noisy not in chain and caught and "spot-check" in caught[0].reason
+        assert checks["disagreed"] >= 1
+        step_caught = int(caught[0].reason.split("spot-check of step ")[1].split(":")[0])
+        assert step_caught <= round(1 / fraction)  # the first check of that hop
+        if fraction == 1.0:  # every step checked: no token was ever computed from a wrong output
+            assert torch.equal(out, llama_reference.generate(prompt, max_new_tokens=8, do_sample=False))
