@@ -144,7 +144,10 @@ def tensor_to_proto(tensor: torch.Tensor) -> runtime_pb2.Tensor:
 
 
 def tensor_from_proto(proto: runtime_pb2.Tensor) -> torch.Tensor:
-    """Deserialize one tensor; InvalidRequest on garbage."""
+    """Deserialize one tensor; InvalidRequest on garbage. Only uncompressed tensors are accepted:
+    we never send compressed ones, and each decompressor is more code a peer could aim at."""
+    if proto.compression != runtime_pb2.CompressionType.NONE:
+        raise InvalidRequest(f"compressed tensors are not accepted (compression {proto.compression})")
     try:
         return deserialize_torch_tensor(proto)
     except Exception as e:  # noqa: BLE001 - any decoding failure of remote bytes is the sender's fault
@@ -188,7 +191,7 @@ def read_response(response: runtime_pb2.ExpertResponse, peer_id: str) -> tuple[d
     if isinstance(error, dict):
         raise remote_error_from_code(str(error.get("code")), str(error.get("message")), peer_id)
     try:
-        tensors = [deserialize_torch_tensor(t) for t in response.tensors]
-    except Exception as e:  # noqa: BLE001 - remote bytes
+        tensors = [tensor_from_proto(t) for t in response.tensors]
+    except InvalidRequest as e:  # remote bytes: the node's fault, not ours
         raise RemoteError(f"node sent an undecodable tensor: {e}", peer_id) from e
     return meta, tensors
