@@ -63,11 +63,13 @@ def test_a_node_adding_small_noise_is_caught_by_spot_checks(tmp_path, llama_path
                 out = model.generate(prompt, max_new_tokens=8, session=session)
                 chain = [h.peer_id for h in session.chain]
                 caught = [e for e in session.failovers if e.failed.peer_id == noisy]
-                checks = dict(session.verification)
+                checks, distrusted = dict(session.verification), set(session._distrusted)
         print(f"fraction {fraction}: {checks}; failovers {[(e.failed.peer_id[:8], e.reason[:60]) for e in caught]}")
-        assert noisy not in chain and caught and "spot-check" in caught[0].reason
-        assert checks["disagreed"] >= 1
-        step_caught = int(caught[0].reason.split("spot-check of step ")[1].split(":")[0])
-        assert step_caught <= round(1 / fraction)  # the first check of that hop
+        # Caught either as the hop (failed over) or as the replica chosen to check an honest hop
+        # (the third replica breaks the tie); never used again by the session either way.
+        assert noisy in distrusted and noisy not in chain and checks["disagreed"] >= 1
+        if caught:
+            step_caught = int(caught[0].reason.split("spot-check of step ")[1].split(":")[0])
+            assert step_caught <= round(1 / fraction)  # the first check of that hop
         if fraction == 1.0:  # every step checked: no token was ever computed from a wrong output
             assert torch.equal(out, llama_reference.generate(prompt, max_new_tokens=8, do_sample=False))
