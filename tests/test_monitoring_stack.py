@@ -152,6 +152,9 @@ def stack(tmp_path_factory, llama_path):
         prometheus = Prometheus(workdir, base.removeprefix("http://"), targets)
         generator = Generator(swarm, llama_path)
         generator.start()
+        # Its client forks a DHT process: no test may start a subprocess meanwhile (a fork from
+        # another thread would inherit that subprocess's pipes and hang it), so wait for it.
+        wait_for("the client to generate", lambda: generator.tokens > 0 or generator.errors, 120)
         yield {"swarm": swarm, "monitor": monitor, "base": base, "prometheus": prometheus, "targets": targets,
                "generator": generator, "model_id": model["model_id"]}  # fmt: skip
     finally:
