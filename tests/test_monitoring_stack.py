@@ -316,10 +316,10 @@ def test_the_health_page_says_when_the_swarm_or_the_monitor_cannot_be_reached():
     from swarmnode.monitor.service import SwarmMonitor
     from tests.test_monitor_health import dead_peer
 
-    monitor = SwarmMonitor([dead_peer()], host="127.0.0.1", port=0, refresh_period=0.5)
+    monitor = SwarmMonitor([dead_peer()], host="127.0.0.1", port=0, refresh_period=5.0)
+    wait_for("a failed read of the swarm", lambda: monitor.health.error, 60)  # before chromium: no fork races
     browser = chromium()
     try:
-        wait_for("a failed read of the swarm", lambda: monitor.health.error, 60)
         browser.get(f"http://127.0.0.1:{monitor.port}/")
 
         def banner() -> str:  # read in the page itself: the banner is redrawn every refresh
