@@ -61,3 +61,20 @@ def test_router_avoids_a_failed_node_until_its_ban_ends():
     assert router.choose_chain(s, 0, 8)[0].peer_id == "slow"
     now[0] = 6
     assert router.choose_chain(s, 0, 8)[0].peer_id == "fast"
+
+
+def test_a_failed_spot_check_is_shared_with_its_evidence_and_counted_once_per_publisher():
+    from swarmnode.errors import VerificationFailed
+    from swarmnode.routing.aco import AntColonyRouter
+    from swarmnode.routing.stigmergy import aggregate
+
+    router = AntColonyRouter(publisher_id="me")
+    hop = Hop("liar", 0, 4)
+    router.report_failure(hop, VerificationFailed("spot-check of step 4: differs by 3.2e-02", "liar"))
+    router.report_failure(hop, VerificationFailed("spot-check of step 8: differs by 3.1e-02", "liar"))
+    shared = router.observations()["liar"]
+    assert shared["disputes"] == 2 and shared["evidence"].startswith("spot-check of step 8")
+    published = {"me": {"liar": shared}, "other": {"liar": {"disputes": 99, "evidence": "x" * 10_000}},
+                 "bogus": {"liar": {"disputes": "many"}}}  # fmt: skip
+    view = aggregate(published, {}, skip_publisher=None, clamp=10.0, sessions_cap=8)
+    assert view.disputed_by == {"liar": 2}  # one vote per publisher; nonsense ignored

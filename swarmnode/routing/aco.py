@@ -37,7 +37,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from swarmnode.errors import NoServersForBlocks
+from swarmnode.errors import NoServersForBlocks, VerificationFailed
 from swarmnode.records import NodeRecord, SwarmSnapshot
 from swarmnode.routing.base import Hop
 from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, BanFeedback, Bans
@@ -346,8 +346,13 @@ class AntColonyRouter:
         return {"mean": statistics.fmean(window), "var": statistics.pvariance(window), "best": min(window)}
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:
-        """τ → τ_min at every boundary the node was used at, and a ban with backoff."""
-        self.estimates[hop.peer_id].failures += 1
+        """τ → τ_min at every boundary the node was used at, and a ban with backoff. A failed
+        spot-check is also kept as a dispute, with its evidence, for the shared observations."""
+        estimate = self.estimates[hop.peer_id]
+        estimate.failures += 1
+        if isinstance(error, VerificationFailed):
+            estimate.disputes += 1
+            estimate.evidence = str(error)
         for b, peer in list(self._tau):
             if peer == hop.peer_id:
                 self._set_tau(b, peer, self.params.tau_min)

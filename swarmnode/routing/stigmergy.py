@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+MAX_EVIDENCE = 200  # characters of a dispute's description that are published
+
 
 @dataclass
 class NodeEstimate:
@@ -26,6 +28,8 @@ class NodeEstimate:
     failures: int = 0
     busy: float | None = None  # the node's busy fraction, as it last reported it
     busy_at: float = 0.0  # when (the client's clock)
+    disputes: int = 0  # spot-checks that found this node's output wrong
+    evidence: str = ""  # the latest of them, in words (which step, which replicas, how far off)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class SharedView:
     estimates: dict[str, NodeEstimate] = field(default_factory=dict)  # medians, clamped to our priors
     sessions: dict[str, int] = field(default_factory=dict)  # open sessions, summed, capped per publisher
     busy: dict[str, float] = field(default_factory=dict)  # median of recent busy fractions
+    # Publishers whose spot-checks found the node wrong. Informational: one client's word never
+    # bans a node for others; only the publishing client stops using it.
+    disputed_by: dict[str, int] = field(default_factory=dict)
 
 
 def publishable(
@@ -46,7 +53,7 @@ def publishable(
     for peer in set(held) | set(estimates):
         e = estimates.get(peer, NodeEstimate())
         busy_fresh = e.busy is not None and now - e.busy_at <= busy_max_age_s
-        if not (e.samples or e.failures or busy_fresh or held.get(peer)):
+        if not (e.samples or e.failures or busy_fresh or held.get(peer) or e.disputes):
             continue
         shared[peer] = {
             "per_block_s": e.per_block_s,
@@ -57,6 +64,8 @@ def publishable(
         }
         if busy_fresh:
             shared[peer]["busy"] = e.busy
+        if e.disputes:
+            shared[peer].update(disputes=e.disputes, evidence=e.evidence[:MAX_EVIDENCE])
     return shared
 
 
@@ -73,6 +82,7 @@ def aggregate(
     times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     sessions: Counter[str] = Counter()
     busy: dict[str, list[float]] = defaultdict(list)
+    disputed_by: Counter[str] = Counter()
     for publisher, observations in published.items():
         if publisher == skip_publisher or not isinstance(observations, dict):
             continue
@@ -86,6 +96,8 @@ def aggregate(
                 sessions[peer] += min(sessions_cap, int(obs["sessions"]))
             if is_number(obs.get("busy")) and 0.0 <= obs["busy"] <= 1.0:
                 busy[peer].append(float(obs["busy"]))
+            if is_positive_number(obs.get("disputes")):
+                disputed_by[peer] += 1  # one vote per publisher, however many disputes it claims
     estimates = {}
     for peer, values in times.items():
         estimate = NodeEstimate(samples=len(values.get("per_block_s", ())))
@@ -97,7 +109,8 @@ def aggregate(
                 value = min(anchor * clamp, max(anchor / clamp, value))
             setattr(estimate, name, value)
         estimates[peer] = estimate
-    return SharedView(estimates, dict(sessions), {peer: statistics.median(v) for peer, v in busy.items()})
+    busy_median = {peer: statistics.median(v) for peer, v in busy.items()}
+    return SharedView(estimates, dict(sessions), busy_median, dict(disputed_by))
 
 
 def is_number(value: object) -> bool:
