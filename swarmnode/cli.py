@@ -1,4 +1,4 @@
-"""The ``swarmnode`` command: bootstrap, join, status, generate, chat, api, convert, demo.
+"""The ``swarmnode`` command: bootstrap, join, status, monitor, generate, chat, api, convert, keygen, demo.
 
 Machine-readable lines go to stdout (a bootstrap peer's multiaddrs, a node's
 ``ONLINE`` line, generated text); logs go to stderr.
