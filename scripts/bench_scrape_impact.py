@@ -54,8 +54,7 @@ class Scraper(threading.Thread):
 def token_gaps_ms(model, ids, tokens: int) -> list[float]:
     stamps = ArrivalStamps()
     model.generate(ids, max_new_tokens=tokens, streamer=stamps)
-    times = stamps.times[1:]  # the prompt's step excluded
-    return [1000 * (b - a) for a, b in zip(times, times[1:], strict=False)]
+    return [1000 * gap for gap in stamps.token_gaps()]  # the prompt's step excluded
 
 
 def main() -> None:

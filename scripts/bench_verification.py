@@ -32,8 +32,7 @@ def run(model, ids, tokens: int, sessions: int) -> tuple[float, float, dict]:
             for name, count in session.verification.items():
                 checks[name] += count
         walls.append(time.perf_counter() - began)
-        times = stamps.times[1:]
-        gaps += [1000 * (b - a) for a, b in zip(times, times[1:], strict=False)]
+        gaps += [1000 * gap for gap in stamps.token_gaps()]
     return statistics.median(gaps), statistics.median(walls), checks
 
 

@@ -71,6 +71,17 @@ def corroborated_dead(nodes: dict[str, NodeRecord], verdicts: list[DeadVerdict])
     return dead
 
 
+def block_runs(blocks: list[int]) -> list[tuple[int, int]]:
+    """Maximal [start, end) runs of the sorted block indices ``blocks`` ([3, 4, 7] → [(3, 5), (7, 8)])."""
+    runs: list[list[int]] = []
+    for block in blocks:
+        if runs and runs[-1][1] == block:
+            runs[-1][1] = block + 1
+        else:
+            runs.append([block, block + 1])
+    return [(start, end) for start, end in runs]
+
+
 def observations_key(model_id: str) -> str:
     """DHT key of clients' shared routing observations (subkey: the publishing client)."""
     return f"{model_id}.observations"
@@ -98,6 +109,7 @@ def validate_model_id(model_id: str) -> str:
 
 MAX_BLOCKS = 1 << 16  # more blocks than any model has
 MAX_INCARNATION = 1 << 53  # incarnations are start times in ms; exact in every wire format
+MAX_CLOCK_SKEW_S = 300.0  # how far ahead of a reader's clock a peer's timestamp or incarnation may be
 MAX_COUNT = 1 << 40  # token counts, sessions
 MAX_RATE = 1e9  # tokens/s per block: far above any device, finite
 MAX_TEXT = {"peer_id": 128, "dtype": 32, "quantization": 32, "version": 64, "public_name": 64, "metrics_addr": 256,
@@ -274,6 +286,13 @@ class SwarmSnapshot:
     def is_dead(self, record: NodeRecord) -> bool:
         """A verdict covers the record's incarnation: the node died since it announced it."""
         return record.peer_id in self.dead and self.dead[record.peer_id] >= record.incarnation
+
+    def state_name(self, record: NodeRecord) -> str:
+        """The record's state, or DEAD when a verdict covers it; a node that said goodbye stays
+        OFFLINE even if gossip saw it vanish and called it dead."""
+        if self.is_dead(record) and record.state != NodeState.OFFLINE:
+            return "DEAD"
+        return record.state.name
 
     def live(self, states: tuple[NodeState, ...] = (NodeState.ONLINE,)) -> list[NodeRecord]:
         """Nodes in ``states`` without a dead verdict."""

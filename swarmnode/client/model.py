@@ -109,10 +109,7 @@ class RemoteBlocks:
         (attention mask, position ids) for a padded batch, or nothing."""
         for hop in await self.find_chain():
             meta = {"start": hop.start, "end": hop.end, "config_hash": self.config_hash}
-            token = self.connection.identity.call_token()
-            if token is not None:
-                meta["auth"] = token
-            request = make_request(meta, (hidden, *padding))
+            request = make_request(self.connection.identity.authenticate(meta), (hidden, *padding))
             stub = self.connection.stub(hop.peer_id)
             try:
                 response = await stub.rpc_forward(request, timeout=self.config.request_timeout)

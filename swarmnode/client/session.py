@@ -302,9 +302,7 @@ class InferenceSession(SpotChecks):
         meta = {"session_id": state.stream_id, "step": self._step, "position": position}
         if position == 0:
             meta.update(start=state.hop.start, end=state.hop.end, max_length=self.max_length)
-            token = self.remote.connection.identity.call_token()
-            if token is not None:
-                meta["auth"] = token  # a private swarm: prove we hold its key
+            self.remote.connection.identity.authenticate(meta)  # a private swarm: prove we hold its key
             if self.config_hash:
                 meta["config_hash"] = self.config_hash
         return make_request(meta, step.tensors())
@@ -366,7 +364,7 @@ class InferenceSession(SpotChecks):
             else:
                 chain = await self.remote.find_chain(failed.hop.start, failed.hop.end, exclude=frozenset(exclude))
             try:
-                replacement = await self._replay_chain(chain, failed.history)
+                replacement, _ = await self._replay_chain(chain, failed.history)
                 break
             except (NodeUnavailable, RemoteError) as e:
                 self._check_refusal(e)
@@ -386,7 +384,11 @@ class InferenceSession(SpotChecks):
         self.failovers.append(event)
         logger.info("replaced %s by %s (%s) in %.2f s", failed.hop, event.replacement, event.reason, event.seconds)
 
-    async def _replay_chain(self, chain: list[Hop], history: list[StepInput]) -> list[_HopState]:
+    async def _replay_chain(
+        self, chain: list[Hop], history: list[StepInput]
+    ) -> tuple[list[_HopState], list[StepInput]]:
+        """Open ``chain`` and replay ``history`` through it; returns its hop states (streams open)
+        and the last hop's outputs. On failure every stream it opened is closed."""
         states: list[_HopState] = []
         try:
             inputs = history
@@ -395,11 +397,9 @@ class InferenceSession(SpotChecks):
                 states.append(state)
                 inputs = await self._replay(state, inputs)
         except BaseException:
-            for state in states:
-                if state.stream is not None:
-                    await state.stream.close()
+            await self._close(states)
             raise
-        return states
+        return states, inputs
 
     async def _replay(self, state: _HopState, inputs: list[StepInput]) -> list[StepInput]:
         """Send a hop its whole history, chunk by chunk, pipelined; returns the outputs."""
@@ -440,7 +440,11 @@ class InferenceSession(SpotChecks):
         if not self._released:
             self._released = True
             self.remote.router.release(self.chain)
-        for state in self._hops:
+        await self._close(self._hops)
+
+    @staticmethod
+    async def _close(states: list[_HopState]) -> None:
+        for state in states:
             if state.stream is not None:
                 await state.stream.close()
 

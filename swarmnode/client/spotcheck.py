@@ -20,14 +20,14 @@ logger = logging.getLogger(__name__)
 
 class SpotChecks:
     """Mixed into :class:`~swarmnode.client.session.InferenceSession`, whose ``remote``,
-    ``_open``, ``_replay``, ``_on_hop_failure``, ``_distrusted`` and ``verification`` it uses."""
+    ``_replay_chain``, ``_close``, ``_on_hop_failure``, ``_distrusted`` and ``verification`` it uses."""
 
     async def _verify(self, state: _HopState, out: torch.Tensor) -> None:
         """Recompute this hop's latest step on an independent replica chain; raise
         VerificationFailed when the hop is found wrong (by a tie-break when one is possible)."""
         hop = state.hop
         exclude = {hop.peer_id} | self._distrusted
-        replica = await self._replica(hop, exclude)
+        replica = self._replica(hop, exclude)
         if replica is None:
             self.verification["skipped"] += 1  # nobody else serves this span now
             return
@@ -38,7 +38,7 @@ class SpotChecks:
             return
         self.verification["disagreed"] += 1
         evidence = f"differs from {[h.peer_id for h in replica]} by {relative_difference(out, theirs):.2e} (relative)"
-        arbiter = await self._replica(hop, exclude | {h.peer_id for h in replica})
+        arbiter = self._replica(hop, exclude | {h.peer_id for h in replica})
         verdict = await self._recompute(arbiter, state.history) if arbiter is not None else None
         dtypes = self._dtypes([hop, *replica, *(arbiter or [])])
         if verdict is not None and agree(out, verdict, dtypes) and not agree(theirs, verdict, dtypes):
@@ -54,7 +54,7 @@ class SpotChecks:
         nodes = self.remote.last_snapshot.nodes if self.remote.last_snapshot is not None else {}
         return tuple(nodes[h.peer_id].dtype if h.peer_id in nodes else "unknown" for h in hops)
 
-    async def _replica(self, hop: Hop, exclude: set[str]) -> list[Hop] | None:
+    def _replica(self, hop: Hop, exclude: set[str]) -> list[Hop] | None:
         """Another chain over ``hop``'s span, avoiding ``exclude``, without waiting (None: none)."""
         snapshot = self.remote.last_snapshot
         if snapshot is None:
@@ -67,17 +67,10 @@ class SpotChecks:
     async def _recompute(self, chain: list[Hop], history: list[StepInput]) -> torch.Tensor | None:
         """The chain's output for the last input of ``history`` (sent whole, chunk by chunk, as
         first sent); None if the chain failed (a failure, not evidence)."""
-        states: list[_HopState] = []
         try:
-            inputs = history
-            for hop in chain:
-                states.append(await self._open(hop))
-                inputs = await self._replay(states[-1], inputs)
-            return inputs[-1].hidden
+            states, outputs = await self._replay_chain(chain, history)
         except (NodeUnavailable, RemoteError, TimeoutError) as e:
             logger.info("a spot-check's replica chain failed: %s", e)
             return None
-        finally:
-            for state in states:
-                if state.stream is not None:
-                    await state.stream.close()
+        await self._close(states)
+        return outputs[-1].hidden

@@ -11,18 +11,12 @@ from rich.table import Table
 
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
-from swarmnode.records import NodeState, SwarmSnapshot
+from swarmnode.records import SwarmSnapshot, block_runs
 
 
 def coverage_gaps(snapshot: SwarmSnapshot) -> list[list[int]]:
     """Maximal [start, end) ranges of blocks that no ONLINE node serves."""
-    gaps: list[list[int]] = []
-    for block in snapshot.uncovered():
-        if gaps and gaps[-1][1] == block:
-            gaps[-1][1] = block + 1
-        else:
-            gaps.append([block, block + 1])
-    return gaps
+    return [list(run) for run in block_runs(snapshot.uncovered())]
 
 
 def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str = "") -> dict:
@@ -35,8 +29,7 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
         "nodes": [
             {
                 "peer_id": r.peer_id,
-                # A node that said goodbye is OFFLINE even if gossip saw it vanish and called it dead.
-                "state": "DEAD" if snapshot.is_dead(r) and r.state != NodeState.OFFLINE else r.state.name,
+                "state": snapshot.state_name(r),
                 "start": r.start,
                 "end": r.end,
                 "inference_rps": round(r.inference_rps, 1),

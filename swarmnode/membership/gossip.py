@@ -168,10 +168,7 @@ class SwimGossip:
             # so it can refute at once.
             updates.insert(0, Update(to, suspicion.status, suspicion.incarnation).to_wire())
         message = {"from": self.self_id, "incarnation": self.membership.incarnation, "updates": updates, **extra}
-        token = self.identity.call_token()
-        if token is not None:
-            message["auth"] = token
-        return message
+        return self.identity.authenticate(message)
 
     def _answer(self, extra: dict) -> runtime_pb2.ExpertResponse:
         return make_response(self._message(**extra))

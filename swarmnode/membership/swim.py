@@ -36,8 +36,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-MAX_INCARNATION = 1 << 53  # far above any start time in ms; exact in every wire format
-MAX_SKEW_MS = 5 * 60 * 1000  # how far ahead of our clock a peer's incarnation may be
+from swarmnode.records import MAX_CLOCK_SKEW_S, MAX_INCARNATION
+
+MAX_SKEW_MS = int(MAX_CLOCK_SKEW_S * 1000)  # how far ahead of our clock a peer's incarnation may be
 
 
 class Status(enum.IntEnum):

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 
-from swarmnode.records import ModelRecord, NodeRecord, NodeState, SwarmSnapshot
+from swarmnode.records import ModelRecord, NodeRecord, NodeState, SwarmSnapshot, block_runs
 from swarmnode.routing.stigmergy import aggregate
 
 NODE_STATES = ("ONLINE", "JOINING", "DRAINING", "OFFLINE", "DEAD")
@@ -86,22 +86,10 @@ def verdict_subjects(snapshot: SwarmSnapshot) -> dict[str, int]:
 
 
 def node_state(snapshot: SwarmSnapshot, record: NodeRecord, vanished: frozenset[str] = frozenset()) -> str:
-    # A node that said goodbye is OFFLINE even if gossip saw it vanish and called it dead.
-    if record.state == NodeState.OFFLINE:
-        return "OFFLINE"
-    if snapshot.is_dead(record) or record.peer_id in vanished:
+    """As :meth:`SwarmSnapshot.state_name`, and DEAD for a vanished node that had not left."""
+    if record.peer_id in vanished and record.state != NodeState.OFFLINE:
         return "DEAD"
-    return record.state.name
-
-
-def _runs(blocks: list[int]) -> tuple[tuple[int, int], ...]:
-    runs: list[list[int]] = []
-    for block in blocks:
-        if runs and runs[-1][1] == block:
-            runs[-1][1] = block + 1
-        else:
-            runs.append([block, block + 1])
-    return tuple((start, end) for start, end in runs)
+    return snapshot.state_name(record)
 
 
 def recall(
@@ -165,7 +153,7 @@ def model_health(
         throughput=throughput,
         coverage=sum(1 for c in replicas if c > 0) / n,
         min_replicas=min(replicas, default=0),
-        gaps=_runs([b for b in range(n) if replicas[b] == 0]),
+        gaps=tuple(block_runs([b for b in range(n) if replicas[b] == 0])),
         nodes_by_state={state: states.get(state, 0) for state in NODE_STATES},
         dead_verdicts=len(verdict_subjects(snapshot)),
         versions=dict(Counter(node.version for node in live)),

@@ -22,6 +22,7 @@ from swarmnode.errors import ConfigError, SwarmUnavailable
 from swarmnode.net.identity import Identity, SignedRecordValidator, open_envelope
 from swarmnode.net.swarmkey import SwarmKey
 from swarmnode.records import (
+    MAX_CLOCK_SKEW_S,
     MODELS_KEY,
     DeadVerdict,
     ModelRecord,
@@ -33,8 +34,6 @@ from swarmnode.records import (
     observations_key,
     verdict_subkey,
 )
-
-MAX_CLOCK_SKEW_S = 300.0  # how far ahead of our DHT time a record's timestamp may be
 
 
 def validate_maddrs(maddrs: tuple[str, ...] | list[str], *, need_peer_id: bool, what: str) -> list[str]:

@@ -65,6 +65,14 @@ class Identity:
         """What this peer shows a node of a private swarm on every call (None: a public swarm)."""
         return self.swarm_key.token(self.peer_id) if self.swarm_key is not None else None
 
+    def authenticate(self, meta: dict) -> dict:
+        """``meta`` with this peer's call token under ``"auth"`` in a private swarm (unchanged in a
+        public one): what every request to a node carries."""
+        token = self.call_token()
+        if token is not None:
+            meta["auth"] = token
+        return meta
+
     def sign(self, data: bytes) -> bytes:
         return self._key.sign(data, _PADDING, _HASH)
 
@@ -132,6 +140,8 @@ def _open(key_bytes: bytes, subkey: str, envelope: Any, swarm_key: SwarmKey | No
         return None
     if len(signed) + len(public_der) + len(sig) > MAX_ENVELOPE_BYTES:
         return None
+    if bool(envelope.get("enc")) != (swarm_key is not None):
+        return None  # a private swarm's record outside it, or a public record inside one: not worth a verify
     payload = _payload(key_bytes, subkey, signed)
     cached = _verified.get(sig)
     if cached is None or cached[1] != payload:
@@ -144,8 +154,6 @@ def _open(key_bytes: bytes, subkey: str, envelope: Any, swarm_key: SwarmKey | No
             return None
         cached = (peer_id_of(public_der), payload)
         _verified.put(sig, cached)
-    if bool(envelope.get("enc")) != (swarm_key is not None):
-        return None  # a private swarm's record outside it, or a public record inside one
     if swarm_key is not None:
         signed = swarm_key.decrypt(signed, _associated(key_bytes, subkey))
         if signed is None:

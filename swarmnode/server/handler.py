@@ -97,19 +97,21 @@ class NodeHandler:
 
     async def rpc_info(self, request: runtime_pb2.ExpertUID, context: P2PContext) -> runtime_pb2.ExpertResponse:
         peer = str(context.remote_id)
-        if not self.rate.allow(peer):
-            return self._error(NodeBusy("too many requests from this peer: slow down"))
-        if self.swarm_key is not None:  # the token travels hex-encoded in the request's uid
-            try:
-                self._authorize(peer, bytes.fromhex(request.uid))
-            except (Unauthorized, ValueError):
-                return self._error(Unauthorized("this node serves a private swarm: start with its --swarm-key"))
+        try:
+            self._check_rate(peer)
+            if self.swarm_key is not None:  # the token travels hex-encoded in the request's uid
+                try:
+                    token = bytes.fromhex(request.uid)
+                except ValueError:
+                    token = None
+                self._authorize(peer, token)
+        except RemoteError as e:
+            return self._error(e)
         return make_response(self.info_fn())
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
-            if not self.rate.allow(str(context.remote_id)):
-                raise NodeBusy("too many requests from this peer: slow down")
+            self._check_rate(str(context.remote_id))
             meta = unpack_meta(request.metadata)
             self._authorize(str(context.remote_id), meta.get("auth"))
             self._check_model(meta)
@@ -204,13 +206,17 @@ class NodeHandler:
                 f"checkpoints differ: this node serves config hash {self.config_hash}, the client has {theirs!r}"
             )
 
+    def _check_rate(self, peer: str) -> None:
+        """Session opens and unary RPCs of one peer stay within its rate."""
+        if not self.rate.allow(peer):
+            raise NodeBusy("too many requests from this peer: slow down")
+
     def _authorize(self, peer: str, token: object) -> None:
         if self.swarm_key is not None and not self.swarm_key.admits(peer, token):
             raise Unauthorized("this node serves a private swarm: start with its --swarm-key")
 
     def _open_session(self, meta: dict, hidden, peer: str) -> Session:
-        if not self.rate.allow(peer):
-            raise NodeBusy("too many session opens from this peer: slow down")
+        self._check_rate(peer)
         self._authorize(peer, meta.get("auth"))
         if self.state_fn() != NodeState.ONLINE:
             raise NodeUnavailable(f"node is {self.state_fn().name}: not accepting new sessions")
