@@ -138,7 +138,12 @@ def cmd_join(args: argparse.Namespace) -> int:
         raise SwarmNodeError("--model is required (a checkpoint folder or a hub name)")
 
     async def start():
-        node = Node(config, step_delay_s=args.debug_step_delay_ms / 1000, corrupt_output=args.debug_corrupt_output)
+        node = Node(
+            config,
+            step_delay_s=args.debug_step_delay_ms / 1000,
+            corrupt_output=args.debug_corrupt_output,
+            misreport=args.debug_misreport,
+        )
         await node.__aenter__()
         return node
 
@@ -355,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("nan", "noise", "shape"),
         default="",
         help="TESTING AID: return corrupted hidden states (simulates a broken or hostile node); off by default",
+    )
+    p.add_argument(
+        "--debug-misreport",
+        action="store_true",
+        help="TESTING AID: report busy 0 and ~0 ms compute with every step, whatever the truth (a node lying "
+        "for traffic); off by default",
     )
     p.set_defaults(func=cmd_join)
 

@@ -96,6 +96,8 @@ class ClientConfig:
     model_id: str = ""
     routing: str = "aco"  # aco | shortest | shortest_load | random
     share_period: float = 5.0  # seconds between publications of our routing observations
+    ping_period: float = 30.0  # seconds between our pings of a node we may route through (0: never ping)
+    ping_timeout: float = 2.0  # a node that has not answered a ping by then counts as this far away
     # Ant-colony parameters (see swarmnode.routing.aco.AcoParams for what each does and why).
     aco_alpha: float = 1.0
     aco_beta: float = 6.0
@@ -114,6 +116,11 @@ class ClientConfig:
     aco_shared_sessions_cap: int = 8
     aco_busy_cap: float = 0.9
     aco_busy_max_age_s: float = 15.0
+    aco_claim_ratio: float = 3.0
+    aco_claim_slack_s: float = 0.025
+    aco_claim_windows: int = 3
+    aco_distrust_s: float = 120.0
+    aco_distrust_load: float = 100.0
     # A failed node is avoided for ban_base_s, doubling with each further failure up to ban_max_s.
     ban_base_s: float = 2.0
     ban_max_s: float = 120.0
@@ -137,6 +144,8 @@ class ClientConfig:
             raise ConfigError("request_timeout must be positive")
         if not 0.0 <= self.verify_fraction <= 1.0:
             raise ConfigError("verify_fraction must be in [0, 1]")
+        if self.ping_period < 0 or self.ping_timeout <= 0:
+            raise ConfigError("need ping_period >= 0 and ping_timeout > 0")
         if self.step_timeout_floor <= 0 or self.step_timeout_factor <= 0:
             raise ConfigError("step_timeout_floor and step_timeout_factor must be positive")
         known = ("aco", "shortest", "shortest_load", "random")

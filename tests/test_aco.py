@@ -200,3 +200,65 @@ def test_the_frozen_variant_does_not_learn():
     router = AntColonyRouter(AcoParams(reinforce_every=1), learn=False, clock=Clock(1000.0))
     router.report_step(Hop("x", 0, 4), 1.0, 1, compute_seconds=0.9)
     assert "x" not in router.estimates and router.tau(0, "x") == pytest.approx(AcoParams().tau0)
+
+
+def _traffic_with_a_liar(params: AcoParams, rounds: int = 600) -> dict[str, int]:
+    """Two replicas of the same speed: each step of a hop takes ping + service × (1 + the other
+    sessions on that node). ``honest`` reports its compute time and busy fraction truthfully;
+    ``liar`` reports ~0 compute and busy 0 whatever the truth. Sessions of 32 tokens arrive
+    every 4 rounds. Returns the tokens each node served."""
+    clock, ping, service = Clock(1000.0), 0.002, 0.04
+    router = AntColonyRouter(params, rng=random.Random(7), clock=clock, pings={"honest": ping, "liar": ping})
+    s = snap(node("honest", 0, 8, rps=200), node("liar", 0, 8, rps=200))
+    sessions: list[list] = []  # [hop, tokens left]
+    served = {"honest": 0, "liar": 0}
+    for round_ in range(rounds):
+        if round_ % 4 == 0:
+            hop = router.choose_chain(s, 0, 8)[0]
+            router.hold([hop])
+            sessions.append([hop, 32])
+        on = {p: sum(1 for h, _ in sessions if h.peer_id == p) for p in served}
+        for entry in sessions:
+            hop = entry[0]
+            busy = 1 - 1 / on[hop.peer_id]  # the others' share of its time
+            seconds = ping + service * on[hop.peer_id]
+            claims = (service, busy) if hop.peer_id == "honest" else (1e-5, 0.0)
+            router.report_step(hop, seconds, 1, compute_seconds=claims[0], busy=claims[1])
+            served[hop.peer_id] += 1
+            entry[1] -= 1
+        for done in [e for e in sessions if e[1] == 0]:
+            router.release([done[0]])
+            sessions.remove(done)
+        clock.now += 0.05
+    return served
+
+
+def test_a_node_lying_about_busy_and_compute_gains_no_traffic():
+    """The router trusts what it measured over what a node claims: a node whose reports understate
+    the in-node time we saw (round trip minus our own ping) is routed on measurements alone, as
+    a last resort. Without that check (claim_ratio huge) the same liar takes most of the traffic."""
+    checked = _traffic_with_a_liar(AcoParams())
+    unchecked = _traffic_with_a_liar(AcoParams(claim_ratio=1e9))
+    assert checked["liar"] <= checked["honest"], checked
+    assert unchecked["liar"] > 1.3 * unchecked["honest"], unchecked  # what the check prevents
+
+
+def test_claims_are_checked_only_against_a_ping_and_honest_reports_pass():
+    clock = Clock(0.0)
+    router = AntColonyRouter(AcoParams(reinforce_every=1), clock=clock)
+    liar, honest = Hop("l", 0, 8), Hop("h", 0, 8)
+    for _ in range(5):  # no ping of "l": network and node time cannot be told apart, nothing is judged
+        router.report_step(liar, 0.2, 1, compute_seconds=1e-5, busy=0.0)
+    assert router.trusts_claims("l")
+    router.pings.update(l=0.01, h=0.01)
+    for _ in range(3):
+        router.report_step(liar, 0.2, 1, compute_seconds=1e-5, busy=0.0)
+        router.report_step(honest, 0.2, 1, compute_seconds=0.05, busy=0.75)  # 0.05 / 0.25 = 0.2: consistent
+    assert not router.trusts_claims("l") and router.trusts_claims("h")
+    assert router.estimates["l"].misreports == 1
+    record = node("l", 0, 8)
+    assert router.load(record) == AcoParams().distrust_load  # a last resort
+    assert router.per_block_s(record) == pytest.approx((0.2 - 0.01) / 8, rel=0.01)  # measured, not claimed
+    assert router.observations()["l"]["per_block_s"] == pytest.approx((0.2 - 0.01) / 8, rel=0.01)
+    clock.now += AcoParams().distrust_s
+    assert router.trusts_claims("l")  # distrust lapses: a node that was merely overloaded gets back in

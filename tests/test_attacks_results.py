@@ -74,3 +74,31 @@ def test_a_node_adding_small_noise_is_caught_by_spot_checks(tmp_path, llama_path
             assert step_caught <= round(1 / fraction)  # the first check of that hop
         if fraction == 1.0:  # every step checked: no token was ever computed from a wrong output
             assert torch.equal(out, llama_reference.generate(prompt, max_new_tokens=8, do_sample=False))
+
+
+def test_a_node_lying_about_its_load_gains_no_traffic(tmp_path, llama_path, llama_reference):
+    """Two equally slow replicas of 4:8 (40 ms a step); one reports busy 0 and ~0 ms of compute with
+    every step and in its record. The client's pings and step times contradict it within three
+    windows of 8 tokens; after that it is a last resort, so it serves no more than the honest one."""
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        slow = ("--debug-step-delay-ms", "40")
+        started = [swarm.start_node(llama_path, "0:4", wait=False),
+                   swarm.start_node(llama_path, "4:8", *slow, "--debug-misreport", wait=False),
+                   swarm.start_node(llama_path, "4:8", *slow, wait=False)]  # fmt: skip
+        for node in started:
+            swarm.wait_online(node)
+        liar, honest = started[1].info["peer_id"], started[2].info["peer_id"]
+        prompt = torch.tensor([[3, 1, 4, 1, 5, 9]])
+        expected = llama_reference.generate(prompt, max_new_tokens=12, do_sample=False)
+        served = {liar: 0, honest: 0}
+        with swarm_client(swarm, llama_path) as model:
+            for _ in range(10):
+                with model.inference_session(max_length=32) as session:
+                    assert torch.equal(model.generate(prompt, max_new_tokens=12, session=session), expected)
+                    for hop in session.chain:
+                        served[hop.peer_id] = served.get(hop.peer_id, 0) + 1
+            estimate = model.remote.router.estimates[liar]
+        print(f"sessions served: liar {served[liar]}, honest {served[honest]}; misreports {estimate.misreports}")
+        assert estimate.misreports >= 1
+        assert served[liar] <= served[honest]

@@ -44,6 +44,12 @@ def test_sessions_avoid_a_slow_node_and_a_new_client_learns_it_from_the_dht(tmp_
             avoided = sum(peer != slow for peer in later) / len(later)
             print(f"warm-up tails on the slow node: {warmup.count(slow)}/8; later sessions avoiding it: {avoided:.0%}")
             assert avoided >= 0.8
+            # The client measured every node's round trip itself (client/pinger.py), and found no
+            # honest node's reports contradicted by its measurements (the slow one included).
+            pings = model.remote.pings
+            assert set(pings) == {n.info["peer_id"] for n in nodes}, pings
+            assert all(0 < p < model.client_config.ping_timeout for p in pings.values()), pings
+            assert all(model.remote.router.trusts_claims(peer) for peer in pings)
 
             remote, connection = model.remote, model.connection
             with model.inference_session(max_length=24) as session:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from swarmnode.client.generation import load_generation_config, plan_generation, prompt_positions
+from swarmnode.client.pinger import Pinger
 from swarmnode.client.session import InferenceSession, StepInput, hop_output
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
@@ -40,7 +41,11 @@ class RemoteBlocks:
         self._model_checked = False
         self.client_id = str(connection.p2p.peer_id)
         bans = Bans(base_s=config.ban_base_s, max_s=config.ban_max_s)
-        self.router = make_router(config.routing, config.aco_params(), bans=bans, publisher_id=self.client_id)
+        self.pings: dict[str, float] = {}  # measured by us, never taken from a node's word
+        self.router = make_router(
+            config.routing, config.aco_params(), bans=bans, publisher_id=self.client_id, pings=self.pings
+        )
+        self.pinger = Pinger(connection, self.pings, config.ping_period, config.ping_timeout)
         self._shared_at = 0.0
         self.last_snapshot = None
 
@@ -94,6 +99,7 @@ class RemoteBlocks:
             snapshot = await self.connection.snapshot(self.model_id, self.num_blocks, max_age=max_age)
             self.last_snapshot = snapshot
             self._share_observations()
+            await self.pinger.refresh(r.peer_id for r in snapshot.live() if r.peer_id not in exclude)
             try:
                 return self.router.choose_chain(snapshot, start, end, exclude=exclude)
             except NoServersForBlocks as e:

@@ -8,17 +8,24 @@ POLICIES = ("aco", "shortest", "shortest_load", "random")
 
 
 def make_router(
-    policy: str, params: AcoParams = AcoParams(), *, bans: Bans | None = None, publisher_id: str | None = None
+    policy: str,
+    params: AcoParams = AcoParams(),
+    *,
+    bans: Bans | None = None,
+    publisher_id: str | None = None,
+    pings: dict[str, float] | None = None,
 ) -> Router:
     """The router for a ClientConfig.routing name (see DESIGN.md, "Routing"); ``publisher_id``
-    is the key this client shares its observations under."""
+    is the key this client shares its observations under; ``pings`` the round trips the client
+    measures (peer id → seconds, kept up to date by the caller; see client/pinger.py)."""
     bans = bans or Bans()
+    pings = pings if pings is not None else {}
     if policy == "aco":
-        return AntColonyRouter(params, bans=bans, publisher_id=publisher_id)
+        return AntColonyRouter(params, bans=bans, publisher_id=publisher_id, pings=pings)
     if policy == "shortest":
-        return ShortestPathRouter(bans=bans)
+        return ShortestPathRouter(bans=bans, pings=pings)
     if policy == "shortest_load":  # the load term from session counts and best-of-two draws; no learning
-        return AntColonyRouter(params, learn=False, use_sharing=False, use_busy=False, bans=bans)
+        return AntColonyRouter(params, learn=False, use_sharing=False, use_busy=False, bans=bans, pings=pings)
     if policy == "random":
         return RandomRouter(bans=bans)
     raise ValueError(f"unknown routing policy {policy!r}; choose one of {POLICIES}")

@@ -67,6 +67,17 @@ class AcoParams:
     shared_sessions_cap: int = 8  # one publisher's sessions on a node count at most this much
     busy_cap: float = 0.9  # load(q) = 1 / (1 - min(busy, cap)): a saturated node costs 10x, not infinitely
     busy_max_age_s: float = 15.0  # a busy fraction older than this is not used or shared
+    # A node's claims (compute time, busy) are contradicted when the in-node time we measured
+    # (round trip minus our own ping) exceeds claim_ratio × what they imply + claim_slack_s, in the
+    # median of claim_windows windows of K tokens; the slack covers (de)serialization and event-loop
+    # time, which no claim includes. A contradicted node is routed on our measurements alone, as
+    # if its load were distrust_load (a last resort), for distrust_s: lying about load must cost
+    # traffic, not win it.
+    claim_ratio: float = 3.0
+    claim_slack_s: float = 0.025
+    claim_windows: int = 3
+    distrust_s: float = 120.0
+    distrust_load: float = 100.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -83,6 +94,9 @@ class AcoParams:
             "shared_sessions_cap >= 0": self.shared_sessions_cap >= 0,
             "0 <= busy_cap < 1": 0 <= self.busy_cap < 1,
             "busy_max_age_s > 0": self.busy_max_age_s > 0,
+            "claim_ratio >= 1, claim_slack_s >= 0": self.claim_ratio >= 1 and self.claim_slack_s >= 0,
+            "claim_windows >= 1, distrust_s >= 0": self.claim_windows >= 1 and self.distrust_s >= 0,
+            "distrust_load >= 1": self.distrust_load >= 1,
         }
         broken = [rule for rule, ok in checks.items() if not ok]
         if broken:
@@ -129,6 +143,7 @@ class AntColonyRouter:
         self._boundary_times: dict[int, deque] = defaultdict(lambda: deque(maxlen=params.best_window))
         self._pending: dict[Hop, _Pending] = defaultdict(_Pending)
         self._backups: dict[Hop, list[Hop]] = {}
+        self._claims: dict[str, deque] = {}  # peer → recent (measured in-node s, claimed s) per window
         self._last_choice: tuple[list[Hop], list[NodeRecord]] | None = None
 
     # ---- pheromone -------------------------------------------------------------------------------
@@ -143,8 +158,16 @@ class AntColonyRouter:
         self._tau[(boundary, peer_id)] = (min(p.tau_max, max(p.tau_min, value)), self.clock())
 
     # ---- cost model ------------------------------------------------------------------------------
+    def trusts_claims(self, peer_id: str) -> bool:
+        """False while the node's own reports (compute time, busy) stand contradicted by what we
+        measured (see :meth:`_check_claims`)."""
+        estimate = self.estimates.get(peer_id)
+        return estimate is None or self.clock() >= estimate.distrusted_until
+
     def per_block_s(self, record: NodeRecord) -> float:
         own, shared = self.estimates.get(record.peer_id), self.shared.estimates.get(record.peer_id)
+        if own is not None and own.in_node_s is not None and not self.trusts_claims(record.peer_id):
+            return own.in_node_s  # what we saw it take, queueing included
         advertised = 1.0 / max(record.inference_rps, MIN_RPS)
         value = own.per_block_s if own is not None and own.per_block_s is not None else None
         if shared is not None and shared.per_block_s is not None:
@@ -153,6 +176,10 @@ class AntColonyRouter:
         return advertised if value is None else value
 
     def delay_s(self, record: NodeRecord) -> float:
+        """What a step costs beyond the node's compute: the part of our step times its reported
+        compute time does not explain (network and queueing, as we saw them), else our own ping of
+        it, else other clients' figure. (Ping first made contention p95 2 % worse in the simulator:
+        the queueing seen in step times is information.)"""
         own = self.estimates.get(record.peer_id)
         if own is not None and own.delay_s is not None:
             return own.delay_s
@@ -183,6 +210,8 @@ class AntColonyRouter:
         that with utilization), or 1 + load_penalty × sessions where the busy fraction is unknown."""
         if not self.use_load:
             return 1.0
+        if not self.trusts_claims(record.peer_id):
+            return self.params.distrust_load
         busy = self.busy(record) if self.use_busy else None
         if busy is None:
             return 1.0 + self.params.load_penalty * self.sessions_on(record)
@@ -322,14 +351,12 @@ class AntColonyRouter:
         blocks = hop.end - hop.start
         estimate = self.estimates[hop.peer_id]
         decay = self.params.estimate_decay
+        self._check_claims(hop, seconds_per_token, compute_per_token)
         compute = compute_per_token if compute_per_token is not None else seconds_per_token
         per_block = max(1e-9, compute / blocks)
-        estimate.per_block_s = (
-            per_block if estimate.per_block_s is None else ((1 - decay) * estimate.per_block_s + decay * per_block)
-        )
+        estimate.per_block_s = _ewma(estimate.per_block_s, per_block, decay)
         if compute_per_token is not None:
-            delay = max(0.0, seconds_per_token - compute_per_token)
-            estimate.delay_s = delay if estimate.delay_s is None else (1 - decay) * estimate.delay_s + decay * delay
+            estimate.delay_s = _ewma(estimate.delay_s, max(0.0, seconds_per_token - compute_per_token), decay)
         estimate.samples += 1
         normalized = seconds_per_token / blocks
         window = self._boundary_times[hop.start]
@@ -337,6 +364,31 @@ class AntColonyRouter:
         r = min(window) / normalized  # relative to the best recent time at this boundary, in (0, 1]
         d = self.params.deposit
         self._set_tau(hop.start, hop.peer_id, (1 - d) * self.tau(hop.start, hop.peer_id) + d * r)
+
+    def _check_claims(self, hop: Hop, seconds_per_token: float, compute_per_token: float | None) -> None:
+        """Hold the node's claims against our measurement: the in-node time we saw (step round
+        trip minus our own ping) against what its reported compute time and busy fraction imply
+        (compute / (1 − busy): its own queueing model). Needs a ping: without one, network and
+        node time cannot be told apart without believing the node."""
+        ping = self.pings.get(hop.peer_id)
+        if ping is None or compute_per_token is None:
+            return
+        p, estimate, blocks = self.params, self.estimates[hop.peer_id], hop.end - hop.start
+        measured = max(0.0, seconds_per_token - ping)
+        in_node = measured / blocks
+        decay = p.estimate_decay
+        estimate.in_node_s = _ewma(estimate.in_node_s, in_node, decay)
+        busy = estimate.busy if estimate.busy is not None else 0.0
+        claimed = compute_per_token / (1.0 - min(p.busy_cap, busy))
+        window = self._claims.setdefault(hop.peer_id, deque(maxlen=p.claim_windows))
+        window.append((measured, claimed))
+        if len(window) < p.claim_windows:
+            return
+        seen, said = statistics.median(m for m, _ in window), statistics.median(c for _, c in window)
+        if seen > p.claim_ratio * said + p.claim_slack_s:
+            estimate.misreports += 1
+            estimate.distrusted_until = self.clock() + p.distrust_s
+            window.clear()  # the next verdict needs fresh evidence
 
     def boundary_stats(self, boundary: int) -> dict[str, float]:
         """Mean, variance and best of the recent per-block hop times at ``boundary``."""
@@ -376,6 +428,10 @@ class AntColonyRouter:
             clamp=self.params.shared_clamp,
             sessions_cap=self.params.shared_sessions_cap,
         )
+
+
+def _ewma(previous: float | None, sample: float, weight: float) -> float:
+    return sample if previous is None else (1 - weight) * previous + weight * sample
 
 
 class RandomRouter(BanFeedback):

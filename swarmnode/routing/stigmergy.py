@@ -30,6 +30,9 @@ class NodeEstimate:
     busy_at: float = 0.0  # when (the client's clock)
     disputes: int = 0  # spot-checks that found this node's output wrong
     evidence: str = ""  # the latest of them, in words (which step, which replicas, how far off)
+    in_node_s: float | None = None  # measured round trip minus measured ping, per block per token
+    misreports: int = 0  # times its claims (compute time, busy) were contradicted by measurement
+    distrusted_until: float = 0.0  # until then its claims are ignored and it is a last resort
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,16 @@ def publishable(
         busy_fresh = e.busy is not None and now - e.busy_at <= busy_max_age_s
         if not (e.samples or e.failures or busy_fresh or held.get(peer) or e.disputes):
             continue
+        contradicted = now < e.distrusted_until and e.in_node_s is not None
         shared[peer] = {
-            "per_block_s": e.per_block_s,
+            # A node whose claims we caught out: what we measured, not what its claims made of it.
+            "per_block_s": e.in_node_s if contradicted else e.per_block_s,
             "delay_s": e.delay_s,
             "samples": e.samples,
             "failures": e.failures,
             "sessions": held.get(peer, 0),
         }
-        if busy_fresh:
+        if busy_fresh and not contradicted:
             shared[peer]["busy"] = e.busy
         if e.disputes:
             shared[peer].update(disputes=e.disputes, evidence=e.evidence[:MAX_EVIDENCE])

@@ -77,8 +77,12 @@ class NodeHandler:
         metrics: NodeMetrics | None = None,
         limits: PeerLimits = PeerLimits(),
         swarm_key: SwarmKey | None = None,
+        misreport: bool = False,
     ):
         self.limits = limits
+        # TESTING AID (--debug-misreport): claim to be idle and fast (busy 0, compute ~0) whatever the
+        # truth, as a node lying for traffic would. Routers must not believe it (docs/security.md).
+        self.misreport = misreport
         self.swarm_key = swarm_key  # a private swarm: every caller proves it holds the key
         self.rate = RateLimiter(limits.max_requests_per_s, burst=max(1.0, limits.max_requests_per_s))
         self._held: dict[str, set[str]] = {}  # peer id → its open session ids
@@ -266,6 +270,9 @@ class NodeHandler:
         out = await self._run(hidden, start, end, cache, mask, positions, timing)
         self._observe("decode" if hidden.shape[1] == 1 else "prefill", timing, hidden)
         compute_ms = 1000 * (timing["finished"] - timing["started"])
+        busy = self.busy.fraction()
+        if self.misreport:
+            compute_ms, busy = 0.01, 0.0
         return make_response(
             {
                 "cache_len_before": before,
@@ -274,7 +281,7 @@ class NodeHandler:
                 "compute_ms": compute_ms,  # the blocks themselves
                 "queue_ms": 1000 * (timing["started"] - began),  # waiting for the compute thread
                 "node_ms": 1000 * (time.perf_counter() - received),  # request decoded to response built
-                "busy": self.busy.fraction(),  # the load signal routers learn from
+                "busy": busy,  # the load signal routers learn from
                 "draining": self.state_fn() == NodeState.DRAINING,  # clients move before the node leaves
             },
             (out,),

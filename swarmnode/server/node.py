@@ -71,8 +71,10 @@ class Node:
         step_delay_s: float = 0.0,
         load_progress: Callable[[int, int], None] | None = None,
         corrupt_output: str = "",
+        misreport: bool = False,
     ):
         self.corrupt_output = corrupt_output  # TESTING AID: see server/backend.py: corrupt
+        self.misreport = misreport  # TESTING AID: see server/handler.py: NodeHandler.misreport
         self.config = config
         self.load_progress = load_progress if load_progress is not None else LoadProgress()
         self.step_delay_s = step_delay_s
@@ -205,6 +207,7 @@ class Node:
             swarm_key=self.identity.swarm_key,
             session_idle_timeout=cfg.session_idle_timeout,
             limits=PeerLimits(cfg.max_sessions_per_peer, cfg.max_cache_share_per_peer, cfg.max_requests_per_peer_s),
+            misreport=self.misreport,
         )
         await SwarmNodeService().add_p2p_handlers(self.p2p, wrapper=self.handler)
         await self.p2p.add_binary_stream_handler(INFERENCE_HANDLE, self.handler.handle_inference_stream)
@@ -295,8 +298,8 @@ class Node:
             inference_rps=self.inference_rps,
             prefill_rps=self.prefill_rps,
             cache_tokens_left=(caches.budget - caches.used) // span if caches else 0,
-            active_sessions=caches.active_sessions if caches else 0,
-            busy=self.handler.busy.fraction() if self.handler is not None else -1.0,
+            active_sessions=caches.active_sessions if caches and not self.misreport else 0,
+            busy=-1.0 if self.handler is None else 0.0 if self.misreport else self.handler.busy.fraction(),
             dtype=dtype_name(self.dtype),
             version=swarmnode.__version__,
             public_name=self.config.public_name,

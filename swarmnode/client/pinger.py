@@ -1,0 +1,77 @@
+"""Round trips to nodes, measured by the client itself.
+
+Routers weigh network delay, and a node's own reports cannot be trusted for it (a node that
+claims a small compute time would otherwise look near: docs/security.md). So the client
+pings the nodes it may route through, as Petals' client does with its candidate servers: an
+``rpc_info`` call each (the cheapest call every node answers, authenticated in a private
+swarm), timed on the client's clock, smoothed, refreshed every ``ping_period`` seconds. A node
+that does not answer within ``ping_timeout`` counts as that far away (routable, last) until a
+later ping says otherwise. The measured round trips land in the router's ``pings`` map.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, MutableMapping
+
+from hivemind.proto import runtime_pb2
+
+from swarmnode.net.protocol import read_response
+
+logger = logging.getLogger(__name__)
+SMOOTHING = 0.5  # weight of a new ping against the running value: pings on a quiet link barely move
+
+
+class Pinger:
+    """Keeps ``pings`` (peer id → seconds) fresh for the peers a client may route through."""
+
+    def __init__(self, connection, pings: MutableMapping[str, float], period: float, timeout: float):
+        self.connection, self.pings = connection, pings
+        self.period, self.timeout = period, timeout
+        self._pinged_at: dict[str, float] = {}
+        self._in_flight: set[str] = set()
+
+    def due(self, peers: Iterable[str]) -> list[str]:
+        """Peers never pinged, or last pinged over a period ago (and not being pinged now)."""
+        if self.period <= 0:
+            return []
+        now = time.monotonic()
+        return [
+            p for p in peers if p not in self._in_flight and now - self._pinged_at.get(p, float("-inf")) >= self.period
+        ]
+
+    async def refresh(self, peers: Iterable[str]) -> None:
+        """Ping every due peer at once. Waits only for peers never measured (a first route
+        should already see distances); refreshes of known peers run in the background."""
+        due = self.due(peers)
+        if not due:
+            return
+        unknown = [p for p in due if p not in self.pings]
+        known = [p for p in due if p in self.pings]
+        self._in_flight.update(due)
+        if known:
+            self.connection.background(self._ping_all(known), "pinging nodes")
+        if unknown:
+            await self._ping_all(unknown)
+
+    async def _ping_all(self, peers: list[str]) -> None:
+        await asyncio.gather(*(self._ping(p) for p in peers))
+
+    async def _ping(self, peer_id: str) -> None:
+        token = self.connection.identity.call_token()
+        request = runtime_pb2.ExpertUID(uid=token.hex() if token is not None else "")
+        began = time.perf_counter()
+        try:
+            response = await self.connection.stub(peer_id).rpc_info(request, timeout=self.timeout)
+            read_response(response, peer_id)
+            seconds = time.perf_counter() - began
+        except Exception as e:  # noqa: BLE001 - any failure: the node is, for routing, far away
+            logger.debug("ping of %s failed: %s", peer_id, e)
+            seconds = self.timeout
+        finally:
+            self._in_flight.discard(peer_id)
+            self._pinged_at[peer_id] = time.monotonic()
+        previous = self.pings.get(peer_id)
+        self.pings[peer_id] = seconds if previous is None else (1 - SMOOTHING) * previous + SMOOTHING * seconds
