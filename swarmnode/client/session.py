@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from swarmnode.client.spotcheck import SpotChecks
+from swarmnode.client.steps import StepInput
 from swarmnode.client.trace import HopTrace, StepTrace, ms_since
 from swarmnode.client.verify import due
 from swarmnode.errors import (
@@ -39,37 +40,10 @@ from swarmnode.routing import Hop
 
 if TYPE_CHECKING:
     from swarmnode.client.model import RemoteBlocks
+    from swarmnode.client.spotcheck import Checker
 
 logger = logging.getLogger(__name__)
 RECENT_STEPS = 16
-
-
-@dataclass(frozen=True)
-class StepInput:
-    """What one step sends to a hop: hidden states [batch, seq, hidden] and, for a padded
-    batch, the tokens' attention mask [batch, seq] (0 = padding) and position ids."""
-
-    hidden: torch.Tensor
-    mask: torch.Tensor | None = None
-    positions: torch.Tensor | None = None
-
-    @property
-    def tokens(self) -> int:
-        return self.hidden.shape[1]
-
-    def tensors(self) -> tuple[torch.Tensor, ...]:
-        if self.mask is None:
-            return (self.hidden,)
-        return (self.hidden, self.mask, self.positions)
-
-    def with_hidden(self, hidden: torch.Tensor) -> StepInput:
-        """The same tokens, as the next hop receives them."""
-        return StepInput(hidden, self.mask, self.positions)
-
-    def head(self, tokens: int) -> StepInput:
-        """The first ``tokens`` tokens of this input."""
-        cut = lambda t: None if t is None else t[:, :tokens]  # noqa: E731
-        return StepInput(self.hidden[:, :tokens], cut(self.mask), cut(self.positions))
 
 
 def hop_output(response, peer_id: str, sent: StepInput) -> tuple[dict, torch.Tensor]:
@@ -101,6 +75,8 @@ class _HopState:
     compute_times: list[float] = field(default_factory=list)  # the node's own compute, seconds
     draining: bool = False
     stream_id: str = ""  # the id the node keeps this hop's cache under
+    unchecked: dict[int, torch.Tensor] = field(default_factory=dict)  # outputs since the last spot-check
+    checker: Checker | None = None  # the replica chain kept in step for spot-checks
 
     @property
     def sent_tokens(self) -> int:
@@ -116,6 +92,8 @@ class _HopState:
                 break
             kept.append(inp)
             total += inp.tokens
+        # Outputs of inputs that were cut (or cut short) were never part of the kept history.
+        self.unchecked = {i: out for i, out in self.unchecked.items() if i < len(kept) and kept[i] is self.history[i]}
         self.history = kept
 
 
@@ -271,8 +249,11 @@ class InferenceSession(SpotChecks):
             state = self._hops[index]
             try:
                 out = await self._run_hop(state, step)
-                if due(len(state.history), self.remote.config.verify_fraction):
-                    await self._verify(state, out)
+                fraction = self.remote.config.verify_fraction
+                if fraction > 0:
+                    state.unchecked[len(state.history) - 1] = out
+                    if due(len(state.history), fraction):
+                        await self._verify(state)
             except VerificationFailed as error:
                 state.history.pop()  # this step runs again on the replacement
                 await self._replace(index, error)
@@ -356,6 +337,7 @@ class InferenceSession(SpotChecks):
             self._on_hop_failure(failed.hop, error)
         if failed.stream is not None:
             await failed.stream.close()
+        await self._drop_checker(failed)
         exclude = {failed.hop.peer_id} | self._distrusted
         planned = getattr(self.remote.router, "backup", lambda hop: None)(failed.hop)
         while True:
@@ -401,11 +383,13 @@ class InferenceSession(SpotChecks):
             raise
         return states, inputs
 
-    async def _replay(self, state: _HopState, inputs: list[StepInput]) -> list[StepInput]:
-        """Send a hop its whole history, chunk by chunk, pipelined; returns the outputs."""
+    async def _replay(self, state: _HopState, inputs: list[StepInput], position: int = 0) -> list[StepInput]:
+        """Send a hop ``inputs`` (its whole history, or what follows ``position`` tokens it already
+        holds), chunk by chunk, pipelined; returns the outputs."""
+        first = position
 
         async def send_all() -> None:
-            position = 0
+            position = first
             for chunk in inputs:
                 await state.stream.send(self._request(state, chunk, position))
                 position += chunk.tokens
@@ -419,7 +403,7 @@ class InferenceSession(SpotChecks):
             return outputs
 
         _, outputs = await asyncio.gather(send_all(), receive_all())
-        state.history = list(inputs)
+        state.history = state.history + list(inputs) if position else list(inputs)
         return outputs
 
     def _check_refusal(self, error: BaseException) -> None:
@@ -440,6 +424,8 @@ class InferenceSession(SpotChecks):
         if not self._released:
             self._released = True
             self.remote.router.release(self.chain)
+        for state in self._hops:
+            await self._drop_checker(state)
         await self._close(self._hops)
 
     @staticmethod

@@ -1,13 +1,13 @@
 """Spot-checks of untrusted nodes: the decisions, pure (the session runs them).
 
-A session with ``verify_fraction = p > 0`` checks about ``p`` of each hop's steps: it sends
-that hop's whole input history to an independent replica chain of the same span (chunk by
-chunk, as first sent, so an honest replica computes exactly what an honest hop computed)
-and compares the two outputs of the step. Honest nodes of the same dtype agree bitwise;
-across dtypes they agree within :func:`tolerance`. When they disagree, a third chain, if
-there is one, breaks the tie; without one the hop is presumed wrong (a session-level
-verdict only: the node is banned for this session and the failure is reported in the
-shared observations, where one client's word never bans a node for others).
+A session with ``verify_fraction = p > 0`` checks each hop every ⌈1/p⌉ steps: an independent
+replica chain of the same span, kept in step with the hop, recomputes the steps since the
+previous check (joined into one request) and every one of their outputs is compared. Honest
+nodes agree within :func:`tolerance` (joined steps round differently from single ones, by
+about 1e-6 in float32). When they disagree, a third chain, if there is one, breaks the tie;
+without one the hop is presumed wrong (a session-level verdict only: the node is banned for
+this session and the failure is reported in the shared observations, where one client's
+word never bans a node for others).
 """
 
 from __future__ import annotations
