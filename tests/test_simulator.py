@@ -35,3 +35,15 @@ def test_common_random_numbers_give_every_policy_the_same_swarm():
 def test_churn_causes_failovers_that_recover():
     result = sim.Simulation("churn", "aco", seed=0, duration=60.0).run()
     assert result["failovers"] > 0 and 0 < result["recovery_s"] < 30
+
+
+def test_the_routing_claims_hold_on_the_documented_seeds():
+    """docs/routing.md's targets, on its 10 seeds (about 7 s): a change to the selector or its
+    parameters that loses them fails here, not only in a report."""
+    contention = sim.run_scenario("contention", 10, ("aco", "shortest", "shortest_load"))
+    aco, shortest, shortest_load = (contention[p]["p95_ms"] for p in ("aco", "shortest", "shortest_load"))
+    print(f"contention p95: aco {aco:.0f}, shortest {shortest:.0f}, shortest_load {shortest_load:.0f} ms")
+    assert aco <= 0.75 * shortest
+    assert aco <= 0.90 * shortest_load
+    gray = sim.run_scenario("gray", 10, ("aco",))["aco"]
+    assert gray["gray_share_after_30s"] < 0.10, gray
