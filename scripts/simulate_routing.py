@@ -12,8 +12,10 @@ its record (session count and busy fraction included) every 10 s, clients re-rea
 2 s and publish observations every 5 s, and a node advertises the throughput a start-up
 microbenchmark measured, which is off from its speed in service (``--profile-error``). Seeds use
 common random numbers: every policy sees the same swarm, arrivals and faults. Policy ``oracle``
-is a reference no client can run (the cost model over the simulation's true, current state)
-that shows what better information buys.
+is a reference no client can run and that shares nothing with the selector's cost model: an
+exact search over all chains for the earliest return of one token on the true state (true
+speeds, round trips and queues) at the instant a session starts. ``bound_ms`` is a lower
+bound no policy can beat: the fastest chain with every node idle.
 
     python scripts/simulate_routing.py --scenario contention --seeds 10 --json out.json
     python scripts/simulate_routing.py --sweep load --seeds 10 --plot docs/routing_p95_vs_load.png
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.routing import AcoParams, AntColonyRouter, Bans, Hop, RandomRouter, ShortestPathRouter
+from swarmnode.routing.shortest import BanFeedback, shortest_chain
 from swarmnode.server.block_selection import choose_span, served_throughput
 from swarmnode.server.busy import BusyMeter
 
@@ -111,30 +114,37 @@ class Simulation:
         load: float | None = None,
         duration: float = DURATION_S,
         profile_error: float = PROFILE_ERROR,
+        live: dict | None = None,
     ):
         self.scenario, self.policy, self.seed, self.duration = scenario, policy, seed, duration
-        self.cfg = dict(SCENARIOS[scenario])
+        self.live = live  # a swarm measured by scripts/bench_routing_live.py: see live_world()
+        self.cfg = dict(SCENARIOS[scenario]) if live is None else dict(live["cfg"])
         if load is not None:
             self.cfg["load"] = load
+        self.prompt = live["prompt"] if live else PROMPT
+        self.new_tokens = live["tokens"] if live else TOKENS
+        self.clients = live["clients"] if live else CLIENTS
         self.profile_error = profile_error
         self.now = 0.0
         self.events: list = []
         self._seq = 0
         self.board: dict[str, dict] = {}  # clients' shared observations, as the DHT would hold them
         world = random.Random(seed)  # common random numbers: the same for every policy
-        self.nodes = self._build_swarm(world)
+        self.nodes = self._build_swarm(world) if live is None else self._live_swarm(live)
         self.arrivals = random.Random(seed * 7919 + 1)
         self.faults = random.Random(seed * 7919 + 2)
         self.phases = random.Random(seed * 7919 + 3)  # when each node announces, each client shares
-        self.routers = [self._router(random.Random(seed * 1000 + c), f"c{c}") for c in range(CLIENTS)]
-        self.snapshots: list[SwarmSnapshot | None] = [None] * CLIENTS
+        self.routers = [self._router(random.Random(seed * 1000 + c), f"c{c}") for c in range(self.clients)]
+        self.snapshots: list[SwarmSnapshot | None] = [None] * self.clients
         self.token_latencies: list[float] = []
         self.stalls: list[float] = []
         self.tokens = 0
         self.session_log: list[tuple[float, list[str]]] = []
         self.gray_peer: str | None = None
         capacity = sum(1 / n.per_block_s for n in self.nodes) / self.num_blocks  # tokens/s, perfect balance
-        self.rate = self.cfg["load"] * capacity / (TOKENS + PROMPT / PREFILL_SPEEDUP)
+        self.rate = self.cfg["load"] * capacity / (self.new_tokens + self.prompt / PREFILL_SPEEDUP)
+        if live is not None:
+            self.rate = live["rate"]
 
     # ---- world --------------------------------------------------------------------------------
     def _build_swarm(self, rng: random.Random) -> list[SimNode]:
@@ -148,6 +158,16 @@ class Simulation:
             start, end = choose_span(served_throughput(snapshot), count)  # placed by advertised speeds
             advertised = 1 / (per_block * profiling.lognormvariate(0.0, self.profile_error))
             nodes.append(SimNode(f"n{len(nodes):02d}", start, end, per_block, advertised, rng.uniform(0.005, 0.25)))
+        return nodes
+
+    def _live_swarm(self, live: dict) -> list[SimNode]:
+        self.num_blocks = live["num_blocks"]
+        nodes = []
+        for i, x in enumerate(live["nodes"]):
+            blocks = x["end"] - x["start"]
+            nodes.append(
+                SimNode(f"n{i:02d}", x["start"], x["end"], x["step_s"] / blocks, x["advertised_rps"], x["delay_s"])
+            )
         return nodes
 
     def _uncovered(self, nodes: list[SimNode]) -> bool:
@@ -183,7 +203,7 @@ class Simulation:
                 AcoParams(), learn=False, use_sharing=False, use_busy=use_busy, rng=rng, clock=clock, pings=pings
             )
         if self.policy == "oracle":
-            return OracleRouter(self, AcoParams(), learn=False, use_sharing=False, rng=rng, clock=clock)
+            return OracleRouter(self, clock)
         return AntColonyRouter(
             AcoParams(**ACO_OVERRIDES),
             rng=rng,
@@ -202,7 +222,7 @@ class Simulation:
 
     def run(self) -> dict:
         self.at(self.arrivals.expovariate(self.rate), self.arrive)
-        for c in range(CLIENTS):
+        for c in range(self.clients):
             self.at(0.0, self.refresh, c)
             self.at(self.phases.uniform(0, SHARE_S), self.share, c)
         for x in self.nodes:  # nodes announce on their own clocks, not in step
@@ -235,8 +255,10 @@ class Simulation:
         self.at(self.now + ANNOUNCE_S, self.announce, x)
 
     def arrive(self) -> None:
-        session = Session(len(self.session_log), self.arrivals.randrange(CLIENTS), self.now)
-        self.at(self.now + self.arrivals.expovariate(self.rate), self.arrive)
+        session = Session(len(self.session_log), self.arrivals.randrange(self.clients), self.now)
+        later = self.now + self.arrivals.expovariate(self.rate)
+        if self.live is None or later < self.live["arrivals_s"]:  # a live run's arrivals stop, its sessions finish
+            self.at(later, self.arrive)
         self.start_session(session)
 
     def start_session(self, session: Session) -> None:
@@ -259,7 +281,7 @@ class Simulation:
 
     # ---- one hop of one step --------------------------------------------------------------------
     def step_tokens(self, session: Session) -> int:
-        return PROMPT if session.step == 0 else 1
+        return self.prompt if session.step == 0 else 1
 
     def send(self, session: Session) -> None:
         hop = session.chain[session.hop_index]
@@ -314,7 +336,7 @@ class Simulation:
         session.step += 1
         session.hop_index = 0
         session.step_began = session.last_token_at = self.now
-        if session.step > TOKENS:
+        if session.step > self.new_tokens:
             self.routers[session.client].release(session.chain)
             for h in session.chain:
                 self.node(h.peer_id).sessions -= 1
@@ -342,7 +364,7 @@ class Simulation:
         session.chain[index : index + 1] = replacement
         router.release([hop])
         router.hold(replacement)
-        held = PROMPT + max(0, session.step - 1)
+        held = self.prompt + max(0, session.step - 1)
         for h in replacement:
             self.node(h.peer_id).sessions += 1
             session.history_tokens[-h.start - 1] = held
@@ -359,6 +381,8 @@ class Simulation:
 
         candidates = [x for x in self.nodes if replaceable(x) and x.per_block_s == BASE_PER_BLOCK_S]
         victim = self.faults.choice(sorted(candidates or self.nodes, key=lambda x: x.peer_id))
+        if self.live is not None:
+            victim = self.nodes[self.live["gray_node"]]
         self.gray_peer = victim.peer_id
         victim.per_block_s *= 5
 
@@ -374,6 +398,17 @@ class Simulation:
         x.alive, x.sessions, x.announced_sessions, x.announced_busy, x.meter = True, 0, 0, 0.0, None
 
     # ---- results -------------------------------------------------------------------------------
+    def idle_bound_s(self) -> float:
+        """A lower bound on any token's latency: the fastest chain of the swarm as it started,
+        on true speeds and round trips, with every node idle (no policy can do better)."""
+        records = [
+            NodeRecord(x.peer_id, NodeState.ONLINE, x.start, x.end, inference_rps=1.0 / x.per_block_s)
+            for x in self.nodes
+        ]
+        snapshot = SwarmSnapshot("sim", self.num_blocks, {r.peer_id: r for r in records})
+        chain = shortest_chain(snapshot, 0, self.num_blocks, pings={x.peer_id: x.delay_s for x in self.nodes})
+        return sum(self.node(h.peer_id).delay_s + (h.end - h.start) * self.node(h.peer_id).per_block_s for h in chain)
+
     def metrics(self) -> dict:
         lat = sorted(self.token_latencies)
         busy = [x.busy_s / self.duration for x in self.nodes]
@@ -387,6 +422,7 @@ class Simulation:
             "jain": jain,
             "tokens_per_s": self.tokens / self.duration,
             "offered_load": self.cfg["load"],
+            "bound_ms": 1000 * self.idle_bound_s(),
         }
         if self.gray_peer is not None:
             after = [chain for t, chain in self.session_log if self.cfg["gray_at"] + 30 <= t]
@@ -396,27 +432,100 @@ class Simulation:
         return result
 
 
-class OracleRouter(AntColonyRouter):
-    """A reference no client can run: the selector's own cost model fed the simulation's true
-    state the instant a chain is chosen (true speeds, true delays, current busy fractions), plus
-    each node's current queue backlog. It shows what better information buys under this model."""
+class OracleRouter(BanFeedback):
+    """A reference no client can run, built without the selector's cost model: an exact search
+    over all chains on the simulation's true state the instant a session starts. For every
+    chain it computes when one decoding token would come back if sent now — the true round
+    trips, the true per-block times and each node's true queue (its backlog of work already
+    accepted, first in first out) — and takes the earliest. Nodes serve FIFO, so arriving later
+    never finishes earlier, and a time-dependent Dijkstra over block boundaries finds that
+    minimum exactly (the same answer as enumerating every chain). It is greedy for the first
+    token: it does not foresee the session's later tokens or other arrivals."""
 
-    def __init__(self, sim: Simulation, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, sim: Simulation, clock):
         self.sim = sim
+        self.bans = Bans(clock=clock)
 
-    def per_block_s(self, record: NodeRecord) -> float:
-        return self.sim.node(record.peer_id).per_block_s
+    def choose_chain(self, snapshot, start: int, end: int, *, exclude: frozenset[str] = frozenset()) -> list[Hop]:
+        now = self.sim.now
+        nodes = [x for x in self.sim.nodes if x.alive and x.peer_id not in exclude]
+        best, came_from, queue = {start: now}, {}, [(now, start)]
+        while queue:
+            t, b = heapq.heappop(queue)
+            if b == end:
+                break
+            if t > best[b]:
+                continue
+            for x in nodes:
+                if not x.start <= b < x.end:
+                    continue
+                begin = max(t + x.delay_s / 2, x.busy_until)
+                for e in range(b + 1, min(x.end, end) + 1):
+                    back = begin + (e - b) * x.per_block_s + x.delay_s / 2
+                    if back < best.get(e, math.inf):
+                        best[e], came_from[e] = back, Hop(x.peer_id, b, e)
+                        heapq.heappush(queue, (back, e))
+        if end not in came_from:
+            raise NoServersForBlocks([b for b in range(start, end) if b not in best], "sim", 0.0)
+        chain, b = [], end
+        while b != start:
+            chain.append(came_from[b])
+            b = came_from[b].start
+        return chain[::-1]
 
-    def delay_s(self, record: NodeRecord) -> float:
-        return self.sim.node(record.peer_id).delay_s
 
-    def busy(self, record: NodeRecord) -> float:
-        return self.sim.meter(self.sim.node(record.peer_id)).fraction()
+# What a live hop and step cost beyond the testing aids' delays (docs/token_budget.md: a libp2p
+# round trip is ~1 ms, client and node handling ~0.5 ms per hop; the tiny blocks compute in <1 ms).
+LIVE_HOP_OVERHEAD_S = 0.002
+LIVE_STEP_OVERHEAD_S = 0.001
 
-    def hop_cost(self, record: NodeRecord, b: int, e: int) -> float:
-        backlog = max(0.0, self.sim.node(record.peer_id).busy_until - self.sim.now)
-        return super().hop_cost(record, b, e) + backlog
+
+def live_world(report: dict, rate: float, arrivals_s: float, gray_at: float | None = None) -> dict:
+    """The simulator's world for a swarm measured by scripts/bench_routing_live.py: the same
+    spans, step delays (+ LIVE_STEP_OVERHEAD_S), network delays (+ LIVE_HOP_OVERHEAD_S),
+    advertised throughputs, clients, session shape and arrival rate."""
+    nodes = []
+    for x in report["nodes"]:
+        start, end = (int(v) for v in x["span"].split(":"))
+        step_s = x["step_ms"] / 1000 + LIVE_STEP_OVERHEAD_S
+        delay_s = x["net_ms"] / 1000 + LIVE_HOP_OVERHEAD_S
+        nodes.append(dict(start=start, end=end, step_s=step_s, delay_s=delay_s, advertised_rps=x["advertised_rps"]))
+    cfg = {"load": 0.0} if gray_at is None else {"load": 0.0, "gray_at": gray_at}
+    return dict(
+        nodes=nodes, num_blocks=report["num_blocks"], clients=report["clients"], prompt=report["prompt"],
+        tokens=report["tokens"], rate=rate, arrivals_s=arrivals_s, cfg=cfg, gray_node=report["gray"]["node"],
+    )  # fmt: skip
+
+
+def compare_with_live(path: str, seeds: int) -> None:
+    """Predicted (simulator, mean over seeds) against measured (live, median over repeats)
+    p50 / p95 per load and policy, and the gray node's share of new sessions."""
+    report = json.loads(open(path).read())
+    repeats = report["repeats"]
+    policies = [p for p in POLICIES[:4] if all(f"low/{p}" in r for r in repeats)]
+    print(f"simulator ({seeds} seeds) vs live ({len(repeats)} repeat(s)), per-token latency in ms")
+    print("load       policy         live p50  sim p50  error    live p95  sim p95  error")
+    errors = []
+    for load, rate in report["loads"].items():
+        world = live_world(report, rate, report["duration"])
+        for policy in policies:
+            sim = summarize([Simulation("live", policy, s, duration=report["duration"] + 60, live=world).run()
+                             for s in range(seeds)])  # fmt: skip
+            live = {q: statistics.median(r[f"{load}/{policy}"][q] for r in repeats) for q in ("p50", "p95")}
+            e50, e95 = (sim[f"{q}_ms"] / live[q] - 1 for q in ("p50", "p95"))
+            errors += [abs(e50), abs(e95)]
+            print(f"{load:10s} {policy:13s}  {live['p50']:7.1f}  {sim['p50_ms']:7.1f}  {e50:+6.0%}   "
+                  f"{live['p95']:7.1f}  {sim['p95_ms']:7.1f}  {e95:+6.0%}")  # fmt: skip
+    print(f"mean absolute error over p50 and p95: {statistics.fmean(errors):.0%}")
+    gray = report["gray"]
+    world = live_world(report, gray["rate"], gray["duration"], gray_at=gray["at"])
+    for policy in policies:
+        sim = summarize([Simulation("live", policy, s, duration=gray["duration"] + 60, live=world).run()
+                         for s in range(seeds)])  # fmt: skip
+        shares = [[share for t, share in r[f"gray/{policy}"]["shares"] if t >= 20] for r in repeats]
+        live_after = statistics.median(statistics.fmean(s) if s else float("nan") for s in shares)
+        print(f"gray {policy:13s} share of new sessions on the slowed node from 20 s after: "
+              f"live {live_after:.0%}, sim {sim['gray_share_after_30s']:.0%} (from 30 s)")  # fmt: skip
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -477,7 +586,8 @@ def print_results(results: dict[str, dict]) -> None:
         )
         print(
             f"{policy:14s} mean {m['mean_ms']:8.1f} ms  p50 {m['p50_ms']:8.1f}  p95 {m['p95_ms']:8.1f}  "
-            f"recovery {m['recovery_s']:.2f} s  jain {m['jain']:.2f}  {m['tokens_per_s']:.1f} tok/s{extra}"
+            f"recovery {m['recovery_s']:.2f} s  jain {m['jain']:.2f}  {m['tokens_per_s']:.1f} tok/s  "
+            f"(idle bound {m['bound_ms']:.0f} ms){extra}"
         )
 
 
@@ -490,6 +600,7 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="with --sweep: write a PNG plot here")
     parser.add_argument("--aco", nargs="*", default=[], help="override AcoParams for aco*, e.g. q0=0.8")
     parser.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--live", default=None, help="compare with a run of scripts/bench_routing_live.py --json")
     parser.add_argument(
         "--profile-error",
         type=float,
@@ -500,6 +611,9 @@ def main() -> None:
     for item in args.aco:
         name, value = item.split("=")
         ACO_OVERRIDES[name] = type(getattr(AcoParams(), name))(value)
+    if args.live:
+        compare_with_live(args.live, args.seeds)
+        return
     if args.sweep:
         results = sweep(args.sweep, args.seeds, args.policies, args.profile_error)
         for point, per_policy in results.items():

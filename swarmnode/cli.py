@@ -143,11 +143,14 @@ def cmd_join(args: argparse.Namespace) -> int:
             step_delay_s=args.debug_step_delay_ms / 1000,
             corrupt_output=args.debug_corrupt_output,
             misreport=args.debug_misreport,
+            network_delay_s=args.debug_network_delay_ms / 1000,
         )
         await node.__aenter__()
         return node
 
     def ready(node):
+        if args.debug_step_delay_ms:  # TESTING AID: a gray failure on demand (scripts/bench_routing_live.py)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, node.slow_down)
         metrics = f" metrics={node.metrics_addr}" if node.metrics_addr else ""
         _say(
             f"ONLINE peer_id={node.peer_id} blocks={node.start}:{node.end} model={node.model_record.model_id}{metrics}"
@@ -353,7 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug-step-delay-ms",
         type=float,
         default=0.0,
-        help="TESTING AID: sleep this long in every step (simulates a slow node); off by default",
+        help="TESTING AID: sleep this long in every step (simulates a slow node; SIGUSR1 makes it 5x "
+        "longer, a gray failure, and the next SIGUSR1 undoes that); off by default",
+    )
+    p.add_argument(
+        "--debug-network-delay-ms",
+        type=float,
+        default=0.0,
+        help="TESTING AID: hold every answer to a client (steps and rpc_info, not gossip) this long "
+        "(simulates a far node; this kernel has no netem); off by default",
     )
     p.add_argument(
         "--debug-corrupt-output",

@@ -78,7 +78,11 @@ class NodeHandler:
         limits: PeerLimits = PeerLimits(),
         swarm_key: SwarmKey | None = None,
         misreport: bool = False,
+        network_delay_s: float = 0.0,
     ):
+        # TESTING AID (--debug-network-delay-ms): hold every answer to a client this long, so that
+        # a local swarm has near and far nodes (this kernel has no netem). Gossip is not delayed.
+        self.network_delay_s = network_delay_s
         self.limits = limits
         # TESTING AID (--debug-misreport): claim to be idle and fast (busy 0, compute ~0) whatever the
         # truth, as a node lying for traffic would. Routers must not believe it (docs/security.md).
@@ -111,6 +115,8 @@ class NodeHandler:
                 self._authorize(peer, token)
         except RemoteError as e:
             return self._error(e)
+        if self.network_delay_s:
+            await asyncio.sleep(self.network_delay_s)
         return make_response(self.info_fn())
 
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
@@ -135,6 +141,8 @@ class NodeHandler:
         try:
             requests = read_requests(reader, self.frame_limit)
             async for response in self.rpc_inference(requests, None, peer=str(stream_info.peer_id)):
+                if self.network_delay_s:
+                    await asyncio.sleep(self.network_delay_s)
                 await P2P.send_protobuf(response, writer)
         except (ConnectionError, OSError, RemoteError) as e:
             logger.debug("inference stream ended: %s", e)

@@ -72,7 +72,9 @@ class Node:
         load_progress: Callable[[int, int], None] | None = None,
         corrupt_output: str = "",
         misreport: bool = False,
+        network_delay_s: float = 0.0,
     ):
+        self.network_delay_s = network_delay_s  # TESTING AID: see server/handler.py: NodeHandler.network_delay_s
         self.corrupt_output = corrupt_output  # TESTING AID: see server/backend.py: corrupt
         self.misreport = misreport  # TESTING AID: see server/handler.py: NodeHandler.misreport
         self.config = config
@@ -208,6 +210,7 @@ class Node:
             session_idle_timeout=cfg.session_idle_timeout,
             limits=PeerLimits(cfg.max_sessions_per_peer, cfg.max_cache_share_per_peer, cfg.max_requests_per_peer_s),
             misreport=self.misreport,
+            network_delay_s=self.network_delay_s,
         )
         await SwarmNodeService().add_p2p_handlers(self.p2p, wrapper=self.handler)
         await self.p2p.add_binary_stream_handler(INFERENCE_HANDLE, self.handler.handle_inference_stream)
@@ -334,6 +337,15 @@ class Node:
             "state": self.state.name,
             "members": {peer: member.status.name for peer, member in members.items()},
         }
+
+    def slow_down(self, factor: float = 5.0) -> None:
+        """TESTING AID: make the step-delay aid ``factor`` times longer from now on (a node that
+        turns slow without failing: a gray failure); called again, back to normal."""
+        self._slowed = not getattr(self, "_slowed", False)
+        self.step_delay_s = self.step_delay_s * factor if self._slowed else self.step_delay_s / factor
+        if self.backend is not None:
+            self.backend.step_delay_s = self.step_delay_s
+        logger.warning("testing aid: step delay now %.1f ms", 1000 * self.step_delay_s)
 
     def info(self) -> dict:
         record = self.record()
