@@ -26,8 +26,9 @@ def test_sessions_avoid_a_slow_node_and_a_new_client_learns_it_from_the_dht(tmp_
             # a typical tiny-model speed (2000 tokens/s per block) while each of its steps takes
             # 40 ms: it looks best until measured, so the first client must learn to avoid it.
             swarm.start_node(llama_path, "4:8", "--debug-network-delay-ms", "5", wait=False, name="fast"),
-            swarm.start_node(llama_path, "4:8", "--debug-step-delay-ms", "40", "--throughput", "2000",
-                             wait=False, name="slow"),  # fmt: skip
+            swarm.start_node(
+                llama_path, "4:8", "--debug-step-delay-ms", "40", "--throughput", "2000", wait=False, name="slow"
+            ),  # fmt: skip
         ]
         for node in nodes:
             swarm.wait_online(node)
