@@ -75,7 +75,7 @@ def client_main(args: argparse.Namespace) -> None:
                     model.generate(ids, max_new_tokens=NEW_TOKENS, session=session, streamer=stamps)
                     first = session.failovers[0].failed if session.failovers else None
                     # The chain the router chose (a failover may have replaced one hop since).
-                    record["chain"] = [first.peer_id] * (first is not None) + [h.peer_id for h in session.chain]
+                    record["chain"] = ([first.peer_id] if first else []) + [h.peer_id for h in session.chain]
                 record.update(ok=True, gaps_ms=[1000 * g for g in stamps.token_gaps()])
             except Exception as e:  # noqa: BLE001 - a failed session is a result, not a crash
                 record["error"] = f"{type(e).__name__}: {e}"[:200]
@@ -112,6 +112,7 @@ def schedule(rate: float, duration: float, seed: int) -> list[list[tuple[int, fl
 
 def run_policy(model: str, peers: list[str], policy: str, plan, on_start=None) -> list[dict]:
     start_at = time.time() + 12.0  # every client has joined the DHT by then
+    log = tempfile.TemporaryFile("w+")  # the clients' stderr, shown if one fails
     procs = [
         subprocess.Popen(
             [
@@ -130,7 +131,7 @@ def run_policy(model: str, peers: list[str], policy: str, plan, on_start=None) -
                 *peers,
             ],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=log,
             text=True,
         )  # fmt: skip
         for part in plan
@@ -146,6 +147,10 @@ def run_policy(model: str, peers: list[str], policy: str, plan, on_start=None) -
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+        if any(proc.returncode for proc in procs):
+            log.seek(0)
+            print(f"a {policy} client failed:\n" + log.read()[-3000:], file=sys.stderr)
+        log.close()
     return sessions
 
 
@@ -195,6 +200,8 @@ def main() -> None:
         return
 
     from swarmnode.launcher import LocalSwarm
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind: LocalSwarm stops every node it started
     from swarmnode.models.tiny import PRESETS, write_checkpoint
 
     with tempfile.TemporaryDirectory() as workdir, LocalSwarm(workdir) as swarm:
