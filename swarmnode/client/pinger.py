@@ -4,9 +4,11 @@ Routers weigh network delay, and a node's own reports cannot be trusted for it (
 claims a small compute time would otherwise look near: docs/security.md). So the client
 pings the nodes it may route through, as Petals' client does with its candidate servers: an
 ``rpc_info`` call each (the cheapest call every node answers, authenticated in a private
-swarm), timed on the client's clock, smoothed, refreshed every ``ping_period`` seconds. A node
-that does not answer within ``ping_timeout`` counts as that far away (routable, last) until a
-later ping says otherwise. The measured round trips land in the router's ``pings`` map.
+swarm), timed on the client's clock, refreshed every ``ping_period`` seconds. Each measurement
+is the fastest of ``PINGS_PER_MEASUREMENT`` pings in a row (a round trip can only be inflated by
+a busy host, never shortened, so the minimum is the distance), smoothed across measurements. A
+node that does not answer within ``ping_timeout`` counts as that far away (routable, last) until
+a later ping says otherwise. The measured round trips land in the router's ``pings`` map.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from hivemind.proto import runtime_pb2
 from swarmnode.net.protocol import read_response
 
 logger = logging.getLogger(__name__)
-SMOOTHING = 0.5  # weight of a new ping against the running value: pings on a quiet link barely move
+SMOOTHING = 0.5  # weight of a new measurement against the running value
+PINGS_PER_MEASUREMENT = 3
 
 
 class Pinger:
@@ -62,11 +65,13 @@ class Pinger:
     async def _ping(self, peer_id: str) -> None:
         token = self.connection.identity.call_token()
         request = runtime_pb2.ExpertUID(uid=token.hex() if token is not None else "")
-        began = time.perf_counter()
+        seconds = self.timeout
         try:
-            response = await self.connection.stub(peer_id).rpc_info(request, timeout=self.timeout)
-            read_response(response, peer_id)
-            seconds = time.perf_counter() - began
+            for _ in range(PINGS_PER_MEASUREMENT):
+                began = time.perf_counter()
+                response = await self.connection.stub(peer_id).rpc_info(request, timeout=self.timeout)
+                read_response(response, peer_id)
+                seconds = min(seconds, time.perf_counter() - began)
         except Exception as e:  # noqa: BLE001 - any failure: the node is, for routing, far away
             logger.debug("ping of %s failed: %s", peer_id, e)
             seconds = self.timeout
