@@ -94,8 +94,11 @@ def client_main(args: argparse.Namespace) -> None:
             threads.append(thread)
         for thread in threads:
             thread.join(timeout=120)
+        estimates = getattr(model.remote.router, "estimates", {})
+        misreports = {peer: e.misreports for peer, e in estimates.items() if e.misreports}
     for record in results:
         print(json.dumps(record), flush=True)
+    print(json.dumps({"diag": {"misreports": misreports}}), flush=True)
 
 
 # ---- the driver ----------------------------------------------------------------------------------
@@ -151,6 +154,11 @@ def run_policy(model: str, peers: list[str], policy: str, plan, on_start=None) -
             log.seek(0)
             print(f"a {policy} client failed:\n" + log.read()[-3000:], file=sys.stderr)
         log.close()
+    diagnostics = [s.pop("diag") for s in sessions if "diag" in s]
+    sessions = [s for s in sessions if s]
+    verdicts = sum(sum(d["misreports"].values()) for d in diagnostics)
+    if verdicts:  # honest nodes whose reports a client found contradicted (all are honest here)
+        print(f"  {policy}: {verdicts} claim-check verdicts against honest nodes", flush=True)
     return sessions
 
 

@@ -44,6 +44,7 @@ from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, BanFeedb
 from swarmnode.routing.stigmergy import NodeEstimate, SharedView, aggregate, is_number, publishable
 
 DECODE_TOKENS = 4  # steps with at most this many new tokens count as decoding steps
+CLAIM_BUSY_MAX = 0.99  # the busy fraction a claim check believes at most (a 100x queue)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class _Pending:
     tokens: int = 0
     seconds: float = 0.0
     compute: float = 0.0
+    claimed: float = 0.0  # Σ compute / (1 − busy): the in-node time the node's reports imply
 
 
 class AntColonyRouter:
@@ -342,16 +344,20 @@ class AntColonyRouter:
         pending.tokens += tokens
         pending.seconds += seconds
         pending.compute += compute_seconds if compute_seconds is not None else 0.0
+        if compute_seconds is not None:  # what the node's own reports say this step took in it
+            stated_busy = min(CLAIM_BUSY_MAX, busy) if is_number(busy) and 0.0 <= busy <= 1.0 else 0.0
+            pending.claimed += compute_seconds / (1.0 - stated_busy)
         if pending.tokens >= self.params.reinforce_every:
             steps = max(1, pending.tokens)
-            self._reinforce(hop, pending.seconds / steps, (pending.compute / steps) if compute_seconds else None)
+            compute = (pending.compute / steps) if compute_seconds else None
+            self._check_claims(hop, pending.seconds / steps, pending.claimed / steps if compute_seconds else None)
+            self._reinforce(hop, pending.seconds / steps, compute)
             del self._pending[hop]
 
     def _reinforce(self, hop: Hop, seconds_per_token: float, compute_per_token: float | None) -> None:
         blocks = hop.end - hop.start
         estimate = self.estimates[hop.peer_id]
         decay = self.params.estimate_decay
-        self._check_claims(hop, seconds_per_token, compute_per_token)
         compute = compute_per_token if compute_per_token is not None else seconds_per_token
         per_block = max(1e-9, compute / blocks)
         estimate.per_block_s = _ewma(estimate.per_block_s, per_block, decay)
@@ -365,21 +371,18 @@ class AntColonyRouter:
         d = self.params.deposit
         self._set_tau(hop.start, hop.peer_id, (1 - d) * self.tau(hop.start, hop.peer_id) + d * r)
 
-    def _check_claims(self, hop: Hop, seconds_per_token: float, compute_per_token: float | None) -> None:
+    def _check_claims(self, hop: Hop, seconds_per_token: float, claimed: float | None) -> None:
         """Hold the node's claims against our measurement: the in-node time we saw (step round
-        trip minus our own ping) against what its reported compute time and busy fraction imply
-        (compute / (1 − busy): its own queueing model). Needs a ping: without one, network and
-        node time cannot be told apart without believing the node."""
+        trip minus our own ping) against what its reported compute time and busy fraction imply,
+        step by step (compute / (1 − busy): its own queueing model, busy uncapped up to
+        CLAIM_BUSY_MAX so that an honest saturated node is not taken for a liar). Needs a ping:
+        without one, network and node time cannot be told apart without believing the node."""
         ping = self.pings.get(hop.peer_id)
-        if ping is None or compute_per_token is None:
+        if ping is None or claimed is None:
             return
         p, estimate, blocks = self.params, self.estimates[hop.peer_id], hop.end - hop.start
         measured = max(0.0, seconds_per_token - ping)
-        in_node = measured / blocks
-        decay = p.estimate_decay
-        estimate.in_node_s = _ewma(estimate.in_node_s, in_node, decay)
-        busy = estimate.busy if estimate.busy is not None else 0.0
-        claimed = compute_per_token / (1.0 - min(p.busy_cap, busy))
+        estimate.in_node_s = _ewma(estimate.in_node_s, measured / blocks, p.estimate_decay)
         window = self._claims.setdefault(hop.peer_id, deque(maxlen=p.claim_windows))
         window.append((measured, claimed))
         if len(window) < p.claim_windows:
