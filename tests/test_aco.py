@@ -262,3 +262,16 @@ def test_claims_are_checked_only_against_a_ping_and_honest_reports_pass():
     assert router.observations()["l"]["per_block_s"] == pytest.approx((0.2 - 0.01) / 8, rel=0.01)
     clock.now += AcoParams().distrust_s
     assert router.trusts_claims("l")  # distrust lapses: a node that was merely overloaded gets back in
+
+
+def test_time_that_no_node_explains_is_not_held_against_one():
+    """On a starved host every node's steps take longer than their claims imply: nobody is
+    contradicted for that, while a node whose gap stands out still is."""
+    router = AntColonyRouter(AcoParams(reinforce_every=1), clock=Clock(0.0))
+    router.pings.update(a=0.01, b=0.01, c=0.01, liar=0.01)
+    for _ in range(4):
+        for peer in "abc":  # claims imply 20 ms; we see 20 ms + 80 ms of host lag
+            router.report_step(Hop(peer, 0, 8), 0.01 + 0.02 + 0.08, 1, compute_seconds=0.02, busy=0.0)
+        router.report_step(Hop("liar", 0, 8), 0.01 + 0.4, 1, compute_seconds=1e-5, busy=0.0)
+    assert all(router.trusts_claims(peer) for peer in "abc")
+    assert not router.trusts_claims("liar")

@@ -383,12 +383,17 @@ class AntColonyRouter:
         p, estimate, blocks = self.params, self.estimates[hop.peer_id], hop.end - hop.start
         measured = max(0.0, seconds_per_token - ping)
         estimate.in_node_s = _ewma(estimate.in_node_s, measured / blocks, p.estimate_decay)
+        estimate.unexplained_s = _ewma(estimate.unexplained_s, measured - claimed, p.estimate_decay)
         window = self._claims.setdefault(hop.peer_id, deque(maxlen=p.claim_windows))
         window.append((measured, claimed))
         if len(window) < p.claim_windows:
             return
         seen, said = statistics.median(m for m, _ in window), statistics.median(c for _, c in window)
-        if seen > p.claim_ratio * said + p.claim_slack_s:
+        # What no node's claims explain anywhere (a loaded client host, a starved CPU) is not
+        # evidence against this one: the threshold rises with the other nodes' median.
+        others = [e.unexplained_s for q, e in self.estimates.items() if q != hop.peer_id and e.unexplained_s]
+        everywhere = max(0.0, statistics.median(others)) if others else 0.0
+        if seen > p.claim_ratio * said + p.claim_slack_s + 2 * everywhere:
             estimate.misreports += 1
             estimate.distrusted_until = self.clock() + p.distrust_s
             window.clear()  # the next verdict needs fresh evidence
