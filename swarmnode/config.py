@@ -116,11 +116,11 @@ class ClientConfig:
     aco_shared_sessions_cap: int = 8
     aco_busy_cap: float = 0.9
     aco_busy_max_age_s: float = 15.0
-    aco_claim_ratio: float = 3.0
+    aco_claim_ratio: float = 5.0
     aco_claim_slack_s: float = 0.025
     aco_claim_windows: int = 3
     aco_distrust_s: float = 120.0
-    aco_distrust_load: float = 100.0
+    aco_distrust_load: float = 10.0
     # A failed node is avoided for ban_base_s, doubling with each further failure up to ban_max_s.
     ban_base_s: float = 2.0
     ban_max_s: float = 120.0

@@ -72,13 +72,14 @@ class AcoParams:
     # (round trip minus our own ping) exceeds claim_ratio × what they imply + claim_slack_s, in the
     # median of claim_windows windows of K tokens; the slack covers (de)serialization and event-loop
     # time, which no claim includes. A contradicted node is routed on our measurements alone, as
-    # if its load were distrust_load (a last resort), for distrust_s: lying about load must cost
-    # traffic, not win it.
-    claim_ratio: float = 3.0
+    # if its load were distrust_load (as if saturated: 1 / (1 - busy_cap)), for distrust_s: lying
+    # about load must cost traffic, not win it. Honest nodes in bursts of queueing stay well
+    # under 5x what their busy fraction implies (3x flagged honest nodes live under contention).
+    claim_ratio: float = 5.0
     claim_slack_s: float = 0.025
     claim_windows: int = 3
     distrust_s: float = 120.0
-    distrust_load: float = 100.0
+    distrust_load: float = 10.0
 
     def __post_init__(self) -> None:
         checks = {
