@@ -236,7 +236,7 @@ def _traffic_with_a_liar(params: AcoParams, rounds: int = 600) -> dict[str, int]
 def test_a_node_lying_about_busy_and_compute_gains_no_traffic():
     """The router trusts what it measured over what a node claims: a node whose reports understate
     the in-node time we saw (round trip minus our own ping) is routed on measurements alone, as
-    a last resort. Without that check (claim_ratio huge) the same liar takes most of the traffic."""
+    if saturated. Without that check (claim_ratio huge) the same liar takes most of the traffic."""
     checked = _traffic_with_a_liar(AcoParams())
     unchecked = _traffic_with_a_liar(AcoParams(claim_ratio=1e9))
     assert checked["liar"] <= checked["honest"], checked
@@ -257,7 +257,7 @@ def test_claims_are_checked_only_against_a_ping_and_honest_reports_pass():
     assert not router.trusts_claims("l") and router.trusts_claims("h")
     assert router.estimates["l"].misreports == 1
     record = node("l", 0, 8)
-    assert router.load(record) == AcoParams().distrust_load  # a last resort
+    assert router.load(record) == AcoParams().distrust_load  # as if saturated
     assert router.per_block_s(record) == pytest.approx((0.2 - 0.01) / 8, rel=0.01)  # measured, not claimed
     assert router.observations()["l"]["per_block_s"] == pytest.approx((0.2 - 0.01) / 8, rel=0.01)
     clock.now += AcoParams().distrust_s

@@ -79,7 +79,7 @@ def test_a_node_adding_small_noise_is_caught_by_spot_checks(tmp_path, llama_path
 def test_a_node_lying_about_its_load_gains_no_traffic(tmp_path, llama_path, llama_reference):
     """Two equally slow replicas of 4:8 (40 ms a step); one reports busy 0 and ~0 ms of compute with
     every step and in its record. The client's pings and step times contradict it within three
-    windows of 8 tokens; after that it is a last resort, so it serves no more than the honest one."""
+    windows of 8 tokens; after that it counts as saturated, so it serves no more than the honest one."""
     with LocalSwarm(tmp_path) as swarm:
         swarm.start_bootstrap()
         slow = ("--debug-step-delay-ms", "40")

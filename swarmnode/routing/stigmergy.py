@@ -33,7 +33,7 @@ class NodeEstimate:
     in_node_s: float | None = None  # measured round trip minus measured ping, per block per token
     unexplained_s: float | None = None  # per step: that in-node time minus what its claims imply
     misreports: int = 0  # times its claims (compute time, busy) were contradicted by measurement
-    distrusted_until: float = 0.0  # until then its claims are ignored and it is a last resort
+    distrusted_until: float = 0.0  # until then its claims are ignored and it counts as saturated
 
 
 @dataclass(frozen=True)
