@@ -379,10 +379,11 @@ class Simulation:
         def replaceable(x):
             return all(any(y is not x and y.start <= b < y.end for y in self.nodes) for b in range(x.start, x.end))
 
-        candidates = [x for x in self.nodes if replaceable(x) and x.per_block_s == BASE_PER_BLOCK_S]
-        victim = self.faults.choice(sorted(candidates or self.nodes, key=lambda x: x.peer_id))
-        if self.live is not None:
+        if self.live is not None:  # the node the live run slowed down
             victim = self.nodes[self.live["gray_node"]]
+        else:
+            candidates = [x for x in self.nodes if replaceable(x) and x.per_block_s == BASE_PER_BLOCK_S]
+            victim = self.faults.choice(sorted(candidates or self.nodes, key=lambda x: x.peer_id))
         self.gray_peer = victim.peer_id
         victim.per_block_s *= 5
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, MutableMapping
 from hivemind.proto import runtime_pb2
 
 from swarmnode.net.protocol import read_response
+from swarmnode.routing.stigmergy import ewma
 
 logger = logging.getLogger(__name__)
 SMOOTHING = 0.5  # weight of a new measurement against the running value
@@ -78,5 +79,4 @@ class Pinger:
         finally:
             self._in_flight.discard(peer_id)
             self._pinged_at[peer_id] = time.monotonic()
-        previous = self.pings.get(peer_id)
-        self.pings[peer_id] = seconds if previous is None else (1 - SMOOTHING) * previous + SMOOTHING * seconds
+        self.pings[peer_id] = ewma(self.pings.get(peer_id), seconds, SMOOTHING)

@@ -41,7 +41,7 @@ from swarmnode.errors import NoServersForBlocks, VerificationFailed
 from swarmnode.records import NodeRecord, SwarmSnapshot
 from swarmnode.routing.base import Hop
 from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, BanFeedback, Bans
-from swarmnode.routing.stigmergy import NodeEstimate, SharedView, aggregate, is_number, publishable
+from swarmnode.routing.stigmergy import NodeEstimate, SharedView, aggregate, ewma, is_number, publishable
 
 DECODE_TOKENS = 4  # steps with at most this many new tokens count as decoding steps
 CLAIM_BUSY_MAX = 0.99  # the busy fraction a claim check believes at most (a 100x queue)
@@ -165,7 +165,7 @@ class AntColonyRouter:
         """False while the node's own reports (compute time, busy) stand contradicted by what we
         measured (see :meth:`_check_claims`)."""
         estimate = self.estimates.get(peer_id)
-        return estimate is None or self.clock() >= estimate.distrusted_until
+        return estimate is None or not estimate.contradicted(self.clock())
 
     def per_block_s(self, record: NodeRecord) -> float:
         own, shared = self.estimates.get(record.peer_id), self.shared.estimates.get(record.peer_id)
@@ -361,9 +361,9 @@ class AntColonyRouter:
         decay = self.params.estimate_decay
         compute = compute_per_token if compute_per_token is not None else seconds_per_token
         per_block = max(1e-9, compute / blocks)
-        estimate.per_block_s = _ewma(estimate.per_block_s, per_block, decay)
+        estimate.per_block_s = ewma(estimate.per_block_s, per_block, decay)
         if compute_per_token is not None:
-            estimate.delay_s = _ewma(estimate.delay_s, max(0.0, seconds_per_token - compute_per_token), decay)
+            estimate.delay_s = ewma(estimate.delay_s, max(0.0, seconds_per_token - compute_per_token), decay)
         estimate.samples += 1
         normalized = seconds_per_token / blocks
         window = self._boundary_times[hop.start]
@@ -383,8 +383,8 @@ class AntColonyRouter:
             return
         p, estimate, blocks = self.params, self.estimates[hop.peer_id], hop.end - hop.start
         measured = max(0.0, seconds_per_token - ping)
-        estimate.in_node_s = _ewma(estimate.in_node_s, measured / blocks, p.estimate_decay)
-        estimate.unexplained_s = _ewma(estimate.unexplained_s, measured - claimed, p.estimate_decay)
+        estimate.in_node_s = ewma(estimate.in_node_s, measured / blocks, p.estimate_decay)
+        estimate.unexplained_s = ewma(estimate.unexplained_s, measured - claimed, p.estimate_decay)
         window = self._claims.setdefault(hop.peer_id, deque(maxlen=p.claim_windows))
         window.append((measured, claimed))
         if len(window) < p.claim_windows:
@@ -437,10 +437,6 @@ class AntColonyRouter:
             clamp=self.params.shared_clamp,
             sessions_cap=self.params.shared_sessions_cap,
         )
-
-
-def _ewma(previous: float | None, sample: float, weight: float) -> float:
-    return sample if previous is None else (1 - weight) * previous + weight * sample
 
 
 class RandomRouter(BanFeedback):

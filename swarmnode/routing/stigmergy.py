@@ -35,6 +35,10 @@ class NodeEstimate:
     misreports: int = 0  # times its claims (compute time, busy) were contradicted by measurement
     distrusted_until: float = 0.0  # until then its claims are ignored and it counts as saturated
 
+    def contradicted(self, now: float) -> bool:
+        """Whether the node's claims stand contradicted by measurement at ``now``."""
+        return now < self.distrusted_until
+
 
 @dataclass(frozen=True)
 class SharedView:
@@ -59,7 +63,7 @@ def publishable(
         busy_fresh = e.busy is not None and now - e.busy_at <= busy_max_age_s
         if not (e.samples or e.failures or busy_fresh or held.get(peer) or e.disputes):
             continue
-        contradicted = now < e.distrusted_until and e.in_node_s is not None
+        contradicted = e.contradicted(now) and e.in_node_s is not None
         shared[peer] = {
             # A node whose claims we caught out: what we measured, not what its claims made of it.
             "per_block_s": e.in_node_s if contradicted else e.per_block_s,
@@ -117,6 +121,11 @@ def aggregate(
         estimates[peer] = estimate
     busy_median = {peer: statistics.median(v) for peer, v in busy.items()}
     return SharedView(estimates, dict(sessions), busy_median, dict(disputed_by))
+
+
+def ewma(previous: float | None, sample: float, weight: float) -> float:
+    """An exponentially weighted moving average: ``sample`` alone when there is no ``previous``."""
+    return sample if previous is None else (1 - weight) * previous + weight * sample
 
 
 def is_number(value: object) -> bool:
