@@ -129,6 +129,10 @@ def cmd_join(args: argparse.Namespace) -> int:
             "max_cache_share_per_peer",
             "session_idle_timeout",
             "max_requests_per_peer_s",
+            "batching",
+            "prefill_chunk",
+            "max_batch",
+            "max_step_ms",
         )
     }
     overrides["identity_path"] = args.identity
@@ -351,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a session may sit idle before it is closed (default 300)")  # fmt: skip
     p.add_argument("--max-requests-per-peer-s", type=float, default=None,
                    help="session opens and unary RPCs per second per peer (default 200)")  # fmt: skip
+    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
+                   help="merge concurrent sessions' decoding steps into one forward (default on)")  # fmt: skip
+    p.add_argument("--prefill-chunk", type=int, default=None,
+                   help="prompt tokens per scheduler iteration, between decoding steps (default 256)")  # fmt: skip
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="decoding steps merged into one iteration at most (default 64)")  # fmt: skip
+    p.add_argument("--max-step-ms", type=float, default=None,
+                   help="admit a session only while the projected decoding step stays below this "
+                        "(default: derived from the node's share of the model, see docs/architecture.md)")  # fmt: skip
     p.add_argument("--config", default=None, help="TOML file with a [node] table")
     p.add_argument(
         "--debug-step-delay-ms",

@@ -68,6 +68,11 @@ class NodeConfig:
     max_cache_share_per_peer: float = 0.5  # of the KV budget
     session_idle_timeout: float = 300.0  # seconds a session may wait for its next step before it is closed
     max_requests_per_peer_s: float = 200.0  # session opens and unary RPCs per second per peer
+    # The step scheduler (swarmnode.server.scheduler) and admission control (server/admission.py).
+    batching: bool = True  # merge concurrent sessions' decoding steps into one forward
+    prefill_chunk: int = 256  # prompt tokens per scheduler iteration
+    max_batch: int = 64  # decoding steps per scheduler iteration
+    max_step_ms: float = 0.0  # admission: projected decoding step of all sessions; 0 = derive (admission.py)
 
     def __post_init__(self) -> None:
         if self.max_sessions_per_peer < 1 or not 0 < self.max_cache_share_per_peer <= 1:
@@ -84,6 +89,8 @@ class NodeConfig:
             raise ConfigError("gossip_period and suspicion_timeout must be positive")
         if self.max_session_length <= 0:
             raise ConfigError("max_session_length must be positive")
+        if self.prefill_chunk < 1 or self.max_batch < 1 or self.max_step_ms < 0:
+            raise ConfigError("prefill_chunk and max_batch must be >= 1, max_step_ms >= 0")
         if self.cache_tokens is not None and self.cache_tokens <= 0:
             raise ConfigError("cache_tokens must be positive")
 
@@ -125,6 +132,8 @@ class ClientConfig:
     ban_base_s: float = 2.0
     ban_max_s: float = 120.0
     wait_for_servers: float = 30.0  # seconds to wait for missing blocks before NoServersForBlocks
+    busy_wait: float = 120.0  # seconds to wait while every node that could serve is at capacity
+    exact: bool = False  # ask nodes never to batch our sessions' steps with others (bitwise results)
     request_timeout: float = 30.0  # upper bound on any one RPC before the node counts as unresponsive
     # A hop that does not answer a step within floor + factor × its usual step time has failed.
     step_timeout_floor: float = 1.0
@@ -138,8 +147,8 @@ class ClientConfig:
     swarm_key_path: str = ""  # a private swarm's key file (swarmnode keygen); empty = a public swarm
 
     def __post_init__(self) -> None:
-        if self.wait_for_servers < 0:
-            raise ConfigError("wait_for_servers must be >= 0")
+        if self.wait_for_servers < 0 or self.busy_wait < 0:
+            raise ConfigError("wait_for_servers and busy_wait must be >= 0")
         if self.request_timeout <= 0:
             raise ConfigError("request_timeout must be positive")
         if not 0.0 <= self.verify_fraction <= 1.0:

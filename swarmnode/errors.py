@@ -14,14 +14,19 @@ caller can catch one class and still tell the cases apart::
     └── RemoteError                 a node answered a request with an error
         ├── InvalidRequest          the request was malformed (shape, dtype, bytes, range)
         ├── UnknownSession          the node holds no such session
-        ├── CacheExhausted          the node's KV-cache budget cannot fit the session
+        ├── CacheExhausted          the node's KV-cache budget cannot fit the session: retry later
         │   └── PeerLimitExceeded   this peer already holds its share of the node (sessions, cache)
-        ├── NodeBusy                this peer sends the node more requests than it accepts: retry later
+        ├── NodeBusy                this peer sends the node too many requests: retry later
+        │   └── NodeAtCapacity      admission control: one more session would make the node too slow
         ├── VerificationFailed      a spot-check found the node's output wrong (raised by the client)
         ├── Unauthorized            a private swarm's node refused a caller without the swarm key
         ├── NodeUnavailable         the node is draining/offline, or did not answer
         ├── NodeInternalError       the node failed while computing
         └── ModelMismatch           the node's checkpoint differs from the client's (config hashes)
+
+``CacheExhausted`` and ``NodeBusy`` are *retryable* (``error.retryable``, with the node's
+``retry_after`` hint): they mean load, and a client waits or uses another replica without
+banning or penalizing the node.
 
 Nodes send errors as a code plus a message (see :mod:`swarmnode.net.protocol`);
 :func:`remote_error_from_code` maps a code back onto the tree above.
@@ -74,10 +79,12 @@ class RemoteError(SwarmNodeError):
     """A node answered with an error. ``code`` is the wire code, ``peer_id`` the node."""
 
     code = "remote_error"
+    retryable = False  # load, not failure: clients wait or go elsewhere, without a ban or penalty
 
-    def __init__(self, message: str, peer_id: str | None = None):
+    def __init__(self, message: str, peer_id: str | None = None, retry_after: float | None = None):
         self.peer_id = peer_id
         self.message = message
+        self.retry_after = retry_after  # seconds, the node's hint (retryable errors only)
         where = f" (node {peer_id})" if peer_id else ""
         super().__init__(f"{message}{where}")
 
@@ -95,9 +102,10 @@ class UnknownSession(RemoteError):
 
 
 class CacheExhausted(RemoteError):
-    """The node's KV-cache budget cannot fit the session."""
+    """The node's KV-cache budget cannot fit the session; retryable (load, not failure)."""
 
     code = "cache_exhausted"
+    retryable = True
 
 
 class PeerLimitExceeded(CacheExhausted):
@@ -111,9 +119,15 @@ class VerificationFailed(RemoteError):
 
 
 class NodeBusy(RemoteError):
-    """The node refuses this peer's request for now (a per-peer rate limit); retryable."""
+    """The node refuses for now: a per-peer rate limit, or admission control (one more session
+    would push its projected step time past its target). Retryable, with a ``retry_after`` hint."""
 
     code = "node_busy"
+    retryable = True
+
+
+class NodeAtCapacity(NodeBusy):
+    """Admission control: one more session would push the node past its step-time target; same wire code."""
 
 
 class Unauthorized(RemoteError):
@@ -161,9 +175,11 @@ _REMOTE_ERRORS = {
 ERROR_CODES: tuple[str, ...] = tuple(sorted(_REMOTE_ERRORS))  # every code a node may answer with
 
 
-def remote_error_from_code(code: str, message: str, peer_id: str | None = None) -> RemoteError:
+def remote_error_from_code(
+    code: str, message: str, peer_id: str | None = None, retry_after: float | None = None
+) -> RemoteError:
     """Build the exception for an error code sent by a node (unknown codes → RemoteError)."""
-    return _REMOTE_ERRORS.get(code, RemoteError)(message, peer_id)
+    return _REMOTE_ERRORS.get(code, RemoteError)(message, peer_id, retry_after)
 
 
 def _ranges(blocks: list[int]) -> str:

@@ -18,7 +18,7 @@ from swarmnode.client.pinger import Pinger
 from swarmnode.client.session import InferenceSession, StepInput, hop_output
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
-from swarmnode.errors import ModelMismatch, NoServersForBlocks, SessionError
+from swarmnode.errors import ModelMismatch, NoServersForBlocks, RemoteError, SessionError
 from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spec
 from swarmnode.net.dht import store_records
 from swarmnode.net.protocol import make_request
@@ -27,6 +27,8 @@ from swarmnode.routing import Bans, Hop, make_router
 
 logger = logging.getLogger(__name__)
 SHARED_TTL_S = 60.0  # shared observations outlive a client briefly, so later clients still benefit
+DEFAULT_RETRY_AFTER_S = 2.0  # a node at capacity that gave no hint is avoided this long
+MAX_RETRY_AFTER_S = 60.0
 
 
 class RemoteBlocks:
@@ -48,6 +50,23 @@ class RemoteBlocks:
         self.pinger = Pinger(connection, self.pings, config.ping_period, config.ping_timeout)
         self._shared_at = 0.0
         self.last_snapshot = None
+        self._busy: dict[str, float] = {}  # peer → when its "at capacity" hint expires (monotonic)
+
+    def note_busy(self, error: RemoteError) -> None:
+        """A node refused with a retryable error (NodeBusy, CacheExhausted): it is loaded, not
+        broken. Chains avoid it until its ``retry_after`` hint expires; no ban, no penalty."""
+        hint = error.retry_after if error.retry_after is not None else DEFAULT_RETRY_AFTER_S
+        self._busy[error.peer_id] = time.monotonic() + min(hint, MAX_RETRY_AFTER_S)
+        logger.info("node %s is at capacity (%s): avoided for %.1f s", error.peer_id, error.message, hint)
+
+    def _busy_now(self) -> dict[str, float]:
+        now = time.monotonic()
+        self._busy = {peer: until for peer, until in self._busy.items() if until > now}
+        return self._busy
+
+    def busy_peers(self) -> frozenset[str]:
+        """Nodes that said they are at capacity, until their hints expire."""
+        return frozenset(self._busy_now())
 
     def _share_observations(self) -> None:
         """Stigmergy: publish what we measured of each node (short-lived), for other clients.
@@ -100,10 +119,17 @@ class RemoteBlocks:
             self.last_snapshot = snapshot
             self._share_observations()
             await self.pinger.refresh(r.peer_id for r in snapshot.live() if r.peer_id not in exclude)
+            busy = self._busy_now()
             try:
-                return self.router.choose_chain(snapshot, start, end, exclude=exclude)
+                return self.router.choose_chain(snapshot, start, end, exclude=exclude | frozenset(busy))
             except NoServersForBlocks as e:
                 waited = time.monotonic() - began
+                if busy and waited < self.config.busy_wait:
+                    # Nodes exist but are at capacity: wait for the first of them to take sessions again.
+                    pause = min(min(busy.values()) - time.monotonic(), self.config.busy_wait - waited)
+                    logger.info("every node for blocks %s is at capacity: waiting %.1f s", e.blocks, pause)
+                    await asyncio.sleep(max(0.05, pause))
+                    continue
                 if waited >= self.config.wait_for_servers:
                     raise NoServersForBlocks(e.blocks, self.model_id, waited) from None
                 logger.info("waiting for nodes serving blocks %s of %s", e.blocks, self.model_id)

@@ -283,6 +283,8 @@ class InferenceSession(SpotChecks):
         meta = {"session_id": state.stream_id, "step": self._step, "position": position}
         if position == 0:
             meta.update(start=state.hop.start, end=state.hop.end, max_length=self.max_length)
+            if self.remote.config.exact:
+                meta["exact"] = True
             self.remote.connection.identity.authenticate(meta)  # a private swarm: prove we hold its key
             if self.config_hash:
                 meta["config_hash"] = self.config_hash
@@ -333,15 +335,19 @@ class InferenceSession(SpotChecks):
         """Re-route hop ``index``'s span and replay its history to the replacement chain."""
         failed = self._hops[index]
         began = time.monotonic()
-        if error is not None:
+        loaded = isinstance(error, RemoteError) and error.retryable  # at capacity: load, not failure
+        if loaded:
+            self.remote.note_busy(error)
+        elif error is not None:
             self._on_hop_failure(failed.hop, error)
         if failed.stream is not None:
             await failed.stream.close()
         await self._drop_checker(failed)
-        exclude = {failed.hop.peer_id} | self._distrusted
+        # A node at capacity is avoided through its hint (note_busy), so it can be used again later.
+        exclude = set(self._distrusted) if loaded else {failed.hop.peer_id} | self._distrusted
         planned = getattr(self.remote.router, "backup", lambda hop: None)(failed.hop)
         while True:
-            if planned and not exclude & {h.peer_id for h in planned}:
+            if planned and not (exclude | self.remote.busy_peers()) & {h.peer_id for h in planned}:
                 chain, planned = planned, None  # the backup chosen in advance, when the chain was picked
             else:
                 chain = await self.remote.find_chain(failed.hop.start, failed.hop.end, exclude=frozenset(exclude))
@@ -350,6 +356,9 @@ class InferenceSession(SpotChecks):
                 break
             except (NodeUnavailable, RemoteError) as e:
                 self._check_refusal(e)
+                if e.retryable:
+                    self.remote.note_busy(e)
+                    continue
                 exclude.add(e.peer_id)
                 self._on_hop_failure(next(h for h in chain if h.peer_id == e.peer_id), e)
         self._hops[index : index + 1] = replacement

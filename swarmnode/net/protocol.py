@@ -26,6 +26,7 @@ hidden states (and optionally mask and positions) in, the hidden states out.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -175,8 +176,14 @@ def make_response(meta: dict[str, Any], tensors: tuple[torch.Tensor, ...] = ()) 
     return runtime_pb2.ExpertResponse(metadata=pack_meta(meta), tensors=[tensor_to_proto(t) for t in tensors])
 
 
+MAX_RETRY_AFTER_S = 3600.0
+
+
 def error_response(error: RemoteError) -> runtime_pb2.ExpertResponse:
-    return make_response({"error": {"code": error.code, "message": error.message}})
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.retry_after is not None:
+        body["retry_after"] = float(error.retry_after)
+    return make_response({"error": body})
 
 
 def read_response(response: runtime_pb2.ExpertResponse, peer_id: str) -> tuple[dict[str, Any], list[torch.Tensor]]:
@@ -189,7 +196,12 @@ def read_response(response: runtime_pb2.ExpertResponse, peer_id: str) -> tuple[d
         raise RemoteError("node sent metadata that is not a map", peer_id)
     error = meta.get("error")
     if isinstance(error, dict):
-        raise remote_error_from_code(str(error.get("code")), str(error.get("message")), peer_id)
+        retry_after = error.get("retry_after")
+        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)) or not math.isfinite(retry_after):
+            retry_after = None  # absent or malformed: no hint
+        else:
+            retry_after = min(max(float(retry_after), 0.0), MAX_RETRY_AFTER_S)
+        raise remote_error_from_code(str(error.get("code")), str(error.get("message")), peer_id, retry_after)
     try:
         tensors = [tensor_from_proto(t) for t in response.tensors]
     except InvalidRequest as e:  # remote bytes: the node's fault, not ours

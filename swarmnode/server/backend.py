@@ -1,25 +1,25 @@
-"""Running a node's blocks: input validation and the forward pass.
+"""Running a node's blocks: input validation and the forward passes.
 
-All torch work of a node goes through one :class:`BlockBackend` on one compute
-thread, so the event loop that serves RPCs never blocks on a matmul.
+:class:`BlockBackend` computes; it never decides when. Every call that touches tensors
+(``forward``, ``forward_batch``, ``profile``) runs on the step scheduler's one thread
+(:mod:`swarmnode.server.scheduler`), so the event loop that serves RPCs and gossip never
+blocks on a matmul, and torch keeps one OpenMP team.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import time
+from collections.abc import Callable, Sequence
 
 import torch
 
 from swarmnode.errors import InvalidRequest
 from swarmnode.models import LoadedBlocks, ModelSpec
-from swarmnode.server.cache import SessionCache
+from swarmnode.models.base import StepContext
+from swarmnode.server.cache import BatchedCaches, SessionCache
 
 ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_POSITION = 1 << 20
-INLINE_TOKENS = 4  # steps this small run on the event loop (see run)
-INLINE_BUDGET_S = 0.15  # longer steps leave the loop: well under gossip's 0.4 s ping timeout
 
 
 CORRUPTIONS = ("", "nan", "noise", "shape")
@@ -38,8 +38,20 @@ def corrupt(out: torch.Tensor, how: str) -> torch.Tensor:
     return out
 
 
+def decode_batch_mask(lengths: Sequence[int], window: int | None, device: torch.device) -> torch.Tensor:
+    """Bool mask [batch, 1, 1, max(lengths) + 1] (True = attend) for one new token per row, row i
+    holding ``lengths[i]`` cached tokens: its keys are columns 0..lengths[i] (the new one last),
+    within ``window`` of the new token if the block slides."""
+    own = torch.tensor(lengths, device=device)[:, None]
+    cols = torch.arange(max(lengths) + 1, device=device)[None, :]
+    mask = cols <= own
+    if window is not None:
+        mask &= cols > own - window
+    return mask[:, None, None, :]
+
+
 class BlockBackend:
-    """Blocks [start, end) of one model, with validation and a dedicated compute thread."""
+    """Blocks [start, end) of one model: request validation and the forward passes."""
 
     def __init__(
         self,
@@ -58,23 +70,9 @@ class BlockBackend:
         if corrupt_output not in CORRUPTIONS:
             raise ValueError(f"corrupt_output must be one of {sorted(CORRUPTIONS)}")
         self.corrupt_output = corrupt_output  # TESTING AID (--debug-corrupt-output): a dishonest node
-        self.prefill_rps = 0.0  # tokens/s per block for prompts, once profiled (0: unknown, never inline)
         # Each block's attention window (None: full), so a step builds one mask per distinct window.
         self.window_of = {i: spec.family.layer_window(spec.config, i) for i in range(self.start, self.end)}
         self.windows = frozenset(self.window_of.values())
-        # Every forward pass runs on this one thread, never on the event loop: the loop stays free for
-        # gossip and RPCs, and torch keeps one OpenMP team. Two threads that both run torch ops each get a
-        # team whose idle workers spin and slow the other (measured: a 40-token SmolLM2 prefill of 15
-        # blocks took 45 ms on a second thread right after decode steps on the first, 37 ms on one thread).
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            1,
-            thread_name_prefix="swarmnode-compute",
-            initializer=torch.set_num_threads,
-            initargs=(torch.get_num_threads(),),
-        )
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def check_span(self, start: int, end: int) -> None:
         if not (self.start <= start < end <= self.end):
@@ -93,6 +91,10 @@ class BlockBackend:
             raise InvalidRequest(f"empty hidden states of shape {tuple(hidden.shape)}")
         if seq > max_tokens:
             raise InvalidRequest(f"{seq} tokens exceed the limit of {max_tokens} for this request")
+
+    @staticmethod
+    def check_finite(hidden: torch.Tensor) -> None:
+        """Reject NaN or infinite inputs (on the compute thread: it reads every value)."""
         if not torch.isfinite(hidden).all():
             raise InvalidRequest("hidden states contain NaN or infinity")
 
@@ -114,7 +116,8 @@ class BlockBackend:
         ):
             raise InvalidRequest(f"position ids must be integers in -1..{MAX_POSITION - 1} (OPT counts padding as -1)")
 
-    async def run(
+    @torch.inference_mode()
+    def forward(
         self,
         hidden: torch.Tensor,
         start: int,
@@ -122,49 +125,19 @@ class BlockBackend:
         cache: SessionCache | None,
         mask: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-        timing: dict[str, float] | None = None,
     ) -> torch.Tensor:
-        """Run blocks [start, end); commits ``cache`` on success.
+        """Run blocks [start, end) over one request's tokens; commits ``cache`` on success.
 
         ``mask`` (0 = padding) and ``positions`` describe the new tokens of a padded batch;
-        without them the tokens are unpadded and follow the cached ones. ``timing``, if given,
-        receives ``started`` / ``finished`` (perf_counter) of the compute itself.
-        Decoding steps (a few tokens) and prompts expected to take at most
-        ``INLINE_BUDGET_S`` (from the profiled prefill speed) run inline; longer prompts go to
-        the compute thread so the event loop stays responsive while they run. Why, measured
-        with tracing (scripts/bench_token_budget.py, 2 cores): sending decode steps to the
-        compute thread made each tiny-llama node's compute 2.5-2.9 ms instead of 0.5-0.65 ms
-        (3 hops: 14.7 instead of 3.9 ms per token); a SmolLM2 prompt step on the compute thread
-        after decode steps on the loop thread pays for two OpenMP teams (first token over 1
-        node: 39 ms above local on the thread, 11 ms inline).
+        without them the tokens are unpadded and follow the cached ones. The output has the
+        input's dtype.
         """
-        args = (hidden, start, end, cache, mask, positions, timing)
-        if not self.step_delay_s and self._runs_inline(hidden.shape[0] * hidden.shape[1], end - start):
-            return self._forward(*args)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._forward, *args)
-
-    def _runs_inline(self, tokens: int, blocks: int) -> bool:
-        if tokens <= INLINE_TOKENS:
-            return True
-        return self.prefill_rps > 0 and tokens * blocks / self.prefill_rps <= INLINE_BUDGET_S
-
-    @torch.inference_mode()
-    def _forward(
-        self,
-        hidden: torch.Tensor,
-        start: int,
-        end: int,
-        cache: SessionCache | None,
-        mask: torch.Tensor | None = None,
-        positions: torch.Tensor | None = None,
-        timing: dict[str, float] | None = None,
-    ) -> torch.Tensor:
-        started = time.perf_counter()
         if self.step_delay_s:
             time.sleep(self.step_delay_s)  # testing aid (--debug-step-delay-ms), off by default
         out_dtype = hidden.dtype
         hidden = hidden.to(self.device, self.dtype)
+        if cache is not None:
+            cache.allocate()
         past = cache.length if cache is not None else 0
         key_mask = cache.key_mask_for(mask, hidden.shape[1]) if cache is not None else mask
         if key_mask is not None:
@@ -173,43 +146,116 @@ class BlockBackend:
             positions = positions.to(self.device, torch.long)
         family, config = self.spec.family, self.spec.config
         ctx = family.step_context(config, self.loaded.aux, hidden, past, self.windows, key_mask, positions)
+        hidden = self._blocks(hidden, start, end, ctx, cache)
+        if cache is not None:
+            cache.commit(hidden.shape[1])
+        return self._output(hidden, out_dtype)
+
+    @torch.inference_mode()
+    def forward_batch(self, hiddens: Sequence[torch.Tensor], start: int, end: int, caches: Sequence[SessionCache]):
+        """One decoding step of several sessions (one token each, batch 1, no padding) as one
+        batched forward per block; returns each session's output, in order.
+
+        Every session keeps its own cache and position: the batch attends to a padded view of
+        the caches (:class:`BatchedCaches`) under a mask that gives each row its own length
+        (and window). Results equal each session's own step up to float rounding (a GEMM over
+        several rows sums in another order: measured differences are about 1e-7 relative in
+        float32); sessions that asked for exact results never come here.
+        """
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
+        for cache in caches:
+            cache.allocate()
+        dtypes = [h.dtype for h in hiddens]
+        hidden = torch.cat([h.to(self.device, self.dtype) for h in hiddens])
+        lengths = [c.length for c in caches]
+        positions = torch.tensor(lengths, device=self.device)[:, None]
+        masks = {w: decode_batch_mask(lengths, w, self.device) for w in self.windows}
+        family = self.spec.family
+        ctx = StepContext(positions, masks, family.extra_block_kwargs(self.loaded.aux, hidden, positions))
+        hidden = self._blocks(hidden, start, end, ctx, BatchedCaches(caches))
+        for cache in caches:
+            cache.commit(1)
+        return [self._output(hidden[i : i + 1], dtype) for i, dtype in enumerate(dtypes)]
+
+    def _blocks(self, hidden: torch.Tensor, start: int, end: int, ctx: StepContext, cache) -> torch.Tensor:
+        family = self.spec.family
         for index in range(start, end):
             block = self.loaded.blocks[index - self.start]
             hidden = family.run_block(block, hidden, ctx, cache, self.window_of[index])
-        if cache is not None:
-            cache.commit(hidden.shape[1])
-        out = hidden.to("cpu", out_dtype)
+        return hidden
+
+    def _output(self, hidden: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        out = hidden.to("cpu", dtype)
         if self.corrupt_output:
             out = corrupt(out, self.corrupt_output)
-        if timing is not None:
-            timing.update(started=started, finished=time.perf_counter())
         return out
 
     @torch.inference_mode()
-    def profile(self, repeats: int = 5, prefill_tokens: int = 128) -> tuple[float, float]:
-        """Measured (inference, prefill) throughput of one block, in tokens/s."""
-        block = self.loaded.blocks[0]
-        family, config = self.spec.family, self.spec.config
-        kv_heads, head_dim = family.kv_heads_and_dim(config)
-
-        def timed(tokens: int, past: int) -> float:
-            cache = SessionCache(
-                self.start, self.start + 1, 1, past + tokens, kv_heads, head_dim, self.dtype, self.device
-            )
-            cache.length = past
-            hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
-            window = self.window_of[self.start]
-            ctx = family.step_context(config, self.loaded.aux, hidden, past, frozenset({window}))
-            begin = time.perf_counter()
-            family.run_block(block, hidden, ctx, cache, window)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            return time.perf_counter() - begin
-
-        timed(1, 16)  # warm-up
-        # The step-delay testing aid stands for a slower device, so the profile sees it as one
-        # would: its share of one step per block of the span.
-        slower = self.step_delay_s / max(1, self.end - self.start)
-        step = sorted(timed(1, 16) for _ in range(repeats))[repeats // 2] + slower
-        prefill = sorted(timed(prefill_tokens, 0) for _ in range(max(1, repeats // 2)))[0] + slower
+    def profile(
+        self, repeats: int = 5, prefill_tokens: int = 128, threads_for: Callable[[int], None] | None = None
+    ) -> tuple[float, float]:
+        """Measured (inference, prefill) throughput of one block, in tokens/s. ``threads_for(rows)``,
+        if given, sets the intra-op threads as the scheduler would for that much work."""
+        slower = self._slower_per_block()
+        step = self._median(lambda: self._timed_block(1, 16, threads_for), repeats) + slower
+        prefill = min(self._timed_block(prefill_tokens, 0, threads_for) for _ in range(max(1, repeats // 2))) + slower
         return 1.0 / max(step, 1e-9), prefill_tokens / max(prefill, 1e-9)
+
+    @torch.inference_mode()
+    def profile_batch(
+        self, batch: int = 8, repeats: int = 5, threads_for: Callable[[int], None] | None = None
+    ) -> tuple[float, float]:
+        """Seconds per block of a decoding step of one session, and of ``batch`` sessions batched
+        (each 16 tokens in): what admission control projects step times from."""
+        slower = self._slower_per_block()
+        single = self._median(lambda: self._timed_block(1, 16, threads_for), repeats)
+        batched = self._median(lambda: self._timed_batch(batch, 16, threads_for), repeats)
+        return single + slower, batched + slower
+
+    def _slower_per_block(self) -> float:
+        # The step-delay testing aid stands for a slower device, so profiles see it as one
+        # would: its share of one step per block of the span.
+        return self.step_delay_s / max(1, self.end - self.start)
+
+    @staticmethod
+    def _median(measure: Callable[[], float], repeats: int) -> float:
+        measure()  # warm-up
+        return sorted(measure() for _ in range(repeats))[repeats // 2]
+
+    def _profile_cache(self, tokens: int, past: int) -> SessionCache:
+        kv_heads, head_dim = self.spec.family.kv_heads_and_dim(self.spec.config)
+        cache = SessionCache(self.start, self.start + 1, 1, past + tokens, kv_heads, head_dim, self.dtype, self.device)
+        cache.allocate()
+        cache.length = past
+        return cache
+
+    def _timed_block(self, tokens: int, past: int, threads_for: Callable[[int], None] | None) -> float:
+        if threads_for is not None:
+            threads_for(tokens)
+        family, config = self.spec.family, self.spec.config
+        cache = self._profile_cache(tokens, past)
+        hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
+        window = self.window_of[self.start]
+        ctx = family.step_context(config, self.loaded.aux, hidden, past, frozenset({window}))
+        return self._time(lambda: family.run_block(self.loaded.blocks[0], hidden, ctx, cache, window))
+
+    def _timed_batch(self, batch: int, past: int, threads_for: Callable[[int], None] | None) -> float:
+        if threads_for is not None:
+            threads_for(batch)
+        caches = [self._profile_cache(1, past) for _ in range(batch)]
+        hidden = torch.randn(batch, 1, self.hidden_size, device=self.device).to(self.dtype)
+        positions = torch.full((batch, 1), past, device=self.device)
+        window = self.window_of[self.start]
+        family = self.spec.family
+        masks = {window: decode_batch_mask([past] * batch, window, self.device)}
+        ctx = StepContext(positions, masks, family.extra_block_kwargs(self.loaded.aux, hidden, positions))
+        view = BatchedCaches(caches)
+        return self._time(lambda: family.run_block(self.loaded.blocks[0], hidden, ctx, view, window))
+
+    def _time(self, work: Callable[[], object]) -> float:
+        begin = time.perf_counter()
+        work()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - begin

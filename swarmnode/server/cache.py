@@ -36,12 +36,20 @@ class SessionCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ):
-        shape = (end - start, batch, kv_heads, max_length, head_dim)
+        self.shape = (end - start, batch, kv_heads, max_length, head_dim)
         self.start, self.end, self.batch, self.max_length = start, end, batch, max_length
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self._dtype, self._device = dtype, device
+        # Allocated by the compute thread on first use (allocate), never on the event loop.
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
         self.length = 0
         self.key_mask: torch.Tensor | None = None  # [batch, max_length] bool, once a step brought padding
+
+    def allocate(self) -> None:
+        """Allocate the tensors if not yet done (on the compute thread: zeroing is a big write)."""
+        if self.keys is None:
+            self.keys = torch.zeros(self.shape, dtype=self._dtype, device=self._device)
+            self.values = torch.zeros(self.shape, dtype=self._dtype, device=self._device)
 
     def key_mask_for(self, new_mask: torch.Tensor | None, new_tokens: int) -> torch.Tensor | None:
         """Record which of the next ``new_tokens`` are real (``new_mask``; None: all) and return
@@ -55,6 +63,7 @@ class SessionCache:
         return self.key_mask[:, :end]
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        self.allocate()
         index = layer_idx - self.start
         lo, hi = self.length, self.length + key.shape[2]
         self.keys[index, :, :, lo:hi] = key
@@ -74,11 +83,44 @@ class SessionCache:
         self.length = length
 
 
+class BatchedCaches:
+    """Several sessions' caches seen as one padded batch, for a batched decoding step.
+
+    Each session (batch 1) gets one new token. ``update`` writes row i's new key/value into
+    session i's own cache at its own length and returns keys/values [rows, heads, L, dim] with
+    L = the longest length + 1: row i holds its cached tokens then its new one in columns
+    0..length_i, and zeros after (masked by :func:`swarmnode.server.backend.decode_batch_mask`).
+    Sessions commit their token after the step, as with a single cache.
+    """
+
+    def __init__(self, caches: list[SessionCache] | tuple[SessionCache, ...]):
+        assert all(c.batch == 1 and c.keys is not None for c in caches), "allocated, batch-1 caches only"
+        self.caches = caches
+        self.lengths = [c.length for c in caches]
+        self.width = max(self.lengths) + 1
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        rows, heads, _, dim = key.shape
+        keys = key.new_zeros(rows, heads, self.width, dim)
+        values = value.new_zeros(rows, heads, self.width, dim)
+        for row, (cache, length) in enumerate(zip(self.caches, self.lengths, strict=True)):
+            index = layer_idx - cache.start
+            cache.keys[index, 0, :, length] = key[row, :, 0]
+            cache.values[index, 0, :, length] = value[row, :, 0]
+            keys[row, :, : length + 1] = cache.keys[index, 0, :, : length + 1]
+            values[row, :, : length + 1] = cache.values[index, 0, :, : length + 1]
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.lengths)
+
+
 @dataclass
 class Session:
     session_id: str
     cache: SessionCache
     cost: int  # block-tokens reserved
+    exact: bool = False  # never batched with other sessions: bitwise what it computes alone
 
 
 class CacheManager:
@@ -117,16 +159,12 @@ class CacheManager:
                 raise InvalidRequest(f"session {session_id} is already open on this node")
             if self._used + cost > self.budget:
                 raise CacheExhausted(
-                    f"KV cache full: session needs {cost} block-tokens, {self.budget - self._used} left"
+                    f"KV cache full: session needs {cost} block-tokens, {self.budget - self._used} left",
+                    retry_after=5.0,  # room comes back as sessions end: a few dozen tokens of theirs
                 )
             self._used += cost
         kv_heads, head_dim, dtype, device = self._kv
-        try:
-            cache = SessionCache(start, end, batch, max_length, kv_heads, head_dim, dtype, device)
-        except RuntimeError:  # allocation failed: give the reservation back
-            with self._lock:
-                self._used -= cost
-            raise
+        cache = SessionCache(start, end, batch, max_length, kv_heads, head_dim, dtype, device)
         session = Session(session_id, cache, cost)
         with self._lock:
             self._sessions[session_id] = session

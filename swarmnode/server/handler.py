@@ -18,6 +18,7 @@ from hivemind.proto import runtime_pb2
 from swarmnode.errors import (
     InvalidRequest,
     ModelMismatch,
+    NodeAtCapacity,
     NodeBusy,
     NodeInternalError,
     NodeUnavailable,
@@ -38,10 +39,12 @@ from swarmnode.net.protocol import (
 )
 from swarmnode.net.swarmkey import SwarmKey
 from swarmnode.records import NodeState
+from swarmnode.server.admission import Admission
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.busy import BusyMeter
 from swarmnode.server.cache import CacheManager, Session
 from swarmnode.server.metrics import NodeMetrics
+from swarmnode.server.scheduler import StepResult, StepScheduler
 
 logger = logging.getLogger(__name__)
 MAX_FORWARD_TOKENS = 8192
@@ -69,6 +72,8 @@ class NodeHandler:
     def __init__(
         self,
         backend: BlockBackend,
+        scheduler: StepScheduler,
+        admission: Admission | None,
         caches: CacheManager,
         info_fn: Callable[[], dict],
         state_fn: Callable[[], NodeState],
@@ -92,7 +97,8 @@ class NodeHandler:
         self._held: dict[str, set[str]] = {}  # peer id → its open session ids
         self.config_hash = config_hash  # of the checkpoint this node serves
         self.metrics = metrics or NodeMetrics(lambda: {})  # a private registry when none is given
-        self.backend, self.caches = backend, caches
+        self.backend, self.scheduler, self.caches = backend, scheduler, caches
+        self.admission = admission  # the step-time check (None: the KV budget alone decides)
         self.info_fn, self.state_fn = info_fn, state_fn
         self.session_idle_timeout = session_idle_timeout
         self.sessions_done = asyncio.Event()
@@ -129,10 +135,9 @@ class NodeHandler:
             hidden, mask, positions = step_tensors(request.tensors)
             self.backend.check_hidden(hidden, MAX_FORWARD_TOKENS)
             self.backend.check_padding(mask, positions, hidden)
-            timing: dict[str, float] = {}
-            out = await self._run(hidden, start, end, None, mask, positions, timing)
-            self._observe("forward", timing, hidden)
-            return make_response({}, (out,))
+            result = await self._run(hidden, start, end, None, mask, positions)
+            self._observe("forward", result, hidden)
+            return make_response({}, (result.output,))
         except RemoteError as e:
             return self._error(e)
 
@@ -164,22 +169,27 @@ class NodeHandler:
                 except (StopAsyncIteration, TimeoutError):
                     return  # client closed the stream, or went silent for too long
                 received = time.perf_counter()
+                opening = session is None
                 try:
                     meta = unpack_meta(request.metadata)
                     hidden, mask, positions = step_tensors(request.tensors)
                     if session is None:
                         session = self._open_session(meta, hidden, peer)
-                    yield await self._step(session, meta, hidden, mask, positions, received)
+                    response = await self._step(session, meta, hidden, mask, positions, received)
                 except RemoteError as e:
+                    if opening and session is not None:  # its first step failed: as if never opened
+                        self._close_session(session, peer)
+                        session = None
                     if session is None:
                         self.metrics.sessions_refused.labels(_refusal_reason(e)).inc()
                     yield self._error(e)
                     if session is None and not isinstance(e, InvalidRequest):
                         return  # the session cannot be admitted here: nothing more to do
+                    continue
+                yield response
         finally:
             if session is not None:
-                self.caches.close(session.session_id)
-                self._release(peer, session.session_id)
+                self._close_session(session, peer)
             self._streams -= 1
             if self._streams == 0:
                 self.sessions_done.set()
@@ -197,6 +207,10 @@ class NodeHandler:
             raise PeerLimitExceeded(
                 f"this peer would hold {reserved + cost} block-tokens of KV cache here, above its share of {share}"
             )
+
+    def _close_session(self, session: Session, peer: str) -> None:
+        self.caches.close(session.session_id)
+        self._release(peer, session.session_id)
 
     def _release(self, peer: str, session_id: str) -> None:
         held = self._held.get(peer)
@@ -221,7 +235,7 @@ class NodeHandler:
     def _check_rate(self, peer: str) -> None:
         """Session opens and unary RPCs of one peer stay within its rate."""
         if not self.rate.allow(peer):
-            raise NodeBusy("too many requests from this peer: slow down")
+            raise NodeBusy("too many requests from this peer: slow down", retry_after=1.0)
 
     def _authorize(self, peer: str, token: object) -> None:
         if self.swarm_key is not None and not self.swarm_key.admits(peer, token):
@@ -245,7 +259,13 @@ class NodeHandler:
             raise UnknownSession(f"no session {session_id!r} on this node: open it from position 0")
         self.backend.check_hidden(hidden, max_length)
         self._check_share(peer, hidden.shape[0] * max_length * (end - start))
+        if self.admission is not None:
+            self.admission.check(self.caches.active_sessions)
+        exact = meta.get("exact", False)
+        if not isinstance(exact, bool):
+            raise InvalidRequest(f"metadata field 'exact' must be a boolean, got {exact!r}")
         session = self.caches.open(session_id, start, end, hidden.shape[0], max_length)
+        session.exact = exact
         self._held.setdefault(peer, set()).add(session_id)
         self.metrics.sessions_opened.inc()
         logger.debug("opened session %s for blocks %d:%d, max_length %d", session_id, start, end, max_length)
@@ -273,11 +293,9 @@ class NodeHandler:
             )
         cache.rollback(position)
         before = cache.length
-        began = time.perf_counter()
-        timing: dict[str, float] = {}
-        out = await self._run(hidden, start, end, cache, mask, positions, timing)
-        self._observe("decode" if hidden.shape[1] == 1 else "prefill", timing, hidden)
-        compute_ms = 1000 * (timing["finished"] - timing["started"])
+        result = await self._run(hidden, start, end, cache, mask, positions, session.exact)
+        self._observe("decode" if hidden.shape[1] == 1 else "prefill", result, hidden)
+        compute_ms = 1000 * result.compute_s
         busy = self.busy.fraction()
         if self.misreport:
             compute_ms, busy = 0.01, 0.0
@@ -286,26 +304,27 @@ class NodeHandler:
                 "cache_len_before": before,
                 "cache_len": cache.length,
                 "step": meta.get("step"),
-                "compute_ms": compute_ms,  # the blocks themselves
-                "queue_ms": 1000 * (timing["started"] - began),  # waiting for the compute thread
+                "compute_ms": compute_ms,  # the blocks themselves (a batched step: the whole batch)
+                "queue_ms": 1000 * result.queue_s,  # waiting for the compute thread
+                "batch": result.batch,  # sessions that shared the forward
                 "node_ms": 1000 * (time.perf_counter() - received),  # request decoded to response built
                 "busy": busy,  # the load signal routers learn from
                 "draining": self.state_fn() == NodeState.DRAINING,  # clients move before the node leaves
             },
-            (out,),
+            (result.output,),
         )
 
-    def _observe(self, kind: str, timing: dict[str, float], hidden) -> None:
-        self.metrics.observe_step(kind, timing["finished"] - timing["started"], hidden.shape[0] * hidden.shape[1])
+    def _observe(self, kind: str, result: StepResult, hidden) -> None:
+        self.metrics.observe_step(kind, result.compute_s / result.batch, hidden.shape[0] * hidden.shape[1])
 
     def _error(self, error: RemoteError):
         self.metrics.errors.labels(error.code).inc()
         return error_response(error)
 
-    async def _run(self, hidden, start: int, end: int, cache, mask=None, positions=None, timing=None):
+    async def _run(self, hidden, start: int, end: int, cache, mask=None, positions=None, exact=False) -> StepResult:
         began = time.perf_counter()
         try:
-            return await self.backend.run(hidden, start, end, cache, mask, positions, timing)
+            return await self.scheduler.submit(hidden, start, end, cache, mask, positions, exact)
         except RemoteError:
             raise
         except (RuntimeError, ValueError) as e:
@@ -319,6 +338,8 @@ def _refusal_reason(error: RemoteError) -> str:
     """A bounded label for why a session was not admitted."""
     if isinstance(error, PeerLimitExceeded):
         return "peer_limit"
+    if isinstance(error, NodeAtCapacity):
+        return "at_capacity"
     if isinstance(error, Unauthorized):
         return "unauthorized"
     return {

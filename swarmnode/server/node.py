@@ -28,6 +28,7 @@ from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
 from swarmnode.net.swarmkey import load_swarm_key
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
+from swarmnode.server.admission import Admission, StepCost, default_max_step_s
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.block_selection import blocks_for_memory, choose_span, parse_blocks, served_throughput
 from swarmnode.server.cache import CacheManager
@@ -35,6 +36,7 @@ from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf1
 from swarmnode.server.handler import NodeHandler, PeerLimits, node_info
 from swarmnode.server.metrics import MetricsServer, NodeMetrics, start_metrics_server
 from swarmnode.server.progress import LoadProgress
+from swarmnode.server.scheduler import StepScheduler
 
 logger = logging.getLogger(__name__)
 MEMORY_RESERVE_BYTES = 1 << 30  # left free for the OS and the process itself when detecting memory
@@ -84,6 +86,7 @@ class Node:
         self.dht: hivemind.DHT | None = None
         self.p2p = None
         self.backend: BlockBackend | None = None
+        self.scheduler: StepScheduler | None = None
         self.caches: CacheManager | None = None
         self.handler: NodeHandler | None = None
         self.announcer: Announcer | None = None
@@ -98,6 +101,24 @@ class Node:
         self._kv_bytes_per_block_token = 0
         # Raised by every (re)start, so a node back with the same identity outranks its old dead verdict.
         self.incarnation = int(time.time() * 1000)
+
+    async def _admission(self, threads_for) -> Admission:
+        """The step-time check, from a profile of single and batched decoding steps."""
+        batch = 8
+        single, batched = await self.scheduler.call(lambda: self.backend.profile_batch(batch, threads_for=threads_for))
+        cost = StepCost.from_profile(single, batched, batch, self.config.batching)
+        blocks = self.end - self.start
+        if self.config.max_step_ms:
+            max_step_s = self.config.max_step_ms / 1000
+        else:
+            max_step_s = default_max_step_s(blocks, self.spec.num_blocks, cost)
+        logger.info(
+            "admission: decoding step %.2f ms per block alone, +%.2f ms per further session; target %.0f ms",
+            1000 * cost.single_s,
+            1000 * cost.extra_s,
+            1000 * max_step_s,
+        )
+        return Admission(cost, blocks, max_step_s)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Node:
@@ -190,17 +211,23 @@ class Node:
         self.caches = CacheManager(
             cache_tokens * (self.end - self.start), cfg.max_session_length, kv_heads, head_dim, self.dtype, cfg.device
         )
+        self.scheduler = StepScheduler(self.backend, cfg.prefill_chunk, cfg.max_batch, cfg.batching)
+        threads_for = self.scheduler.use_threads
         if cfg.throughput == "auto":
-            self.inference_rps, self.prefill_rps = self.backend.profile()
+            self.inference_rps, self.prefill_rps = await self.scheduler.call(
+                lambda: self.backend.profile(threads_for=threads_for)
+            )
         else:
             try:
                 self.inference_rps = self.prefill_rps = float(cfg.throughput)
             except ValueError as e:
                 raise ConfigError(f"--throughput must be auto or a number, got {cfg.throughput!r}") from e
 
-        self.backend.prefill_rps = self.prefill_rps
+        self.admission = await self._admission(threads_for)
         self.handler = NodeHandler(
             self.backend,
+            self.scheduler,
+            self.admission,
             self.caches,
             self.info,
             lambda: self.state,
@@ -273,8 +300,8 @@ class Node:
                 await self.p2p.remove_binary_stream_handler(INFERENCE_HANDLE)
             except Exception as e:  # noqa: BLE001 - the daemon may be gone already
                 logger.debug("removing handlers failed: %s", e)
-        if self.backend is not None:
-            self.backend.close()
+        if self.scheduler is not None:
+            self.scheduler.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
         if self.p2p is not None:
