@@ -28,8 +28,8 @@ from swarmnode.errors import NodeAtCapacity
 
 TOKEN_BUDGET_S = 1.0  # per token, for the whole model
 MIN_SINGLE_STEPS = 4.0  # the target never falls below this many single-session steps
-RETRY_AFTER_S = 5.0  # the hint's base: about a few dozen tokens of other sessions
-MAX_RETRY_AFTER_S = 60.0
+RETRY_AFTER_S = 2.0  # the hint's base: a few dozen tokens of the other sessions
+MAX_RETRY_AFTER_S = 10.0  # sessions end at any time: never send a client away for long
 
 
 @dataclass(frozen=True)

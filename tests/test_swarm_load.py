@@ -1,0 +1,59 @@
+"""A node at capacity refuses new sessions with a retryable NodeBusy, and clients treat it as
+load: another replica, or a wait, never a ban or a pheromone penalty."""
+
+import threading
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from swarmnode import DistributedModelForCausalLM
+from swarmnode.launcher import LocalSwarm
+
+pytestmark = pytest.mark.swarm
+PROMPT = torch.tensor([[7, 14, 21, 28, 35, 42]])
+
+
+def refused_at_capacity(node) -> float:
+    metrics = urllib.request.urlopen(f"http://{node.info['metrics']}/metrics", timeout=5).read().decode()
+    line = next(
+        (x for x in metrics.splitlines() if x.startswith('swarmnode_sessions_refused_total{reason="at_capacity"}')), ""
+    )
+    return float(line.split()[-1]) if line else 0.0
+
+
+def test_a_node_at_capacity_sends_clients_elsewhere_or_makes_them_wait(tmp_path, llama_path):
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(llama_path).generate(PROMPT, max_new_tokens=12, do_sample=False)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        # A step-time target of 1 µs: each node takes one session at a time (an idle node always admits one).
+        nodes = [swarm.start_node(llama_path, "0:8", "--max-step-ms", "0.001", wait=False) for _ in range(2)]
+        for node in nodes:
+            swarm.wait_online(node)
+        with DistributedModelForCausalLM.from_pretrained(llama_path, initial_peers=swarm.initial_peers) as model:
+            first, second = model.inference_session(max_length=32), model.inference_session(max_length=32)
+            assert torch.equal(model.generate(PROMPT, max_new_tokens=12, session=first), reference)
+            assert torch.equal(model.generate(PROMPT, max_new_tokens=12, session=second), reference)
+            assert {first.chain[0].peer_id, second.chain[0].peer_id} == {n.info["peer_id"] for n in nodes}
+
+            # Both nodes hold a session: a third waits until one is closed, then runs there.
+            releaser = threading.Timer(2.0, first.close)
+            releaser.start()
+            began = time.monotonic()
+            with model.inference_session(max_length=32) as third:
+                assert torch.equal(model.generate(PROMPT, max_new_tokens=12, session=third), reference)
+            waited = time.monotonic() - began
+            releaser.join()
+            second.close()
+            assert waited >= 1.5, f"the third session did not wait for capacity ({waited:.2f} s)"
+            assert third.chain[0].peer_id == first.chain[0].peer_id
+            assert not third.failovers or all(
+                "NodeAtCapacity" in e.reason or "NodeBusy" in e.reason for e in third.failovers
+            )
+            router = model.remote.router
+            assert not router.bans.banned(), "a node at capacity is not banned"
+            assert all(e.failures == 0 for e in router.estimates.values()), "nor counted as failed"
+        assert sum(refused_at_capacity(n) for n in nodes) >= 1
