@@ -60,6 +60,19 @@ class Pinger:
         if unknown:
             await self._ping_all(unknown)
 
+    async def alive(self, peer_id: str, timeout: float) -> bool:
+        """Whether ``peer_id`` answers one ``rpc_info`` within ``timeout`` seconds. A node's event
+        loop never computes (its step scheduler does), so a busy node answers at once and a
+        dead or hung one does not: this tells "slow" from "gone" when a step is late."""
+        token = self.connection.identity.call_token()
+        request = runtime_pb2.ExpertUID(uid=token.hex() if token is not None else "")
+        try:
+            await self.connection.stub(peer_id).rpc_info(request, timeout=timeout)
+            return True  # any answer, even an error, comes from a live node
+        except Exception as e:  # noqa: BLE001 - no answer, or a broken connection: not alive
+            logger.debug("liveness probe of %s failed: %s", peer_id, e)
+            return False
+
     async def _ping_all(self, peers: list[str]) -> None:
         await asyncio.gather(*(self._ping(p) for p in peers))
 

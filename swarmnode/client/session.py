@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 RECENT_STEPS = 16
+PROBE_FLOOR_S = 0.25  # a late hop's liveness probe waits at least this long for an answer...
+PROBE_PINGS = 5  # ...or this many of the node's measured round trips, if longer (up to ping_timeout)
 
 
 def hop_output(response, peer_id: str, sent: StepInput) -> tuple[dict, torch.Tensor]:
@@ -301,11 +303,7 @@ class InferenceSession(SpotChecks):
         request = self._request(state, step, state.sent_tokens)
         built = time.perf_counter()
         await state.stream.send(request)
-        try:
-            async with asyncio.timeout(self._step_timeout(state, step.tokens)):
-                response = await state.stream.recv()
-        except TimeoutError:
-            raise NodeUnavailable("the node did not answer within the step timeout", state.hop.peer_id) from None
+        response = await self._answer(state, self._step_timeout(state, step.tokens))
         received = time.perf_counter()
         meta, out = hop_output(response, state.hop.peer_id, step)
         elapsed = time.perf_counter() - began
@@ -319,6 +317,28 @@ class InferenceSession(SpotChecks):
         if trace is not None:
             trace.hops.append(_hop_trace(meta, began, built, received, elapsed))
         return out
+
+    async def _answer(self, state: _HopState, timeout: float):
+        """The hop's answer to the step just sent. Each time ``timeout`` passes without it, the
+        node is asked whether it is alive (:meth:`Pinger.alive`): one that answers is busy, not
+        dead, and we wait on, up to ``request_timeout`` in all; one that does not has failed."""
+        cfg, peer = self.remote.config, state.hop.peer_id
+        began = time.monotonic()
+        receiving = asyncio.ensure_future(state.stream.recv())
+        try:
+            while True:
+                done, _ = await asyncio.wait({receiving}, timeout=timeout)
+                if done:
+                    return receiving.result()
+                waited = time.monotonic() - began
+                probe = min(cfg.ping_timeout, max(PROBE_FLOOR_S, PROBE_PINGS * self.remote.pings.get(peer, 0.1)))
+                if waited + probe >= cfg.request_timeout or not await self.remote.pinger.alive(peer, probe):
+                    raise NodeUnavailable("the node did not answer within the step timeout", peer)
+                timeout = min(timeout, cfg.request_timeout - (time.monotonic() - began))
+                logger.info("hop %s is late (%.1f s) but alive: waiting on", state.hop, waited)
+        finally:
+            if not receiving.done():
+                receiving.cancel()
 
     def _step_timeout(self, state: _HopState, tokens: int) -> float:
         """How long to wait for a hop: a floor plus a multiple of what this hop usually takes."""

@@ -39,6 +39,17 @@ PRESETS: dict[str, dict] = {
         num_attention_heads=8,
         num_key_value_heads=2,
     ),
+    # Compute dominates: ~61 MB of fp32 weights per block, so a decoding step reads weights the way
+    # a real model's does (scripts/bench_throughput.py). Larger shards: 500 MB in 200 KB files is absurd.
+    "wide-llama": dict(
+        family="llama",
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        shard_size="100MB",
+    ),
 }
 
 

@@ -27,7 +27,8 @@ STEP_KINDS = ("decode", "prefill", "forward")
 # From 100 µs (a tiny model's decode step) to 30 s (a long prompt on a slow device).
 STEP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 REFUSAL_REASONS = (
-    "cache_exhausted", "peer_limit", "rate_limited", "unauthorized", "not_online", "model_mismatch", "invalid_request",
+    "cache_exhausted", "peer_limit", "at_capacity", "rate_limited", "unauthorized", "not_online", "model_mismatch",
+    "invalid_request",
 )  # fmt: skip
 MEMBER_STATES = ("ALIVE", "SUSPECT", "DEAD")
 
@@ -55,6 +56,14 @@ class NodeMetrics:
         self.announce_failures = Counter(
             "swarmnode_announce_failures_total", "Announcements of this node's record that failed", registry=r
         )
+        self.batch_size = Histogram(
+            "swarmnode_batch_size", "Decoding steps per scheduler iteration (continuous batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
+        )  # fmt: skip
+        self.iteration_seconds = Histogram(
+            "swarmnode_scheduler_iteration_seconds", "Wall time of one scheduler iteration (decodes + a prompt chunk)",
+            buckets=STEP_BUCKETS, registry=r,
+        )  # fmt: skip
         self.build = Gauge("swarmnode_build_info", "Version, model and dtype of this node (value 1)",
                            ["version", "model", "dtype"], registry=r)  # fmt: skip
         for kind in STEP_KINDS:  # every series exists from the start, so dashboards see zeros, not gaps
@@ -65,6 +74,12 @@ class NodeMetrics:
         for code in ERROR_CODES:
             self.errors.labels(code)
         r.register(_StateCollector(state))
+
+    def observe_iteration(self, decodes: int, prompt_tokens: int, seconds: float) -> None:
+        """One scheduler iteration (called from the compute thread; prometheus_client is thread-safe)."""
+        if decodes:
+            self.batch_size.observe(decodes)
+        self.iteration_seconds.observe(seconds)
 
     def observe_step(self, kind: str, seconds: float, tokens: int) -> None:
         self.step_seconds.labels(kind).observe(seconds)

@@ -211,7 +211,9 @@ class Node:
         self.caches = CacheManager(
             cache_tokens * (self.end - self.start), cfg.max_session_length, kv_heads, head_dim, self.dtype, cfg.device
         )
-        self.scheduler = StepScheduler(self.backend, cfg.prefill_chunk, cfg.max_batch, cfg.batching)
+        self.scheduler = StepScheduler(
+            self.backend, cfg.prefill_chunk, cfg.max_batch, cfg.batching, on_iteration=self.metrics.observe_iteration
+        )
         threads_for = self.scheduler.use_threads
         if cfg.throughput == "auto":
             self.inference_rps, self.prefill_rps = await self.scheduler.call(
