@@ -47,7 +47,12 @@ def client_main(model_path: str, peers: list[str]) -> None:
             began = time.perf_counter()
             out = model.generate(prompt, max_new_tokens=int(tokens))
             ended = time.perf_counter()
-            print(json.dumps({"began": began, "ended": ended, "tokens": out[0].tolist()}), flush=True)
+            estimates = getattr(model.remote.router, "estimates", {})
+            failures = {peer: e.failures for peer, e in estimates.items() if getattr(e, "failures", 0)}
+            print(
+                json.dumps({"began": began, "ended": ended, "tokens": out[0].tolist(), "failures": failures}),
+                flush=True,
+            )
 
 
 # ---- the driver ----------------------------------------------------------------------------------
