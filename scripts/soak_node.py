@@ -31,6 +31,14 @@ def metric(node, name: str) -> float:
     return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
+def peak_resident_bytes(pid: int) -> float:
+    """The process's peak resident set (Linux VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return float(line.split()[1]) * 1024
+    return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -94,6 +102,11 @@ def main() -> None:
             refused = metric(main_node, 'swarmnode_sessions_refused_total{reason="at_capacity"}')
             tokens = metric(main_node, 'swarmnode_tokens_processed_total{kind="decode"}')
             batch_sum, batch_count = (metric(main_node, f"swarmnode_batch_size_{s}") for s in ("sum", "count"))
+            weights, budget = (
+                metric(main_node, "swarmnode_weights_bytes"),
+                metric(main_node, "swarmnode_kv_cache_budget_bytes"),
+            )
+            peak = peak_resident_bytes(main_node.pid)
         finally:
             for c in clients:
                 c.close()
@@ -112,6 +125,12 @@ def main() -> None:
         f"times a client counted the node as failed (max per client) {counts['failures']}"
     )
     print(f"  client processes that died {counts['died']}")
+    mib = 1 << 20
+    print(
+        f"  node memory: peak resident {peak / mib:.0f} MiB; weights {weights / mib:.0f} MiB + KV budget "
+        f"{budget / mib:.0f} MiB = {(weights + budget) / mib:.0f} MiB; overhead above the weights "
+        f"{(peak - weights) / mib:.0f} MiB"
+    )
     ok = not (counts["wrong"] or probes or suspicions or verdicts or counts["failures"] or counts["died"])
     print("SOAK PASSED" if ok else "SOAK FAILED")
     sys.exit(0 if ok else 1)

@@ -134,6 +134,7 @@ class ClientConfig:
     wait_for_servers: float = 30.0  # seconds to wait for missing blocks before NoServersForBlocks
     busy_wait: float = 120.0  # seconds to wait while every node that could serve is at capacity
     exact: bool = False  # ask nodes never to batch our sessions' steps with others (bitwise results)
+    wire_dtype: str = "float32"  # hidden states between hops: bfloat16/float16 halve the bytes (not exact)
     request_timeout: float = 30.0  # upper bound on any one RPC before the node counts as unresponsive
     # A hop that does not answer a step within floor + factor × its usual step time has failed.
     step_timeout_floor: float = 1.0
@@ -147,6 +148,10 @@ class ClientConfig:
     swarm_key_path: str = ""  # a private swarm's key file (swarmnode keygen); empty = a public swarm
 
     def __post_init__(self) -> None:
+        if self.wire_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"wire_dtype must be float32, bfloat16 or float16, got {self.wire_dtype!r}")
+        if self.exact and self.wire_dtype != "float32":
+            raise ConfigError("exact runs keep hidden states in float32 on the wire: drop wire_dtype or exact")
         if self.wait_for_servers < 0 or self.busy_wait < 0:
             raise ConfigError("wait_for_servers and busy_wait must be >= 0")
         if self.request_timeout <= 0:

@@ -75,6 +75,21 @@ def test_stateless_forward_matches_local_logits(model, llama_reference):
     assert torch.allclose(logits, expected, atol=1e-4)
 
 
+def test_hidden_states_may_travel_in_16_bit(llama_swarm, llama_path, llama_reference):
+    """wire_dtype="bfloat16": every hop's message carries half the bytes; results stay within
+    bfloat16's rounding of the float32 ones, and the caller still gets float32."""
+    from tests.conftest import swarm_client
+
+    with swarm_client(llama_swarm, llama_path, wire_dtype="bfloat16") as model:
+        logits = model(PROMPT)
+        with model.inference_session(max_length=16) as session:
+            model.generate(PROMPT, max_new_tokens=4, session=session)
+            sent = [inp.hidden.dtype for hop in session._hops for inp in hop.history]
+    expected = llama_reference(PROMPT).logits
+    assert logits.dtype == torch.float32 and sent and set(sent) == {torch.bfloat16}
+    assert (logits - expected).norm() / expected.norm() < 2e-2
+
+
 def test_session_beyond_max_length_is_a_clear_error(model):
     with model.inference_session(max_length=PROMPT.shape[1] + 4) as sess:
         with pytest.raises(SessionLengthExceeded, match="max_length"):

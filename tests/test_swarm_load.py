@@ -57,3 +57,24 @@ def test_a_node_at_capacity_sends_clients_elsewhere_or_makes_them_wait(tmp_path,
             assert not router.bans.banned(), "a node at capacity is not banned"
             assert all(e.failures == 0 for e in router.estimates.values()), "nor counted as failed"
         assert sum(refused_at_capacity(n) for n in nodes) >= 1
+
+
+def test_a_stateless_forward_larger_than_a_unary_message_works(tmp_path):
+    """3 MiB of hidden states (batch 2 × 1,500 tokens × hidden 256) through a stateless forward:
+    over the transport's 2 MiB unary limit, so it must travel on a stream."""
+    from transformers import AutoModelForCausalLM
+
+    from swarmnode.models.tiny import tiny_checkpoint
+
+    path = str(tiny_checkpoint("demo-llama", root=tmp_path / "demo-llama"))
+    ids = torch.randint(0, 256, (2, 1500), generator=torch.Generator().manual_seed(0))
+    assert ids.numel() * 256 * 4 > 2 * 1024**2
+    expected = AutoModelForCausalLM.from_pretrained(path)(ids).logits
+    with LocalSwarm(tmp_path / "swarm") as swarm:
+        swarm.start_bootstrap()
+        swarm.start_node(path, "0:8")
+        with DistributedModelForCausalLM.from_pretrained(path, initial_peers=swarm.initial_peers) as model:
+            logits = model(ids)
+            assert not model.remote.router.bans.banned()
+    assert torch.allclose(logits, expected, atol=1e-3, rtol=1e-3)
+    assert torch.equal(logits.argmax(-1), expected.argmax(-1))

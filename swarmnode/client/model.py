@@ -15,13 +15,12 @@ import torch
 
 from swarmnode.client.generation import load_generation_config, plan_generation, prompt_positions
 from swarmnode.client.pinger import Pinger
-from swarmnode.client.session import InferenceSession, StepInput, hop_output
+from swarmnode.client.session import InferenceSession
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
 from swarmnode.errors import ModelMismatch, NoServersForBlocks, RemoteError, SessionError
 from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spec
 from swarmnode.net.dht import store_records
-from swarmnode.net.protocol import make_request
 from swarmnode.records import model_id_from_name, observations_key, validate_model_id
 from swarmnode.routing import Bans, Hop, make_router
 
@@ -138,18 +137,17 @@ class RemoteBlocks:
 
     async def forward(self, hidden: torch.Tensor, *padding: torch.Tensor) -> torch.Tensor:
         """Stateless forward through all blocks (no KV cache kept); ``padding`` is
-        (attention mask, position ids) for a padded batch, or nothing."""
-        for hop in await self.find_chain():
-            meta = {"start": hop.start, "end": hop.end, "config_hash": self.config_hash}
-            request = make_request(self.connection.identity.authenticate(meta), (hidden, *padding))
-            stub = self.connection.stub(hop.peer_id)
-            try:
-                response = await stub.rpc_forward(request, timeout=self.config.request_timeout)
-                _, hidden = hop_output(response, hop.peer_id, StepInput(hidden))
-            except Exception as e:
-                self.router.report_failure(hop, e)
-                raise
-        return hidden
+        (attention mask, position ids) for a padded batch, or nothing.
+
+        It runs as a one-step, stateless inference session: streams carry hidden states of any
+        size (a unary RPC is capped by the transport's 2 MiB message size), the step timeout
+        scales with its length, a late node is probed before it counts as failed, and a failed
+        hop fails over like any session's instead of failing the call."""
+        session = InferenceSession(self, max_length=hidden.shape[1], stateless=True)
+        try:
+            return await session.step_async(hidden, *padding)
+        finally:
+            await session.aclose()
 
 
 class DistributedModelForCausalLM:

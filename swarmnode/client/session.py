@@ -34,6 +34,7 @@ from swarmnode.errors import (
     SessionLengthExceeded,
     VerificationFailed,
 )
+from swarmnode.models import DTYPES
 from swarmnode.net.protocol import make_request, read_response
 from swarmnode.net.stream import NodeStream
 from swarmnode.routing import Hop
@@ -119,11 +120,12 @@ class InferenceSession(SpotChecks):
     of the last block. ``chain`` lists the hops in use; ``failovers`` what was replaced.
     """
 
-    def __init__(self, remote: RemoteBlocks, max_length: int):
+    def __init__(self, remote: RemoteBlocks, max_length: int, stateless: bool = False):
         if max_length <= 0:
             raise ValueError("max_length must be positive")
         self.remote = remote
         self.max_length = max_length
+        self.stateless = stateless  # one step, no KV cache on the nodes (RemoteBlocks.forward)
         self.session_id = uuid.uuid4().hex
         self.position = 0  # tokens already processed by every hop
         self.token_ids: torch.Tensor | None = None  # all tokens of this session, for generate()
@@ -205,14 +207,15 @@ class InferenceSession(SpotChecks):
             raise SessionLengthExceeded(
                 f"session max_length is {self.max_length}: {self.position} tokens used, {hidden.shape[1]} more asked"
             )
+        wire = DTYPES[self.remote.config.wire_dtype]  # 16-bit halves the bytes of every hop's message
         try:
-            out = await self._step_async(StepInput(hidden, mask, positions))
+            out = await self._step_async(StepInput(hidden.to(wire), mask, positions))
         except BaseException:
             self._closed = True  # a step that failed for good leaves the nodes' caches inconsistent
             await self._close_streams()
             raise
         self.position += hidden.shape[1]
-        return out
+        return out.to(hidden.dtype)
 
     def close(self) -> None:
         """End the session: the nodes free its KV caches."""
@@ -283,6 +286,8 @@ class InferenceSession(SpotChecks):
 
     def _request(self, state: _HopState, step: StepInput, position: int):
         meta = {"session_id": state.stream_id, "step": self._step, "position": position}
+        if self.stateless:
+            meta["stateless"] = True
         if position == 0:
             meta.update(start=state.hop.start, end=state.hop.end, max_length=self.max_length)
             if self.remote.config.exact:

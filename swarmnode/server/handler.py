@@ -141,6 +141,19 @@ class NodeHandler:
         except RemoteError as e:
             return self._error(e)
 
+    async def _stateless(self, meta: dict, hidden, mask, positions, peer: str) -> runtime_pb2.ExpertResponse:
+        """A forward without a session, on a stream (``stateless: true``): no KV cache is kept and
+        no unary message limit applies (clients' stateless forwards come this way)."""
+        self._check_rate(peer)
+        self._authorize(peer, meta.get("auth"))
+        self._check_model(meta)
+        start, end = self._span(meta)
+        self.backend.check_hidden(hidden, MAX_FORWARD_TOKENS)
+        self.backend.check_padding(mask, positions, hidden)
+        result = await self._run(hidden, start, end, None, mask, positions)
+        self._observe("forward", result, hidden)
+        return make_response({"step": meta.get("step"), "compute_ms": 1000 * result.compute_s}, (result.output,))
+
     async def handle_inference_stream(self, stream_info, reader, writer) -> None:
         """Serve one raw rpc_inference stream (see swarmnode.net.protocol.INFERENCE_HANDLE)."""
         try:
@@ -173,6 +186,9 @@ class NodeHandler:
                 try:
                     meta = unpack_meta(request.metadata)
                     hidden, mask, positions = step_tensors(request.tensors)
+                    if session is None and meta.get("stateless") is True:
+                        yield await self._stateless(meta, hidden, mask, positions, peer)
+                        continue
                     if session is None:
                         session = self._open_session(meta, hidden, peer)
                     response = await self._step(session, meta, hidden, mask, positions, received)

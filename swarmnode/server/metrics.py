@@ -97,6 +97,10 @@ class _StateCollector:
         yield _gauge("swarmnode_sessions_active", "Inference sessions open on this node", s["sessions_active"])
         yield _gauge("swarmnode_kv_cache_used_bytes", "KV-cache bytes reserved by open sessions", s["cache_used_bytes"])
         yield _gauge("swarmnode_kv_cache_budget_bytes", "KV-cache bytes this node may reserve", s["cache_budget_bytes"])
+        yield _gauge("swarmnode_weights_bytes", "Bytes of the span's weights as loaded", s.get("weights_bytes", 0))
+        yield _gauge(
+            "swarmnode_resident_memory_bytes", "Resident memory of the node process", s.get("resident_bytes", 0)
+        )
         yield _gauge("swarmnode_span_start_block", "First block this node serves", s["start"])
         yield _gauge("swarmnode_span_end_block", "One past the last block this node serves", s["end"])
         yield _gauge("swarmnode_busy_ratio", "Fraction of the last 3 s spent computing", max(0.0, s["busy"]))

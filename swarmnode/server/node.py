@@ -362,6 +362,10 @@ class Node:
             "start": self.start,
             "end": self.end,
             "busy": handler.busy.fraction() if handler is not None else -1.0,
+            "weights_bytes": getattr(self, "loaded_parameters", 0) * torch.finfo(self.dtype).bits // 8
+            if getattr(self, "dtype", None) is not None
+            else 0,
+            "resident_bytes": psutil.Process().memory_info().rss,
             "inference_rps": self.inference_rps,
             "state": self.state.name,
             "members": {peer: member.status.name for peer, member in members.items()},
