@@ -61,6 +61,7 @@ CASES = {
     "more tokens than max_length": (step(opening(max_length=4), torch.zeros(1, 5, HIDDEN)), "exceed"),
     "span outside the node": (step(opening(start=2, end=6), torch.zeros(1, 1, HIDDEN)), "not within"),
     "max_length not an int": (step(opening(max_length="lots"), torch.zeros(1, 1, HIDDEN)), "integer"),
+    "exact not a boolean": (step(opening(exact="yes"), torch.zeros(1, 1, HIDDEN)), "boolean"),
     "garbage metadata": (
         runtime_pb2.ExpertRequest(metadata=b"\xc1\xc1garbage", tensors=[tensor_to_proto(torch.zeros(1, 1, HIDDEN))]),
         "msgpack",

@@ -15,12 +15,14 @@ pytestmark = pytest.mark.swarm
 PROMPT = torch.tensor([[7, 14, 21, 28, 35, 42]])
 
 
-def refused_at_capacity(node) -> float:
+def metric(node, name: str) -> float:
     metrics = urllib.request.urlopen(f"http://{node.info['metrics']}/metrics", timeout=5).read().decode()
-    line = next(
-        (x for x in metrics.splitlines() if x.startswith('swarmnode_sessions_refused_total{reason="at_capacity"}')), ""
-    )
+    line = next((x for x in metrics.splitlines() if x.startswith(name + " ")), "")
     return float(line.split()[-1]) if line else 0.0
+
+
+def refused_at_capacity(node) -> float:
+    return metric(node, 'swarmnode_sessions_refused_total{reason="at_capacity"}')
 
 
 def test_a_node_at_capacity_sends_clients_elsewhere_or_makes_them_wait(tmp_path, llama_path):
@@ -30,7 +32,9 @@ def test_a_node_at_capacity_sends_clients_elsewhere_or_makes_them_wait(tmp_path,
     with LocalSwarm(tmp_path) as swarm:
         swarm.start_bootstrap()
         # A step-time target of 1 µs: each node takes one session at a time (an idle node always admits one).
-        nodes = [swarm.start_node(llama_path, "0:8", "--max-step-ms", "0.001", wait=False) for _ in range(2)]
+        # Sessions idle for 6 s are reclaimed.
+        flags = ("--max-step-ms", "0.001", "--session-idle-timeout", "6")
+        nodes = [swarm.start_node(llama_path, "0:8", *flags, wait=False) for _ in range(2)]
         for node in nodes:
             swarm.wait_online(node)
         with DistributedModelForCausalLM.from_pretrained(llama_path, initial_peers=swarm.initial_peers) as model:
@@ -56,7 +60,18 @@ def test_a_node_at_capacity_sends_clients_elsewhere_or_makes_them_wait(tmp_path,
             router = model.remote.router
             assert not router.bans.banned(), "a node at capacity is not banned"
             assert all(e.failures == 0 for e in router.estimates.values()), "nor counted as failed"
-        assert sum(refused_at_capacity(n) for n in nodes) >= 1
+            assert sum(refused_at_capacity(n) for n in nodes) >= 1
+
+            # A session left open and idle is reclaimed: its node frees the KV cache it held.
+            held = model.inference_session(max_length=32)
+            model.generate(PROMPT, max_new_tokens=2, session=held)
+            node = next(n for n in nodes if n.info["peer_id"] == held.chain[0].peer_id)
+            assert metric(node, "swarmnode_sessions_active") == 1 and metric(node, "swarmnode_kv_cache_used_bytes") > 0
+            deadline = time.monotonic() + 15
+            while metric(node, "swarmnode_sessions_active") and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert metric(node, "swarmnode_sessions_active") == 0 and metric(node, "swarmnode_kv_cache_used_bytes") == 0
+            held.close()
 
 
 def test_a_stateless_forward_larger_than_a_unary_message_works(tmp_path):

@@ -2,15 +2,19 @@
 
 Requests and responses are hivemind's ``ExpertRequest`` / ``ExpertResponse``:
 tensors serialized by ``hivemind.compression`` plus msgpack metadata. An error is a
-response whose metadata holds ``{"error": {"code": ..., "message": ...}}``; codes map
-onto :mod:`swarmnode.errors`.
+response whose metadata holds ``{"error": {"code": ..., "message": ..., "retry_after": ...}}``
+(``retry_after``, seconds, only for retryable refusals); codes map onto :mod:`swarmnode.errors`.
 
 ``rpc_inference`` (bidirectional stream, one per session and hop) — each request holds
 one hidden-states tensor [batch, seq, hidden] and metadata:
 ``session_id``, ``start``/``end`` (the blocks to run), ``max_length`` (first request),
 ``position`` (optional: the prefix length these tokens follow; a smaller value rolls
-the cache back, e.g. to replay a step) and ``step`` (echoed). Each response holds the
-output hidden states and ``{"cache_len_before", "cache_len", "step"}``.
+the cache back, e.g. to replay a step), ``step`` (echoed) and, on the first request,
+``exact`` (optional: never batch this session's steps with others'). Each response holds
+the output hidden states (in the dtype they came in: float32, or 16-bit when the client
+asks) and ``{"cache_len_before", "cache_len", "step", "compute_ms", "queue_ms", "batch",
+"busy", "draining"}``. A first request with ``stateless: true`` is a forward without a
+session (no KV cache kept): the stream form of ``rpc_forward``, with no unary size cap.
 
 A request may carry two more tensors after the hidden states: the attention mask of its
 tokens [batch, seq] (0 = padding) and their position ids, for left-padded batches; the
