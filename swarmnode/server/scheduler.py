@@ -38,11 +38,15 @@ logger = logging.getLogger(__name__)
 DECODE_TOKENS = 4  # requests of at most this many tokens are decoding steps (priority)
 DEFAULT_PREFILL_CHUNK = 256  # tokens of a prompt per iteration
 DEFAULT_MAX_BATCH = 64  # decoding steps per iteration
-# Intra-op threads pay off only for big matmuls: measured on this project's 2-core CPU machine,
-# one Llama block with 2 threads against 1 took 1.43 vs 0.20 ms (hidden 64, 8 rows), 10.2 vs
-# 9.2 ms (hidden 1024, 8 rows), 13.9 vs 12.2 ms (hidden 576, 128 rows) but 59 vs 102 ms (hidden
-# 1024, 256 rows). So an iteration uses the node's threads only from this many rows × hidden².
-PARALLEL_WORK = 1 << 26
+# Intra-op threads pay off only for prompt-sized matmuls: measured on this project's 2-core CPU
+# machine on the compute thread, decoding steps were never faster with 2 threads than with 1 (one
+# Llama block, 8 rows: 1.43 vs 0.20 ms at hidden 64, 10.2 vs 9.2 ms at hidden 1024; SmolLM2, 15
+# blocks, 1 row: 16.4 vs 16.2 ms), prompts were (SmolLM2, 15 blocks, 40 tokens: 39 vs 61 ms;
+# hidden 1024, 256 tokens: 59 vs 102 ms per block) unless tiny (hidden 64, 40 tokens: 1.34 vs
+# 0.28 ms). So an iteration uses the node's threads only from PARALLEL_ROWS rows and
+# PARALLEL_WORK rows × hidden².
+PARALLEL_ROWS = 16
+PARALLEL_WORK = 1 << 22
 
 
 @dataclass(eq=False)
@@ -171,7 +175,8 @@ class StepScheduler:
     # ---- compute thread ----------------------------------------------------------------------------
     def use_threads(self, rows: int) -> None:
         """(On the compute thread.) Set its intra-op threads for ``rows`` rows of work (see PARALLEL_WORK)."""
-        wanted = self.threads if rows * self.backend.hidden_size**2 >= PARALLEL_WORK else 1
+        big = rows >= PARALLEL_ROWS and rows * self.backend.hidden_size**2 >= PARALLEL_WORK
+        wanted = self.threads if big else 1
         if self.backend.device.type == "cpu" and wanted != self._threads_now:
             torch.set_num_threads(wanted)
             self._threads_now = wanted
