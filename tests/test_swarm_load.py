@@ -76,7 +76,9 @@ def test_a_node_at_capacity_sends_clients_elsewhere_or_makes_them_wait(tmp_path,
 
 def test_a_stateless_forward_larger_than_a_unary_message_works(tmp_path):
     """3 MiB of hidden states (batch 2 × 1,500 tokens × hidden 256) through a stateless forward:
-    over the transport's 2 MiB unary limit, so it must travel on a stream."""
+    over the transport's 2 MiB unary limit, so it must travel on a stream. Then a session whose
+    prompt is as large (chunked by the node's scheduler: 6 chunks of at most 256 tokens) gives
+    the tokens local generation gives."""
     from transformers import AutoModelForCausalLM
 
     from swarmnode.models.tiny import tiny_checkpoint
@@ -91,5 +93,8 @@ def test_a_stateless_forward_larger_than_a_unary_message_works(tmp_path):
         with DistributedModelForCausalLM.from_pretrained(path, initial_peers=swarm.initial_peers) as model:
             logits = model(ids)
             assert not model.remote.router.bans.banned()
+            generated = model.generate(ids, max_new_tokens=3)
+    local = AutoModelForCausalLM.from_pretrained(path).generate(ids, max_new_tokens=3, do_sample=False)
+    assert torch.equal(generated, local)
     assert torch.allclose(logits, expected, atol=1e-3, rtol=1e-3)
     assert torch.equal(logits.argmax(-1), expected.argmax(-1))
