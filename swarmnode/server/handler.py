@@ -202,6 +202,10 @@ class NodeHandler:
                     if session is None and not isinstance(e, InvalidRequest):
                         return  # the session cannot be admitted here: nothing more to do
                     continue
+                except Exception as e:  # noqa: BLE001 - a bug of ours: say so and end the stream, never go silent
+                    logger.exception("inference stream of %s failed", peer)
+                    yield self._error(NodeInternalError(f"the node failed: {type(e).__name__}: {e}"))
+                    return
                 yield response
         finally:
             if session is not None:
