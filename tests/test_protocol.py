@@ -3,7 +3,7 @@ import pytest
 import torch
 from hivemind.proto import runtime_pb2
 
-from swarmnode.errors import CacheExhausted, InvalidRequest, RemoteError
+from swarmnode.errors import CacheExhausted, InvalidRequest, NodeBusy, RemoteError
 from swarmnode.net.protocol import (
     error_response,
     make_response,
@@ -44,6 +44,24 @@ def test_errors_travel_as_codes():
         read_response(odd, "peer")
     meta, tensors = read_response(make_response({"x": 1}, (torch.ones(2),)), "peer")
     assert meta == {"x": 1} and torch.equal(tensors[0], torch.ones(2))
+
+
+@pytest.mark.parametrize(
+    "sent, received",
+    [(3.5, 3.5), (-2, 0.0), (1e9, 3600.0), (float("nan"), None), (True, None), ("soon", None), (None, None)],
+)
+def test_a_retry_hint_travels_with_a_retryable_refusal_and_garbage_hints_are_dropped(sent, received):
+    error = {"code": "node_busy", "message": "at capacity"}
+    if sent is not None:
+        error["retry_after"] = sent
+    response = runtime_pb2.ExpertResponse(metadata=msgpack.packb({"error": error}))
+    with pytest.raises(NodeBusy) as info:
+        read_response(response, "peer")
+    assert info.value.retryable and info.value.retry_after == received
+    with pytest.raises(CacheExhausted) as info:  # a node's own error keeps its hint across the wire
+        read_response(error_response(CacheExhausted("full", retry_after=5.0)), "peer")
+    assert info.value.retry_after == 5.0 and info.value.retryable
+    assert not InvalidRequest("x").retryable
 
 
 def test_unary_rpcs_are_registered_as_unary():
