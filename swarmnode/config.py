@@ -135,6 +135,8 @@ class ClientConfig:
     busy_wait: float = 120.0  # seconds to wait while every node that could serve is at capacity
     exact: bool = False  # ask nodes never to batch our sessions' steps with others (bitwise results)
     wire_dtype: str = "float32"  # hidden states between hops: bfloat16/float16 halve the bytes (not exact)
+    forwarding: bool = False  # hops send their outputs straight to the next hop (N+1 traversals, not 2N)
+    debug_network_delay_ms: float = 0.0  # TESTING AID: hold every message this client sends (a far client)
     request_timeout: float = 30.0  # upper bound on any one RPC before the node counts as unresponsive
     # A hop that does not answer a step within floor + factor × its usual step time has failed.
     step_timeout_floor: float = 1.0
@@ -152,6 +154,8 @@ class ClientConfig:
             raise ConfigError(f"wire_dtype must be float32, bfloat16 or float16, got {self.wire_dtype!r}")
         if self.exact and self.wire_dtype != "float32":
             raise ConfigError("exact runs keep hidden states in float32 on the wire: drop wire_dtype or exact")
+        if self.debug_network_delay_ms < 0:
+            raise ConfigError("debug_network_delay_ms must be >= 0")
         if self.wait_for_servers < 0 or self.busy_wait < 0:
             raise ConfigError("wait_for_servers and busy_wait must be >= 0")
         if self.request_timeout <= 0:

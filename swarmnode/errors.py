@@ -14,6 +14,7 @@ caller can catch one class and still tell the cases apart::
     └── RemoteError                 a node answered a request with an error
         ├── InvalidRequest          the request was malformed (shape, dtype, bytes, range)
         ├── UnknownSession          the node holds no such session
+        ├── UpstreamMissing         forwarding: a step's input never reached the node (it is fine)
         ├── CacheExhausted          the node's KV-cache budget cannot fit the session: retry later
         │   └── PeerLimitExceeded   this peer already holds its share of the node (sessions, cache)
         ├── NodeBusy                this peer sends the node too many requests: retry later
@@ -112,6 +113,13 @@ class PeerLimitExceeded(CacheExhausted):
     """This peer already holds its share of the node (sessions or KV cache); same wire code."""
 
 
+class UpstreamMissing(RemoteError):
+    """Forwarding: the node waited for a step's input from the previous hop (or the client) in
+    vain. The node itself is fine: the client relays that step to it instead."""
+
+    code = "upstream_missing"
+
+
 class VerificationFailed(RemoteError):
     """A node's output disagreed with an independent replica of its span (a client's spot-check)."""
 
@@ -164,6 +172,7 @@ _REMOTE_ERRORS = {
     for cls in (
         InvalidRequest,
         UnknownSession,
+        UpstreamMissing,
         CacheExhausted,
         NodeBusy,
         Unauthorized,

@@ -74,11 +74,14 @@ def generate_with_fault(swarm, llama_path, fault, after=10, **client_options):
             return out, stamper, session, victim["proc"]
 
 
+@pytest.mark.parametrize("forwarding", [False, True], ids=["relay", "forwarding"])
 @pytest.mark.parametrize("sig, max_gap", [(signal.SIGKILL, 3.0), (signal.SIGSTOP, 5.0)])
-def test_crash_or_hang_mid_generation_keeps_the_text(tmp_path, llama_path, reference, sig, max_gap):
+def test_crash_or_hang_mid_generation_keeps_the_text(tmp_path, llama_path, reference, sig, max_gap, forwarding):
     with start(tmp_path, llama_path, ("0:4", "4:8", "4:8")) as swarm:
         try:
-            out, stamper, session, victim = generate_with_fault(swarm, llama_path, lambda p: p.signal(sig))
+            out, stamper, session, victim = generate_with_fault(
+                swarm, llama_path, lambda p: p.signal(sig), forwarding=forwarding
+            )
         finally:
             for p in swarm.processes:
                 if p.alive():
@@ -92,9 +95,12 @@ def test_crash_or_hang_mid_generation_keeps_the_text(tmp_path, llama_path, refer
         assert event.replayed_tokens == PROMPT.shape[1] + 9  # the 10th new token was not sent yet
 
 
-def test_graceful_departure_moves_the_session_without_error(tmp_path, llama_path, reference):
+@pytest.mark.parametrize("forwarding", [False, True], ids=["relay", "forwarding"])
+def test_graceful_departure_moves_the_session_without_error(tmp_path, llama_path, reference, forwarding):
     with start(tmp_path, llama_path, ("0:4", "4:8", "4:8")) as swarm:
-        out, stamper, session, victim = generate_with_fault(swarm, llama_path, lambda p: p.signal(signal.SIGTERM))
+        out, stamper, session, victim = generate_with_fault(
+            swarm, llama_path, lambda p: p.signal(signal.SIGTERM), forwarding=forwarding
+        )
         assert torch.equal(out, reference)
         assert [e.reason for e in session.failovers] == ["draining"]
         assert victim.popen.wait(timeout=30) == 0  # it left cleanly once the session moved

@@ -21,6 +21,7 @@ from swarmnode.config import ClientConfig, load_config
 from swarmnode.errors import ModelMismatch, NoServersForBlocks, RemoteError, SessionError
 from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spec
 from swarmnode.net.dht import store_records
+from swarmnode.net.push import Pusher
 from swarmnode.records import model_id_from_name, observations_key, validate_model_id
 from swarmnode.routing import Bans, Hop, make_router
 
@@ -47,6 +48,7 @@ class RemoteBlocks:
             config.routing, config.aco_params(), bans=bans, publisher_id=self.client_id, pings=self.pings
         )
         self.pinger = Pinger(connection, self.pings, config.ping_period, config.ping_timeout)
+        self.pusher = Pusher(connection.p2p, delay_s=config.debug_network_delay_ms / 1000)  # forwarding fallback
         self._shared_at = 0.0
         self.last_snapshot = None
         self._busy: dict[str, float] = {}  # peer → when its "at capacity" hint expires (monotonic)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from swarmnode.client.forwarding import Forwarding
 from swarmnode.client.spotcheck import SpotChecks
 from swarmnode.client.steps import StepInput
 from swarmnode.client.trace import HopTrace, StepTrace, ms_since
@@ -112,7 +113,7 @@ class FailoverEvent:
     seconds: float
 
 
-class InferenceSession(SpotChecks):
+class InferenceSession(SpotChecks, Forwarding):
     """A generation context: the nodes of its chain keep its KV cache between steps.
 
     Use through ``model.inference_session(max_length=...)`` as a context manager.
@@ -141,6 +142,7 @@ class InferenceSession(SpotChecks):
         self._refused_by: set[str | None] = set()  # nodes that answered invalid_request
         self._distrusted: set[str] = set()  # nodes a spot-check found wrong: never used again by this session
         self.verification = {"checked": 0, "disagreed": 0, "skipped": 0}
+        self.forwarded_hops = 0  # hop outputs that went straight to the next hop (forwarding)
         self._streams_opened = 0
         self._released = False  # our hold on the chain's nodes was given back to the router
         self.tracing = False  # record a StepTrace per step (scripts/bench_token_budget.py)
@@ -249,8 +251,23 @@ class InferenceSession(SpotChecks):
         elif trace is not None:
             self.traces.append(trace)
         self._step += 1
-        index = 0
-        while index < len(self._hops):
+        if self._forwards():
+            step = await self._forward_step(step)
+        else:
+            index = 0
+            while index < len(self._hops):
+                step = step.with_hidden(await self._relay_at(index, step))
+                index += 1
+        for index in reversed(range(len(self._hops))):
+            if self._hops[index].draining:  # the node is leaving: move before it does
+                await self._replace(index, None)
+        return step.hidden
+
+    async def _relay_at(self, index: int, step: StepInput) -> torch.Tensor:
+        """Run ``step`` on hop ``index`` through this client (relay); a hop that fails is
+        replaced (its span re-routed, its history replayed) and the step runs on the first hop
+        of the replacement, which is then hop ``index``. Returns that hop's output."""
+        while True:
             state = self._hops[index]
             try:
                 out = await self._run_hop(state, step)
@@ -259,20 +276,13 @@ class InferenceSession(SpotChecks):
                     state.unchecked[len(state.history) - 1] = out
                     if due(len(state.history), fraction):
                         await self._verify(state)
+                return out
             except VerificationFailed as error:
                 state.history.pop()  # this step runs again on the replacement
                 await self._replace(index, error)
-                continue
             except (NodeUnavailable, RemoteError) as error:
                 self._check_refusal(error)
-                await self._replace(index, error)
-                continue  # run this step on the replacement
-            step = step.with_hidden(out)
-            index += 1
-        for index in reversed(range(len(self._hops))):
-            if self._hops[index].draining:  # the node is leaving: move before it does
-                await self._replace(index, None)
-        return step.hidden
+                await self._replace(index, error)  # then run this step on the replacement
 
     async def _open(self, hop: Hop) -> _HopState:
         state = self._new_state(hop)
@@ -284,8 +294,10 @@ class InferenceSession(SpotChecks):
         self._streams_opened += 1
         return _HopState(hop, stream_id=f"{self.session_id}.{self._streams_opened}")
 
-    def _request(self, state: _HopState, step: StepInput, position: int):
-        meta = {"session_id": state.stream_id, "step": self._step, "position": position}
+    def _request(self, state: _HopState, step: StepInput, position: int, extra: dict | None = None):
+        """A step's request to a hop; with ``extra["await"]`` it carries no input (forwarding:
+        the previous hop pushes it)."""
+        meta = {"session_id": state.stream_id, "step": self._step, "position": position, **(extra or {})}
         if self.stateless:
             meta["stateless"] = True
         if position == 0:
@@ -295,7 +307,7 @@ class InferenceSession(SpotChecks):
             self.remote.connection.identity.authenticate(meta)  # a private swarm: prove we hold its key
             if self.config_hash:
                 meta["config_hash"] = self.config_hash
-        return make_request(meta, step.tensors())
+        return make_request(meta, () if meta.get("await") else step.tensors())
 
     async def _run_hop(self, state: _HopState, step: StepInput) -> torch.Tensor:
         trace = self.trace
@@ -307,11 +319,23 @@ class InferenceSession(SpotChecks):
         began = time.perf_counter()
         request = self._request(state, step, state.sent_tokens)
         built = time.perf_counter()
-        await state.stream.send(request)
+        await self._send(state, request)
         response = await self._answer(state, self._step_timeout(state, step.tokens))
         received = time.perf_counter()
         meta, out = hop_output(response, state.hop.peer_id, step)
-        elapsed = time.perf_counter() - began
+        self._record(state, step, meta, time.perf_counter() - began)
+        if trace is not None:
+            trace.hops.append(_hop_trace(meta, began, built, received, time.perf_counter() - began))
+        return out
+
+    async def _send(self, state: _HopState, request) -> None:
+        delay_ms = self.remote.config.debug_network_delay_ms  # TESTING AID: a far client
+        if delay_ms:
+            await asyncio.sleep(delay_ms / 1000)
+        await state.stream.send(request)
+
+    def _record(self, state: _HopState, step: StepInput, meta: dict, elapsed: float) -> None:
+        """A hop answered ``step``: keep the input for replay, and what it took for routing."""
         state.history.append(step)
         state.cache_len_before = int(meta.get("cache_len_before", -1))
         state.step_times.append(elapsed)
@@ -319,9 +343,6 @@ class InferenceSession(SpotChecks):
         state.draining = bool(meta.get("draining", False))
         busy = meta.get("busy")
         self.remote.router.report_step(state.hop, elapsed, step.tokens, state.compute_times[-1], busy)
-        if trace is not None:
-            trace.hops.append(_hop_trace(meta, began, built, received, elapsed))
-        return out
 
     async def _answer(self, state: _HopState, timeout: float):
         """The hop's answer to the step just sent. Each time ``timeout`` passes without it, the

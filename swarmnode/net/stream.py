@@ -26,9 +26,9 @@ class NodeStream:
         self.closed = False
 
     @classmethod
-    async def open(cls, p2p: P2P, peer_id: str) -> NodeStream:
+    async def open(cls, p2p: P2P, peer_id: str, handle: str = INFERENCE_HANDLE) -> NodeStream:
         try:
-            _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), INFERENCE_HANDLE)
+            _, reader, writer = await p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), handle)
         except Exception as e:  # noqa: BLE001 - the daemon reports dial failures with several types
             raise NodeUnavailable(f"cannot open a stream: {e}", peer_id) from e
         return cls(peer_id, reader, writer)

@@ -26,6 +26,7 @@ from swarmnode.errors import (
     RemoteError,
     Unauthorized,
     UnknownSession,
+    UpstreamMissing,
 )
 from swarmnode.membership.ratelimit import RateLimiter
 from swarmnode.net.protocol import (
@@ -37,17 +38,20 @@ from swarmnode.net.protocol import (
     step_tensors,
     unpack_meta,
 )
+from swarmnode.net.push import Pusher
 from swarmnode.net.swarmkey import SwarmKey
 from swarmnode.records import NodeState
 from swarmnode.server.admission import Admission
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.busy import BusyMeter
 from swarmnode.server.cache import CacheManager, Session
+from swarmnode.server.inbox import Inbox
 from swarmnode.server.metrics import NodeMetrics
 from swarmnode.server.scheduler import StepResult, StepScheduler
 
 logger = logging.getLogger(__name__)
 MAX_FORWARD_TOKENS = 8192
+MAX_AWAIT_S = 300.0  # the longest a forwarded step waits for its input
 
 
 @dataclass(frozen=True)
@@ -84,10 +88,13 @@ class NodeHandler:
         swarm_key: SwarmKey | None = None,
         misreport: bool = False,
         network_delay_s: float = 0.0,
+        pusher: Pusher | None = None,
     ):
         # TESTING AID (--debug-network-delay-ms): hold every answer to a client this long, so that
         # a local swarm has near and far nodes (this kernel has no netem). Gossip is not delayed.
         self.network_delay_s = network_delay_s
+        self.pusher = pusher  # forwarding: our outputs straight to the next hop (None: never forward)
+        self.inbox = Inbox()  # forwarding: inputs pushed to us, matched with the steps awaiting them
         self.limits = limits
         # TESTING AID (--debug-misreport): claim to be idle and fast (busy 0, compute ~0) whatever the
         # truth, as a node lying for traffic would. Routers must not believe it (docs/security.md).
@@ -154,6 +161,40 @@ class NodeHandler:
         self._observe("forward", result, hidden)
         return make_response({"step": meta.get("step"), "compute_ms": 1000 * result.compute_s}, (result.output,))
 
+    async def _awaited(self, session: Session, meta: dict, peer: str):
+        """A forwarded step's input: pushed by the peer the client names (the previous hop) or by
+        the client itself; UpstreamMissing if none arrives in time."""
+        upstream, wait_s = meta.get("input_from"), meta.get("await_s", 30.0)
+        if not isinstance(upstream, str) or len(upstream) > 128:
+            raise InvalidRequest("a forwarded step names the peer its input comes from (input_from)")
+        if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 < wait_s <= MAX_AWAIT_S:
+            raise InvalidRequest(f"await_s must be a number of seconds in (0, {MAX_AWAIT_S}]")
+        step = _int_field(meta, "step")
+        try:
+            return await self.inbox.wait(session.session_id, step, frozenset({upstream, peer}), float(wait_s))
+        except TimeoutError:
+            raise UpstreamMissing(
+                f"the input of step {step} did not arrive from {upstream} within {wait_s} s"
+            ) from None
+
+    async def handle_push_stream(self, stream_info, reader, writer) -> None:
+        """Serve one push stream (see swarmnode.net.push): deliver each pushed input to the inbox."""
+        sender = str(stream_info.peer_id)
+        try:
+            async for request in read_requests(reader, self.frame_limit):
+                meta = unpack_meta(request.metadata)
+                session_id, step = meta.get("session_id"), meta.get("step")
+                if not isinstance(session_id, str) or isinstance(step, bool) or not isinstance(step, int):
+                    raise InvalidRequest("a push names its session_id and step")
+                hidden, mask, _ = step_tensors(request.tensors)
+                if mask is not None:
+                    raise InvalidRequest("a push carries hidden states only")
+                self.inbox.deliver(sender, session_id, step, hidden)
+        except (ConnectionError, OSError, RemoteError) as e:
+            logger.debug("push stream from %s ended: %s", sender, e)
+        finally:
+            writer.close()
+
     async def handle_inference_stream(self, stream_info, reader, writer) -> None:
         """Serve one raw rpc_inference stream (see swarmnode.net.protocol.INFERENCE_HANDLE)."""
         try:
@@ -185,7 +226,14 @@ class NodeHandler:
                 opening = session is None
                 try:
                     meta = unpack_meta(request.metadata)
-                    hidden, mask, positions = step_tensors(request.tensors)
+                    if meta.get("await") is True:  # forwarding: the input comes from the previous hop
+                        if session is None:
+                            raise InvalidRequest(
+                                "a forwarded step needs an open session: send the first with its input"
+                            )
+                        hidden, mask, positions = await self._awaited(session, meta, peer), None, None
+                    else:
+                        hidden, mask, positions = step_tensors(request.tensors)
                     if session is None and meta.get("stateless") is True:
                         yield await self._stateless(meta, hidden, mask, positions, peer)
                         continue
@@ -311,9 +359,14 @@ class NodeHandler:
             raise InvalidRequest(
                 f"session max_length {cache.max_length} exceeded: {position} cached + {hidden.shape[1]} new tokens"
             )
+        forward = _forward_target(meta)
         cache.rollback(position)
         before = cache.length
         result = await self._run(hidden, start, end, cache, mask, positions, session.exact)
+        forwarded = False
+        if forward is not None and self.pusher is not None:  # the next hop needs it first: push, then answer
+            peer_id, session_id, step = forward
+            forwarded = await self.pusher.push(peer_id, {"session_id": session_id, "step": step}, result.output)
         self._observe("decode" if hidden.shape[1] == 1 else "prefill", result, hidden)
         compute_ms = 1000 * result.compute_s
         busy = self.busy.fraction()
@@ -330,6 +383,7 @@ class NodeHandler:
                 "node_ms": 1000 * (time.perf_counter() - received),  # request decoded to response built
                 "busy": busy,  # the load signal routers learn from
                 "draining": self.state_fn() == NodeState.DRAINING,  # clients move before the node leaves
+                "forwarded": forwarded,  # pushed to the next hop as asked (else the client relays)
             },
             (result.output,),
         )
@@ -352,6 +406,21 @@ class NodeHandler:
             raise NodeInternalError(f"compute failed: {e}") from e
         finally:
             self.busy.add(began, time.perf_counter())
+
+
+def _forward_target(meta: dict) -> tuple[str, str, int] | None:
+    """``meta["forward"]``, checked: (next hop's peer id, its session id, the step), or None."""
+    forward = meta.get("forward")
+    if forward is None:
+        return None
+    if not isinstance(forward, dict):
+        raise InvalidRequest("forward must be a map of peer, session_id and step")
+    peer, session_id, step = forward.get("peer"), forward.get("session_id"), forward.get("step")
+    if not isinstance(peer, str) or not isinstance(session_id, str) or len(peer) > 128 or len(session_id) > 128:
+        raise InvalidRequest("forward names the next hop's peer and session_id (strings)")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise InvalidRequest("forward names the step (an integer)")
+    return peer, session_id, step
 
 
 def _refusal_reason(error: RemoteError) -> str:

@@ -26,6 +26,7 @@ from swarmnode.models import DTYPES, ModelSpec, block_parameter_count, dtype_nam
 from swarmnode.net.dht import fetch_models, fetch_snapshot, full_maddrs, start_dht
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
+from swarmnode.net.push import PUSH_HANDLE, Pusher
 from swarmnode.net.swarmkey import load_swarm_key
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
 from swarmnode.server.admission import Admission, StepCost, default_max_step_s
@@ -240,9 +241,11 @@ class Node:
             limits=PeerLimits(cfg.max_sessions_per_peer, cfg.max_cache_share_per_peer, cfg.max_requests_per_peer_s),
             misreport=self.misreport,
             network_delay_s=self.network_delay_s,
+            pusher=Pusher(self.p2p, delay_s=self.network_delay_s),
         )
         await SwarmNodeService().add_p2p_handlers(self.p2p, wrapper=self.handler)
         await self.p2p.add_binary_stream_handler(INFERENCE_HANDLE, self.handler.handle_inference_stream)
+        await self.p2p.add_binary_stream_handler(PUSH_HANDLE, self.handler.handle_push_stream)
         self.state = NodeState.ONLINE
         await self.announcer.announce()
         self.announcer.start()
@@ -300,6 +303,9 @@ class Node:
             try:
                 await SwarmNodeService().remove_p2p_handlers(self.p2p)
                 await self.p2p.remove_binary_stream_handler(INFERENCE_HANDLE)
+                await self.p2p.remove_binary_stream_handler(PUSH_HANDLE)
+                if self.handler.pusher is not None:
+                    await self.handler.pusher.close()
             except Exception as e:  # noqa: BLE001 - the daemon may be gone already
                 logger.debug("removing handlers failed: %s", e)
         if self.scheduler is not None:
