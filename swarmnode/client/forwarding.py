@@ -22,6 +22,7 @@ the prompt, is relayed) and not with spot-checks or tracing, which need the rela
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -51,13 +52,19 @@ class Forwarding:
         """Run one step through the chain with forwarding; returns the last hop's output."""
         hops = list(self._hops)
         wait_s = self.remote.config.request_timeout
-        for i in range(len(hops) - 1, 0, -1):  # downstream first, so each waits before its input comes
+        sends = [
+            self._send(
+                hops[0], self._request(hops[0], step, hops[0].sent_tokens, {"forward": self._forward_meta(hops[1])})
+            )
+        ]
+        for i in range(1, len(hops)):
             extra = {"await": True, "input_from": hops[i - 1].hop.peer_id, "await_s": wait_s}
             if i + 1 < len(hops):
                 extra["forward"] = self._forward_meta(hops[i + 1])
-            await self._send(hops[i], self._request(hops[i], step, hops[i].sent_tokens, extra))
-        first = {"forward": self._forward_meta(hops[1])}
-        await self._send(hops[0], self._request(hops[0], step, hops[0].sent_tokens, first))
+            sends.append(self._send(hops[i], self._request(hops[i], step, hops[i].sent_tokens, extra)))
+        # All at once: an input pushed before its await arrives waits in the node's inbox. A send
+        # that fails shows again as that hop's failed answer below (its stream is closed).
+        await asyncio.gather(*sends, return_exceptions=True)
 
         pending = {id(h) for h in hops}  # hops that were sent this step and owe an answer
         index, inputs = 0, step
