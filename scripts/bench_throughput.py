@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", choices=("on", "off"), default=["on", "off"], help="batching")
     parser.add_argument("--rounds", nargs="+", type=int, default=list(ROUNDS), help="concurrent sessions")
+    parser.add_argument("--forwarding", action="store_true", help="clients use node-to-node forwarding")
     parser.add_argument("--workdir", help="keep the swarm's and clients' logs here (default: a temporary folder)")
     parser.add_argument("--client", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -201,6 +203,9 @@ def main() -> None:
 
     from swarmnode.models.tiny import tiny_checkpoint
 
+    if args.forwarding:
+        os.environ["SWARMNODE_FORWARDING"] = "true"  # the client processes' config
+    print(f"forwarding: {'on' if args.forwarding else 'off'}")
     print(f"machine: 2 cores; nodes 1 torch thread each; {max(ROUNDS)} client processes; {args.tokens} new tokens")
     rounds = tuple(args.rounds)
     with tempfile.TemporaryDirectory() as scratch:

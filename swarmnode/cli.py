@@ -376,8 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--debug-network-delay-ms",
         type=float,
         default=0.0,
-        help="TESTING AID: hold every answer to a client (steps and rpc_info, not gossip) this long "
-        "(simulates a far node; this kernel has no netem); off by default",
+        help="TESTING AID: hold every answer to a client (steps and rpc_info, not gossip) and every push "
+        "to another node (forwarding) this long (simulates a far node; this kernel has no netem); off by default",
     )
     p.add_argument(
         "--debug-corrupt-output",

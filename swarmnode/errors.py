@@ -25,8 +25,8 @@ caller can catch one class and still tell the cases apart::
         ├── NodeInternalError       the node failed while computing
         └── ModelMismatch           the node's checkpoint differs from the client's (config hashes)
 
-``CacheExhausted`` and ``NodeBusy`` are *retryable* (``error.retryable``, with the node's
-``retry_after`` hint): they mean load, and a client waits or uses another replica without
+``NodeBusy`` and ``CacheExhausted`` with a hint are *retryable* (``error.retryable``, the
+node's ``retry_after`` hint): they mean load, and a client waits or uses another replica without
 banning or penalizing the node.
 
 Nodes send errors as a code plus a message (see :mod:`swarmnode.net.protocol`);
@@ -103,10 +103,15 @@ class UnknownSession(RemoteError):
 
 
 class CacheExhausted(RemoteError):
-    """The node's KV-cache budget cannot fit the session; retryable (load, not failure)."""
+    """The node's KV-cache budget cannot fit the session. Retryable (load, not failure) when the
+    node sends a ``retry_after`` hint: room comes back as sessions end. Without one the session
+    can never fit there (it asks for more than the node's whole budget, or than one peer's share)."""
 
     code = "cache_exhausted"
-    retryable = True
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.retry_after is not None
 
 
 class PeerLimitExceeded(CacheExhausted):

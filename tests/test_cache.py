@@ -12,8 +12,12 @@ def manager(budget=1000):
 def test_sessions_are_admitted_within_the_budget_and_freed_on_close():
     m = manager(1000)
     m.open("a", 0, 2, batch=1, max_length=300)  # 600 block-tokens
-    with pytest.raises(CacheExhausted):
+    with pytest.raises(CacheExhausted) as full:
         m.open("b", 0, 2, batch=1, max_length=300)
+    assert full.value.retryable  # room comes back when "a" ends
+    with pytest.raises(CacheExhausted) as never:
+        m.open("c", 0, 4, batch=1, max_length=500)  # 2,000 block-tokens: above the whole budget
+    assert not never.value.retryable
     m.close("a")
     assert m.used == 0
     m.open("b", 0, 2, batch=1, max_length=300)

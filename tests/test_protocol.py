@@ -62,6 +62,9 @@ def test_a_retry_hint_travels_with_a_retryable_refusal_and_garbage_hints_are_dro
         read_response(error_response(CacheExhausted("full", retry_after=5.0)), "peer")
     assert info.value.retry_after == 5.0 and info.value.retryable
     assert not InvalidRequest("x").retryable
+    with pytest.raises(CacheExhausted) as info:  # no hint: it can never fit there
+        read_response(error_response(CacheExhausted("bigger than the whole budget")), "peer")
+    assert not info.value.retryable
 
 
 def test_unary_rpcs_are_registered_as_unary():

@@ -89,7 +89,7 @@ def test_a_stateless_forward_larger_than_a_unary_message_works(tmp_path):
     expected = AutoModelForCausalLM.from_pretrained(path)(ids).logits
     with LocalSwarm(tmp_path / "swarm") as swarm:
         swarm.start_bootstrap()
-        swarm.start_node(path, "0:8")
+        swarm.start_node(path, "0:8", "--max-cache-share-per-peer", "1")  # the session's cache: 3/4 of the budget
         with DistributedModelForCausalLM.from_pretrained(path, initial_peers=swarm.initial_peers) as model:
             logits = model(ids)
             assert not model.remote.router.bans.banned()

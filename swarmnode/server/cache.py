@@ -157,6 +157,10 @@ class CacheManager:
         with self._lock:
             if session_id in self._sessions:
                 raise InvalidRequest(f"session {session_id} is already open on this node")
+            if cost > self.budget:  # never fits here, whatever ends: not a matter of waiting
+                raise CacheExhausted(
+                    f"session needs {cost} block-tokens, above this node's whole KV budget of {self.budget}"
+                )
             if self._used + cost > self.budget:
                 raise CacheExhausted(
                     f"KV cache full: session needs {cost} block-tokens, {self.budget - self._used} left",

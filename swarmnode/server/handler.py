@@ -267,13 +267,15 @@ class NodeHandler:
         held = self._held.get(peer, set())
         if len(held) >= self.limits.max_sessions:
             raise PeerLimitExceeded(
-                f"this peer already holds {len(held)} sessions here (limit {self.limits.max_sessions})"
+                f"this peer already holds {len(held)} sessions here (limit {self.limits.max_sessions})",
+                retry_after=5.0,
             )
         reserved = sum(self.caches.reserved(sid) for sid in held)
         share = int(self.limits.max_cache_share * self.caches.budget)
         if reserved + cost > share:
             raise PeerLimitExceeded(
-                f"this peer would hold {reserved + cost} block-tokens of KV cache here, above its share of {share}"
+                f"this peer would hold {reserved + cost} block-tokens of KV cache here, above its share of {share}",
+                retry_after=5.0 if cost <= share else None,  # retryable once its own sessions end, if ever
             )
 
     def _close_session(self, session: Session, peer: str) -> None:
