@@ -59,7 +59,9 @@ def test_a_node_adding_small_noise_is_caught_by_spot_checks(tmp_path, llama_path
             swarm.wait_online(node)
         noisy = started[1].info["peer_id"]
         prompt = torch.tensor([[2, 7, 1, 8, 2, 8]])
-        with swarm_client(swarm, llama_path, verify_fraction=fraction) as model:
+        # Routed by advertised speed, so the noisy node is the hop: what is under test is the
+        # spot-check, not whether a router happens to pick the liar (aco explores).
+        with swarm_client(swarm, llama_path, verify_fraction=fraction, routing="shortest") as model:
             with model.inference_session(max_length=32) as session:
                 out = model.generate(prompt, max_new_tokens=8, session=session)
                 chain = [h.peer_id for h in session.chain]
