@@ -58,7 +58,15 @@ def process_of(swarm, peer_id):
     return next(p for p in swarm.processes if p.info.get("peer_id") == peer_id)
 
 
-def generate_with_fault(swarm, llama_path, fault, after=10, **client_options):
+def resume_all(swarm) -> None:
+    """SIGCONT every process still alive (a SIGSTOPped node must not outlive its test)."""
+    for p in swarm.processes:
+        if p.alive():
+            os.kill(p.pid, signal.SIGCONT)
+
+
+def generate_with_fault(swarm, llama_path, fault, after=10, victim_hop=-1, **client_options):
+    """Generate NEW_TOKENS; after ``after`` of them, ``fault`` hits the node of hop ``victim_hop``."""
     with DistributedModelForCausalLM.from_pretrained(
         llama_path, initial_peers=swarm.initial_peers, **client_options
     ) as model:
@@ -66,7 +74,7 @@ def generate_with_fault(swarm, llama_path, fault, after=10, **client_options):
             victim = {}
 
             def act():
-                victim["proc"] = process_of(swarm, session.chain[-1].peer_id)
+                victim["proc"] = process_of(swarm, session.chain[victim_hop].peer_id)
                 fault(victim["proc"])
 
             stamper = Stamper(after, act)
@@ -83,9 +91,7 @@ def test_crash_or_hang_mid_generation_keeps_the_text(tmp_path, llama_path, refer
                 swarm, llama_path, lambda p: p.signal(sig), forwarding=forwarding
             )
         finally:
-            for p in swarm.processes:
-                if p.alive():
-                    os.kill(p.pid, signal.SIGCONT)
+            resume_all(swarm)
         assert torch.equal(out, reference)
         assert stamper.longest_gap() <= max_gap, stamper.longest_gap()
         assert len(session.failovers) == 1

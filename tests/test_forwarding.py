@@ -2,15 +2,13 @@
 the text stays what local generation gives, and a middle hop that dies or hangs costs a stall,
 never the text."""
 
-import os
 import signal
 
 import pytest
 import torch
 
-from swarmnode import DistributedModelForCausalLM
 from tests.conftest import swarm_client
-from tests.test_failover import NEW_TOKENS, PROMPT, Stamper, process_of, start
+from tests.test_failover import NEW_TOKENS, PROMPT, generate_with_fault, resume_all, start
 
 pytestmark = pytest.mark.swarm
 
@@ -38,23 +36,12 @@ def test_a_middle_hop_that_dies_or_hangs_keeps_the_text_with_forwarding(tmp_path
     )
     with start(tmp_path, llama_path, ("0:3", "3:6", "3:6", "6:8")) as swarm:
         try:
-            with DistributedModelForCausalLM.from_pretrained(
-                llama_path, initial_peers=swarm.initial_peers, forwarding=True
-            ) as model:
-                with model.inference_session(max_length=PROMPT.shape[1] + NEW_TOKENS) as session:
-                    victim = {}
-
-                    def act():
-                        victim["proc"] = process_of(swarm, session.chain[1].peer_id)
-                        victim["proc"].signal(sig)
-
-                    stamper = Stamper(10, act)
-                    out = model.generate(PROMPT, max_new_tokens=NEW_TOKENS, session=session, streamer=stamper)
+            out, stamper, session, victim = generate_with_fault(
+                swarm, llama_path, lambda p: p.signal(sig), victim_hop=1, forwarding=True
+            )
         finally:
-            for p in swarm.processes:
-                if p.alive():
-                    os.kill(p.pid, signal.SIGCONT)
+            resume_all(swarm)
     assert torch.equal(out, reference)
     assert stamper.longest_gap() <= max_gap, stamper.longest_gap()
-    assert [e.failed.peer_id for e in session.failovers] == [victim["proc"].info["peer_id"]]
+    assert [e.failed.peer_id for e in session.failovers] == [victim.info["peer_id"]]
     assert session.forwarded_hops > (NEW_TOKENS - 3) * 2  # forwarding went on after the failover

@@ -64,10 +64,8 @@ class Pinger:
         """Whether ``peer_id`` answers one ``rpc_info`` within ``timeout`` seconds. A node's event
         loop never computes (its step scheduler does), so a busy node answers at once and a
         dead or hung one does not: this tells "slow" from "gone" when a step is late."""
-        token = self.connection.identity.call_token()
-        request = runtime_pb2.ExpertUID(uid=token.hex() if token is not None else "")
         try:
-            await self.connection.stub(peer_id).rpc_info(request, timeout=timeout)
+            await self.connection.stub(peer_id).rpc_info(self._info_request(), timeout=timeout)
             return True  # any answer, even an error, comes from a live node
         except Exception as e:  # noqa: BLE001 - no answer, or a broken connection: not alive
             logger.debug("liveness probe of %s failed: %s", peer_id, e)
@@ -76,9 +74,13 @@ class Pinger:
     async def _ping_all(self, peers: list[str]) -> None:
         await asyncio.gather(*(self._ping(p) for p in peers))
 
-    async def _ping(self, peer_id: str) -> None:
+    def _info_request(self) -> runtime_pb2.ExpertUID:
+        """An ``rpc_info`` request (with our call token in a private swarm: it rides in the uid)."""
         token = self.connection.identity.call_token()
-        request = runtime_pb2.ExpertUID(uid=token.hex() if token is not None else "")
+        return runtime_pb2.ExpertUID(uid=token.hex() if token is not None else "")
+
+    async def _ping(self, peer_id: str) -> None:
+        request = self._info_request()
         seconds = self.timeout
         try:
             for _ in range(PINGS_PER_MEASUREMENT):

@@ -323,9 +323,10 @@ class InferenceSession(SpotChecks, Forwarding):
         response = await self._answer(state, self._step_timeout(state, step.tokens))
         received = time.perf_counter()
         meta, out = hop_output(response, state.hop.peer_id, step)
-        self._record(state, step, meta, time.perf_counter() - began)
+        elapsed = time.perf_counter() - began
+        self._record(state, step, meta, elapsed)
         if trace is not None:
-            trace.hops.append(_hop_trace(meta, began, built, received, time.perf_counter() - began))
+            trace.hops.append(_hop_trace(meta, began, built, received, elapsed))
         return out
 
     async def _send(self, state: _HopState, request) -> None:

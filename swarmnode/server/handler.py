@@ -135,26 +135,18 @@ class NodeHandler:
     async def rpc_forward(self, request: runtime_pb2.ExpertRequest, context: P2PContext) -> runtime_pb2.ExpertResponse:
         try:
             self._check_rate(str(context.remote_id))
-            meta = unpack_meta(request.metadata)
-            self._authorize(str(context.remote_id), meta.get("auth"))
-            self._check_model(meta)
-            start, end = self._span(meta)
-            hidden, mask, positions = step_tensors(request.tensors)
-            self.backend.check_hidden(hidden, MAX_FORWARD_TOKENS)
-            self.backend.check_padding(mask, positions, hidden)
-            result = await self._run(hidden, start, end, None, mask, positions)
-            self._observe("forward", result, hidden)
-            return make_response({}, (result.output,))
+            return await self._stateless(unpack_meta(request.metadata), request.tensors, str(context.remote_id))
         except RemoteError as e:
             return self._error(e)
 
-    async def _stateless(self, meta: dict, hidden, mask, positions, peer: str) -> runtime_pb2.ExpertResponse:
-        """A forward without a session, on a stream (``stateless: true``): no KV cache is kept and
-        no unary message limit applies (clients' stateless forwards come this way)."""
-        self._check_rate(peer)
+    async def _stateless(self, meta: dict, tensors, peer: str) -> runtime_pb2.ExpertResponse:
+        """A forward without a session (the caller has checked the peer's rate): unary
+        ``rpc_forward``, or a stream's first request with ``stateless: true`` (no unary message
+        limit: clients' stateless forwards come this way). No KV cache is kept."""
         self._authorize(peer, meta.get("auth"))
         self._check_model(meta)
         start, end = self._span(meta)
+        hidden, mask, positions = step_tensors(tensors)
         self.backend.check_hidden(hidden, MAX_FORWARD_TOKENS)
         self.backend.check_padding(mask, positions, hidden)
         result = await self._run(hidden, start, end, None, mask, positions)
@@ -226,6 +218,10 @@ class NodeHandler:
                 opening = session is None
                 try:
                     meta = unpack_meta(request.metadata)
+                    if session is None and meta.get("stateless") is True:
+                        self._check_rate(peer)
+                        yield await self._stateless(meta, request.tensors, peer)
+                        continue
                     if meta.get("await") is True:  # forwarding: the input comes from the previous hop
                         if session is None:
                             raise InvalidRequest(
@@ -234,9 +230,6 @@ class NodeHandler:
                         hidden, mask, positions = await self._awaited(session, meta, peer), None, None
                     else:
                         hidden, mask, positions = step_tensors(request.tensors)
-                    if session is None and meta.get("stateless") is True:
-                        yield await self._stateless(meta, hidden, mask, positions, peer)
-                        continue
                     if session is None:
                         session = self._open_session(meta, hidden, peer)
                     response = await self._step(session, meta, hidden, mask, positions, received)

@@ -217,11 +217,13 @@ class StepScheduler:
             else:
                 self._run_batch(group)
 
-    def _run_alone(self, job: StepJob) -> None:
+    def _run_alone(self, job: StepJob, checked: bool = False) -> None:
+        """Run one step by itself (``checked``: its input was already found finite)."""
         self.use_threads(job.hidden.shape[0] * job.hidden.shape[1])
         began = time.perf_counter()
         try:
-            self.backend.check_finite(job.hidden)
+            if not checked:
+                self.backend.check_finite(job.hidden)
             out = self.backend.forward(job.hidden, job.start, job.end, job.cache, job.mask, job.positions)
         except Exception as e:  # noqa: BLE001 - the request's failure, answered to its client
             _settle(job.loop, job.future, error=e)
@@ -239,7 +241,7 @@ class StepScheduler:
                 _settle(job.loop, job.future, error=e)
         if len(ready) < 2:
             for job in ready:
-                self._run_alone(job)
+                self._run_alone(job, checked=True)
             return
         self.use_threads(len(ready))
         began = time.perf_counter()
