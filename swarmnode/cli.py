@@ -130,6 +130,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             "session_idle_timeout",
             "max_requests_per_peer_s",
             "batching",
+            "gather",
             "prefill_chunk",
             "max_batch",
             "max_step_ms",
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="session opens and unary RPCs per second per peer (default 200)")  # fmt: skip
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
                    help="merge concurrent sessions' decoding steps into one forward (default on)")  # fmt: skip
+    p.add_argument("--gather", action=argparse.BooleanOptionalAction, default=None,
+                   help="with batching, wait up to one single step's time for decoding steps predicted to "
+                        "arrive when the bigger batch serves more tokens per second (default on)")  # fmt: skip
     p.add_argument("--prefill-chunk", type=int, default=None,
                    help="prompt tokens per scheduler iteration, between decoding steps (default 256)")  # fmt: skip
     p.add_argument("--max-batch", type=int, default=None,

@@ -70,6 +70,7 @@ class NodeConfig:
     max_requests_per_peer_s: float = 200.0  # session opens and unary RPCs per second per peer
     # The step scheduler (swarmnode.server.scheduler) and admission control (server/admission.py).
     batching: bool = True  # merge concurrent sessions' decoding steps into one forward
+    gather: bool = True  # with batching: wait briefly for steps about to arrive where it pays (batch_policy.py)
     prefill_chunk: int = 256  # prompt tokens per scheduler iteration
     max_batch: int = 64  # decoding steps per scheduler iteration
     max_step_ms: float = 0.0  # admission: projected decoding step of all sessions; 0 = derive (admission.py)

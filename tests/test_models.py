@@ -80,9 +80,10 @@ def generate_through_spans(path, spans, prompt, new_tokens):
     return tokens
 
 
-def generate_batched(path, prompts, new_tokens):
+def generate_batched(path, prompts, new_tokens, pad=0):
     """Greedy generation of several sessions at once: each prompt alone, then every decoding
-    step of all sessions as one batched forward (BlockBackend.forward_batch) over two spans.
+    step of all sessions as one batched forward (BlockBackend.forward_batch, with ``pad``
+    empty rows) over two spans.
     Returns each session's tokens and the largest relative difference between a batched
     step's output and the same step run alone."""
     spec = load_model_spec(path)
@@ -113,7 +114,9 @@ def generate_batched(path, prompts, new_tokens):
                 for h, cache in zip(hiddens, step_caches, strict=True):  # the same step, alone, then undone
                     alone.append(backend.forward(h, backend.start, backend.end, cache))
                     cache.rollback(cache.length - 1)
-                hiddens = backend.forward_batch(hiddens, backend.start, backend.end, step_caches)
+                hiddens = backend.forward_batch(
+                    hiddens, backend.start, backend.end, step_caches, rows=len(hiddens) + pad
+                )
                 worst = max(worst, *(float((a - h).norm() / a.norm()) for a, h in zip(alone, hiddens, strict=True)))
             for i, hidden in enumerate(hiddens):
                 tokens[i] = torch.cat([tokens[i], head.logits(hidden)[:, -1].argmax(-1, keepdim=True)], 1)
@@ -130,19 +133,20 @@ def test_family_matches_transformers_token_for_token(tmp_path, name):
     assert len(set(ours[0, 6:].tolist())) > 5, "random weights should give varied tokens"
 
 
+@pytest.mark.parametrize("pad", [0, 2], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_batched_decoding_matches_transformers_for_every_session(tmp_path, name):
+def test_batched_decoding_matches_transformers_for_every_session(tmp_path, name, pad):
     """Continuous batching: sessions of different lengths (past the sliding window) decode in
-    one forward per block, each with its own cache and positions; each equals transformers'
-    own generation of its prompt, and each batched step is within float rounding of the
-    same step alone."""
+    one forward per block, each with its own cache and positions, with or without empty padding
+    rows; each equals transformers' own generation of its prompt, and each batched step is
+    within float rounding of the same step alone."""
     path = write(tmp_path, name)
     prompts = [
         torch.tensor([[5, 17, 99, 3, 42, 7]]),
         torch.tensor([[8, 13]]),  # no token 1: OPT's pad id, which generate() would mask
         torch.tensor([[60, 61, 62, 9, 9, 4, 22, 31, 7, 3, 11]]),
     ]
-    ours, worst = generate_batched(path, prompts, 22)
+    ours, worst = generate_batched(path, prompts, 22, pad)
     reference = AutoModelForCausalLM.from_pretrained(path)
     for prompt, tokens in zip(prompts, ours, strict=True):
         assert torch.equal(tokens, reference.generate(prompt, max_new_tokens=22, do_sample=False))

@@ -11,7 +11,7 @@ from swarmnode.errors import InvalidRequest
 from swarmnode.models import load_blocks, load_model_spec
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.cache import SessionCache
-from swarmnode.server.scheduler import StepScheduler
+from swarmnode.server.scheduler import GATHER_SINGLE_STEPS, StepScheduler
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,41 @@ def test_decoding_steps_of_concurrent_sessions_share_one_forward_and_exact_ones_
         assert [c.length for c in caches] == [4, 10, 18, 6]
     finally:
         scheduler.close()
+
+
+def test_a_padded_batch_gives_each_session_its_own_result(backend):
+    scheduler = StepScheduler(backend)
+    scheduler.padding = (1, 4, 4, 4)  # as measured on a CPU where 2-3 rows cost more than 4
+    try:
+        caches = [prefilled(backend, n, seed) for seed, n in enumerate((3, 11))]
+        alone = [clone(c) for c in caches]
+        steps = [
+            torch.randn(1, 1, backend.hidden_size, generator=torch.Generator().manual_seed(70 + i)) for i in (0, 1)
+        ]
+        calls = []
+        original = backend.forward_batch
+
+        def spy(*args, **kwargs):
+            calls.append(kwargs.get("rows"))
+            return original(*args, **kwargs)
+
+        backend.forward_batch = spy
+        try:
+            for _ in range(2):  # twice: the padding rows' caches are reused and must start empty
+                results, _ = run_gated(
+                    scheduler, [lambda i=i: scheduler.submit(steps[i], 0, 4, caches[i]) for i in (0, 1)]
+                )
+                expected = [backend.forward(steps[i], 0, 4, alone[i]) for i in (0, 1)]
+                for result, reference in zip(results, expected, strict=True):
+                    assert result.batch == 2
+                    assert (result.output - reference).norm() / reference.norm() < 1e-5
+        finally:
+            del backend.forward_batch
+    finally:
+        scheduler.close()
+    assert calls == [4, 4]
+    assert [c.length for c in caches] == [5, 13]
+    assert [c.length for c in backend._pad_caches] == [0, 0]
 
 
 def test_every_forward_runs_on_the_compute_thread(backend, monkeypatch):
@@ -186,3 +221,38 @@ def test_closing_fails_what_is_still_queued(backend):
             await queued
 
     asyncio.run(main())
+
+
+def batches_with_a_late_session(backend, costs, gather: bool) -> list[tuple[int, int]]:
+    """Three rounds of two sessions' decoding steps, session 1 always 0.1 s after session 0;
+    returns each round's (batch of session 0's step, batch of session 1's)."""
+    scheduler = StepScheduler(backend)
+    scheduler.calibrate(costs, gather=gather)
+    caches = [new_cache(backend) for _ in range(2)]
+
+    def step(i):
+        return scheduler.submit(torch.randn(1, 1, backend.hidden_size), 0, 4, caches[i])
+
+    async def rounds():
+        batches = []
+        for _ in range(3):
+            first = asyncio.ensure_future(step(0))
+            await asyncio.sleep(0.1)
+            second = await step(1)
+            batches.append(((await first).batch, second.batch))
+        return batches
+
+    try:
+        return asyncio.run(rounds())
+    finally:
+        scheduler.close()
+
+
+def test_an_iteration_waits_for_a_step_predicted_to_arrive_when_the_bigger_batch_pays(backend):
+    # Calibrated as a device where a batch of 2 costs what 1 does (0.1 s per block): serving one
+    # step now gives 2.5 steps/s, waiting 0.1 s for the other session's gives 4.
+    costs = [0.1] * 4
+    assert GATHER_SINGLE_STEPS * 4 * costs[0] > 0.2  # the wait is within the bound
+    gathered = batches_with_a_late_session(backend, costs, gather=True)
+    assert gathered[-1] == (2, 2), gathered  # by the third round the gap is known: one batch
+    assert batches_with_a_late_session(backend, costs, gather=False) == [(1, 1)] * 3

@@ -73,6 +73,7 @@ class BlockBackend:
         # Each block's attention window (None: full), so a step builds one mask per distinct window.
         self.window_of = {i: spec.family.layer_window(spec.config, i) for i in range(self.start, self.end)}
         self.windows = frozenset(self.window_of.values())
+        self._pad_caches: list[SessionCache] = []  # empty rows of padded batches (forward_batch)
 
     def check_span(self, start: int, end: int) -> None:
         if not (self.start <= start < end <= self.end):
@@ -152,7 +153,14 @@ class BlockBackend:
         return self._output(hidden, out_dtype)
 
     @torch.inference_mode()
-    def forward_batch(self, hiddens: Sequence[torch.Tensor], start: int, end: int, caches: Sequence[SessionCache]):
+    def forward_batch(
+        self,
+        hiddens: Sequence[torch.Tensor],
+        start: int,
+        end: int,
+        caches: Sequence[SessionCache],
+        rows: int | None = None,
+    ):
         """One decoding step of several sessions (one token each, batch 1, no padding) as one
         batched forward per block; returns each session's output, in order.
 
@@ -161,22 +169,39 @@ class BlockBackend:
         (and window). Results equal each session's own step up to float rounding (a GEMM over
         several rows sums in another order: measured differences are about 1e-7 relative in
         float32); sessions that asked for exact results never come here.
+
+        ``rows`` (at least the number of sessions) pads the batch with empty rows: on some CPUs
+        a GEMM of 2-3 rows takes longer than one of 4 (the scheduler's padding plan, measured).
+        Rows are independent, so padding changes the sessions' results by rounding at most.
         """
         if self.step_delay_s:
             time.sleep(self.step_delay_s)
         for cache in caches:
             cache.allocate()
         dtypes = [h.dtype for h in hiddens]
+        pad = max(0, (rows or 0) - len(hiddens))
         hidden = torch.cat([h.to(self.device, self.dtype) for h in hiddens])
-        lengths = [c.length for c in caches]
+        if pad:
+            hidden = torch.cat([hidden, hidden.new_zeros(pad, *hidden.shape[1:])])
+        every = [*caches, *self._padding_caches(pad)]
+        lengths = [c.length for c in every]
         positions = torch.tensor(lengths, device=self.device)[:, None]
         masks = {w: decode_batch_mask(lengths, w, self.device) for w in self.windows}
         family = self.spec.family
         ctx = StepContext(positions, masks, family.extra_block_kwargs(self.loaded.aux, hidden, positions))
-        hidden = self._blocks(hidden, start, end, ctx, BatchedCaches(caches))
-        for cache in caches:
+        hidden = self._blocks(hidden, start, end, ctx, BatchedCaches(every))
+        for cache in caches:  # padding rows never commit: their caches stay empty for the next use
             cache.commit(1)
         return [self._output(hidden[i : i + 1], dtype) for i, dtype in enumerate(dtypes)]
+
+    def _padding_caches(self, count: int) -> list[SessionCache]:
+        """``count`` empty one-token caches over the whole span, kept for reuse (compute thread only)."""
+        while len(self._pad_caches) < count:
+            kv_heads, head_dim = self.spec.family.kv_heads_and_dim(self.spec.config)
+            cache = SessionCache(self.start, self.end, 1, 1, kv_heads, head_dim, self.dtype, self.device)
+            cache.allocate()
+            self._pad_caches.append(cache)
+        return self._pad_caches[:count]
 
     def _blocks(self, hidden: torch.Tensor, start: int, end: int, ctx: StepContext, cache) -> torch.Tensor:
         family = self.spec.family
@@ -203,15 +228,19 @@ class BlockBackend:
         return 1.0 / max(step, 1e-9), prefill_tokens / max(prefill, 1e-9)
 
     @torch.inference_mode()
-    def profile_batch(
-        self, batch: int = 8, repeats: int = 5, threads_for: Callable[[int], None] | None = None
-    ) -> tuple[float, float]:
-        """Seconds per block of a decoding step of one session, and of ``batch`` sessions batched
-        (each 16 tokens in): what admission control projects step times from."""
+    def profile_batch_sizes(
+        self, max_rows: int = 16, repeats: int = 5, threads_for: Callable[[int], None] | None = None
+    ) -> list[float]:
+        """Seconds per block of a decoding step of 1, 2, ..., ``max_rows`` sessions (each 16
+        tokens in; one session runs alone, more batched): what admission control projects step
+        times from and what the scheduler's padding plan is chosen from."""
         slower = self._slower_per_block()
         single = self._median(lambda: self._timed_block(1, 16, threads_for), repeats)
-        batched = self._median(lambda: self._timed_batch(batch, 16, threads_for), repeats)
-        return single + slower, batched + slower
+        batched = [
+            self._median(lambda rows=rows: self._timed_batch(rows, 16, threads_for), repeats)
+            for rows in range(2, max_rows + 1)
+        ]
+        return [seconds + slower for seconds in (single, *batched)]
 
     def _slower_per_block(self) -> float:
         # The step-delay testing aid stands for a slower device, so profiles see it as one

@@ -104,10 +104,13 @@ class Node:
         self.incarnation = int(time.time() * 1000)
 
     async def _admission(self, threads_for) -> Admission:
-        """The step-time check, from a profile of single and batched decoding steps."""
+        """The step-time check (and the scheduler's padding plan), from a profile of decoding steps of 1-16 sessions."""
         batch = 8
-        single, batched = await self.scheduler.call(lambda: self.backend.profile_batch(batch, threads_for=threads_for))
-        cost = StepCost.from_profile(single, batched, batch, self.config.batching)
+        costs = await self.scheduler.call(lambda: self.backend.profile_batch_sizes(threads_for=threads_for))
+        self.scheduler.calibrate(costs, gather=self.config.gather)
+        if self.config.batching:
+            logger.info("decoding batches of 1..%d sessions run with %s rows", len(costs), list(self.scheduler.padding))
+        cost = StepCost.from_profile(costs[0], costs[batch - 1], batch, self.config.batching)
         blocks = self.end - self.start
         if self.config.max_step_ms:
             max_step_s = self.config.max_step_ms / 1000

@@ -13,6 +13,10 @@ So a decoding step waits behind at most one prompt chunk, and a long prompt adva
 iteration. Chunk boundaries depend only on the prompt's length, never on load, so a replica
 or a replay of the same request computes exactly the same floats.
 
+Once the node has measured its step costs (:meth:`StepScheduler.calibrate`), a batch may run
+padded to a cheaper size, and an iteration may wait briefly for steps about to arrive when the
+bigger batch serves more tokens per second (:mod:`swarmnode.server.batch_policy`).
+
 Why one thread: two threads running torch ops each get an OpenMP team whose idle workers
 spin and slow the other; one owner also makes the order of work a decision in one place.
 """
@@ -24,13 +28,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from swarmnode.server.backend import BlockBackend
+from swarmnode.server.batch_policy import ArrivalModel, batch_cost, gather_wait, padding_plan
 from swarmnode.server.cache import SessionCache
 
 logger = logging.getLogger(__name__)
@@ -47,6 +52,11 @@ DEFAULT_MAX_BATCH = 64  # decoding steps per iteration
 # PARALLEL_WORK rows × hidden².
 PARALLEL_ROWS = 16
 PARALLEL_WORK = 1 << 22
+# The longest an iteration waits for predicted steps, in single decoding steps of the span.
+# Measured at 8 sessions on wide-llama over 2 nodes (scripts/bench_throughput.py, one run each,
+# noisy): 1 gave 72, 2 gave 88 (median 79 over three rounds of another run), 3 gave 77 and 5
+# gave 68 tokens/s: longer waits idle the nodes more than the bigger batches save.
+GATHER_SINGLE_STEPS = 2.0
 
 
 @dataclass(eq=False)
@@ -120,6 +130,10 @@ class StepScheduler:
         self._closing = False
         self.threads = torch.get_num_threads()  # the node's setting: the most an iteration uses
         self._threads_now = 0
+        self.padding: tuple[int, ...] = ()  # padding_plan of the node's measured step costs; () = none
+        self.gather = False  # wait for predicted steps (calibrate turns it on)
+        self._cost_per_block: Callable[[int], float] | None = None
+        self._arrivals = ArrivalModel()  # under _wake
         self._thread = threading.Thread(target=self._serve, name="swarmnode-compute", daemon=True)
         self._thread.start()
 
@@ -142,6 +156,8 @@ class StepScheduler:
             if self._closing:
                 raise RuntimeError("the scheduler is closed")
             (self._decodes if job.tokens <= DECODE_TOKENS else self._prompts).append(job)
+            if job.batchable:
+                self._arrivals.arrived(job.cache, job.enqueued)
             self._wake.notify()
         return await job.future
 
@@ -181,11 +197,27 @@ class StepScheduler:
             torch.set_num_threads(wanted)
             self._threads_now = wanted
 
+    def calibrate(self, costs: Sequence[float], gather: bool = True) -> None:
+        """Take the node's measured seconds per block of decoding steps of 1..len(costs) sessions:
+        pad batches where cheaper, and (``gather``) wait for predicted steps where it pays."""
+        plan = padding_plan(costs)
+        with self._wake:
+            self.padding = plan
+            self._cost_per_block = batch_cost(costs, plan)
+            self.gather = gather and self.batching
+
+    def rows_for(self, sessions: int) -> int:
+        """Rows a batched step of ``sessions`` sessions runs with (the padding plan)."""
+        return self.padding[sessions - 1] if sessions <= len(self.padding) else sessions
+
     def _serve(self) -> None:
         while True:
             with self._wake:
                 while not (self._decodes or self._prompts or self._calls or self._closing):
                     self._wake.wait()
+                if self._closing:
+                    return
+                self._gather_steps()
                 if self._closing:
                     return
                 calls = list(self._calls)
@@ -203,6 +235,30 @@ class StepScheduler:
             prompt_tokens = self._run_chunk(prompt) if prompt is not None else 0
             if self.on_iteration is not None and (decodes or prompt_tokens):
                 self.on_iteration(len(decodes), prompt_tokens, time.perf_counter() - began)
+
+    def _gather_steps(self) -> None:
+        """(Compute thread, holding _wake.) Wait for steps predicted to arrive soon when the
+        bigger batch pays for the wait (batch_policy.gather_wait); only while nothing but
+        batchable decoding steps waits."""
+        if not self.gather or self._prompts or self._calls or not self._decodes:
+            return
+        if not all(job.batchable for job in self._decodes):
+            return
+        first = self._decodes[0]
+        blocks, per_block = first.end - first.start, self._cost_per_block
+        now = time.perf_counter()
+        max_wait = GATHER_SINGLE_STEPS * blocks * per_block(1)
+        wait, more = gather_wait(
+            len(self._decodes), self._arrivals.expected(now), lambda n: blocks * per_block(n), max_wait
+        )
+        if not more:
+            return
+        wanted, deadline = len(self._decodes) + more, now + min(max_wait, wait + max_wait / 4)
+        while len(self._decodes) < wanted and not (self._prompts or self._calls or self._closing):
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return
+            self._wake.wait(left)
 
     def _run_decodes(self, jobs: list[StepJob]) -> None:
         groups: dict[tuple[int, int], list[StepJob]] = {}
@@ -243,11 +299,14 @@ class StepScheduler:
             for job in ready:
                 self._run_alone(job, checked=True)
             return
-        self.use_threads(len(ready))
+        rows = self.rows_for(len(ready))
+        self.use_threads(rows)
         began = time.perf_counter()
         caches = [job.cache for job in ready]
         try:
-            outs = self.backend.forward_batch([job.hidden for job in ready], ready[0].start, ready[0].end, caches)
+            outs = self.backend.forward_batch(
+                [job.hidden for job in ready], ready[0].start, ready[0].end, caches, rows=rows
+            )
         except Exception as e:  # noqa: BLE001 - a batch failing fails each of its steps
             logger.exception("batched step failed")
             for job in ready:
@@ -287,8 +346,10 @@ class StepScheduler:
         with self._wake:
             self._prompts.remove(job)
 
-    @staticmethod
-    def _finish(job: StepJob, out: torch.Tensor) -> None:
+    def _finish(self, job: StepJob, out: torch.Tensor) -> None:
+        if job.batchable:
+            with self._wake:
+                self._arrivals.returned(job.cache, time.perf_counter())
         queue_s = max(0.0, time.perf_counter() - job.enqueued - job.compute_s)
         _settle(job.loop, job.future, result=StepResult(out, queue_s, job.compute_s, job.batch))
 
