@@ -339,8 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="auto, float32, bfloat16 or float16")
     p.add_argument("--max-memory", default=None, help="budget for weights + KV cache, e.g. 6GB")
-    p.add_argument("--cache-tokens", type=int, default=None, help="KV-cache tokens per block")
-    p.add_argument("--max-session-length", type=int, default=None)
+    p.add_argument("--cache-tokens", type=int, default=None,
+                   help="KV-cache tokens per block (default: 4096, or the session limit if longer)")  # fmt: skip
+    p.add_argument("--max-session-length", type=int, default=None,
+                   help="longest session in tokens (default 8192; at most --cache-tokens)")  # fmt: skip
     p.add_argument("--num-threads", type=int, default=None, help="torch threads (0 = torch default)")
     p.add_argument("--announce-period", type=float, default=None, help="seconds between re-announcements")
     p.add_argument("--throughput", default=None, help="auto (profile) or tokens/s per block")

@@ -8,6 +8,8 @@ from swarmnode.server.admission import (
     Admission,
     StepCost,
     default_max_step_s,
+    kv_budget,
+    peer_share,
     retry_after_s,
 )
 
@@ -45,3 +47,17 @@ def test_a_node_admits_while_the_projected_step_fits_and_then_refuses_with_a_hin
 def test_the_hint_grows_with_the_overload_and_is_capped():
     assert retry_after_s(0.06, 0.05) < retry_after_s(0.5, 0.05) <= MAX_RETRY_AFTER_S
     assert retry_after_s(1e9, 0.05) == MAX_RETRY_AFTER_S
+
+
+def test_the_kv_budget_and_the_session_limit_agree():
+    assert kv_budget(None, 8192, 4096) == (8192, 8192), "by default one longest session fits"
+    assert kv_budget(None, 2048, 4096) == (4096, 2048)
+    assert kv_budget(256, 8192, 4096) == (256, 256), "a smaller budget given: the limit follows it"
+    assert kv_budget(10_000, 8192, 4096) == (10_000, 8192)
+
+
+def test_a_peers_share_is_never_below_one_session_of_the_maximum_length():
+    assert peer_share(budget=8192 * 3, fraction=0.5, longest_session=8192 * 3) == 8192 * 3
+    assert peer_share(budget=16384 * 3, fraction=0.5, longest_session=8192 * 3) == 8192 * 3
+    assert peer_share(budget=40_000, fraction=0.75, longest_session=1_000) == 30_000
+    assert peer_share(budget=500, fraction=0.5, longest_session=1_000) == 500, "capped by the budget"

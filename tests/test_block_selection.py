@@ -4,6 +4,7 @@ from swarmnode.errors import ConfigError
 from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.server.block_selection import (
     blocks_for_memory,
+    check_blocks_fit,
     choose_span,
     parse_blocks,
     served_throughput,
@@ -24,6 +25,16 @@ def test_blocks_for_memory():
     assert blocks_for_memory(10**9, 2_000, 1_000, 8) == 8  # never more than the model has
     with pytest.raises(ConfigError, match="cannot hold one block"):
         blocks_for_memory(2_500, 2_000, 1_000, 8)
+
+
+def test_an_explicit_span_that_does_not_fit_is_refused_with_the_numbers():
+    check_blocks_fit(3, 9 << 20, 2 << 20, 1 << 20, "--max-memory")  # 3 x 3 MiB: fits exactly
+    with pytest.raises(ConfigError) as info:
+        check_blocks_fit(4, 9 << 20, 2 << 20, 1 << 20, "--max-memory")
+    message = str(info.value)
+    for part in ("4 blocks need 12.0 MiB", "2.0 MiB of weights", "1.0 MiB of KV cache", "9.0 MiB (--max-memory)"):
+        assert part in message, message
+    assert "3 fit" in message
 
 
 def test_choose_span_prefers_least_served_window():

@@ -86,3 +86,18 @@ def test_bootstrap_identity_is_stable(tmp_path):
             assert maddr.startswith("/ip4/127.0.0.1/tcp/") and "/p2p/" in maddr
             peer_ids.append(maddr.rsplit("/p2p/", 1)[1])
     assert peer_ids[0] == peer_ids[1]
+
+
+def test_an_explicit_span_that_does_not_fit_the_memory_budget_is_refused(tmp_path, llama_path):
+    spec = load_model_spec(llama_path)
+    kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
+    per_block = block_parameter_count(spec) * 4 + 2 * kv_heads * head_dim * 4 * CACHE_TOKENS
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        args = ("--max-memory", str(int(2.5 * per_block)), "--cache-tokens", str(CACHE_TOKENS))
+        for blocks in ("0:3", "3"):
+            with pytest.raises(RuntimeError) as info:
+                swarm.start_node(llama_path, blocks, *args)
+            assert "3 blocks need" in str(info.value) and "2 fit" in str(info.value), str(info.value)
+        node = swarm.start_node(llama_path, "0:2", *args)
+        assert (node.info["start"], node.info["end"]) == (0, 2)

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from swarmnode.config import NodeConfig
 from swarmnode.errors import SessionLengthExceeded
 from tests.conftest import status_cli
 
@@ -94,6 +95,14 @@ def test_session_beyond_max_length_is_a_clear_error(model):
     with model.inference_session(max_length=PROMPT.shape[1] + 4) as sess:
         with pytest.raises(SessionLengthExceeded, match="max_length"):
             model.generate(PROMPT, max_new_tokens=10, session=sess)
+
+
+def test_a_session_of_the_longest_allowed_length_is_admitted(model, llama_reference):
+    # The nodes run with default settings: their KV budget holds one session of the maximum
+    # length, and one peer's share is never below one such session.
+    with model.inference_session(max_length=NodeConfig.max_session_length) as sess:
+        out = model.generate(PROMPT, max_new_tokens=4, session=sess)
+    assert torch.equal(out, llama_reference.generate(PROMPT, max_new_tokens=4, do_sample=False))
 
 
 def test_status_cli_lists_nodes_and_no_gaps(llama_swarm):

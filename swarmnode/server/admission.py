@@ -58,6 +58,22 @@ class StepCost:
         return cls(single_s, max(0.0, batch_s - single_s) / (batch - 1))
 
 
+def kv_budget(cache_tokens: int | None, max_session_length: int, default_tokens: int) -> tuple[int, int]:
+    """(KV budget in tokens per block, session limit in tokens) that agree: by default the budget
+    holds at least one session of the maximum length (a node that could never admit one would
+    refuse it forever); a budget given below the limit lowers the limit to it."""
+    if cache_tokens is None:
+        return max(default_tokens, max_session_length), max_session_length
+    return cache_tokens, min(max_session_length, cache_tokens)
+
+
+def peer_share(budget: int, fraction: float, longest_session: int) -> int:
+    """Block-tokens of KV cache one peer may hold: its ``fraction`` of the node's ``budget``,
+    never below one session of the maximum length (``longest_session`` block-tokens, capped
+    by the budget): a smaller share would make the session limit a lie."""
+    return max(int(fraction * budget), min(longest_session, budget))
+
+
 def default_max_step_s(blocks: int, num_blocks: int, cost: StepCost) -> float:
     """The step-time target of a node serving ``blocks`` of ``num_blocks`` blocks (module docstring)."""
     share = TOKEN_BUDGET_S * blocks / max(1, num_blocks)

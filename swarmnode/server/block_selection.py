@@ -1,7 +1,8 @@
 """Which blocks a joining node serves: pure functions over a swarm snapshot.
 
 ``--blocks auto``: the count comes from the memory budget; the position is the
-consecutive span whose blocks are least served right now. "Served" is the sum of the
+consecutive span whose blocks are least served right now. An explicit count or span is
+checked against the same budget (:func:`check_blocks_fit`). "Served" is the sum of the
 advertised inference throughput of live nodes (JOINING nodes count too, so nodes
 joining one after another do not pile onto the same span).
 """
@@ -58,6 +59,21 @@ def blocks_for_memory(budget_bytes: int, block_bytes: int, cache_bytes_per_block
             f"({per_block / 2**20:.1f} MiB with its KV cache): raise --max-memory or lower --cache-tokens"
         )
     return min(num_blocks, budget_bytes // per_block)
+
+
+def check_blocks_fit(count: int, budget_bytes: int, block_bytes: int, cache_bytes_per_block: int, why: str) -> None:
+    """Refuse ``count`` blocks (an explicit ``--blocks N`` or ``START:END``) that do not fit in
+    ``budget_bytes`` with their KV-cache reserve, with the numbers; ``why`` says where the
+    budget came from."""
+    per_block = block_bytes + cache_bytes_per_block
+    if count * per_block > budget_bytes:
+        fits = budget_bytes // per_block
+        raise ConfigError(
+            f"{count} blocks need {count * per_block / 2**20:.1f} MiB ({block_bytes / 2**20:.1f} MiB of weights + "
+            f"{cache_bytes_per_block / 2**20:.1f} MiB of KV cache each) but the memory budget is "
+            f"{budget_bytes / 2**20:.1f} MiB ({why}): {fits} fit; serve fewer blocks, raise --max-memory "
+            f"or lower --cache-tokens"
+        )
 
 
 def served_throughput(snapshot: SwarmSnapshot, exclude: str | None = None) -> list[float]:

@@ -41,7 +41,7 @@ from swarmnode.net.protocol import (
 from swarmnode.net.push import Pusher
 from swarmnode.net.swarmkey import SwarmKey
 from swarmnode.records import NodeState
-from swarmnode.server.admission import Admission
+from swarmnode.server.admission import Admission, peer_share
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.busy import BusyMeter
 from swarmnode.server.cache import CacheManager, Session
@@ -264,7 +264,8 @@ class NodeHandler:
                 retry_after=5.0,
             )
         reserved = sum(self.caches.reserved(sid) for sid in held)
-        share = int(self.limits.max_cache_share * self.caches.budget)
+        longest = self.caches.max_session_length * (self.backend.end - self.backend.start)
+        share = peer_share(self.caches.budget, self.limits.max_cache_share, longest)
         if reserved + cost > share:
             raise PeerLimitExceeded(
                 f"this peer would hold {reserved + cost} block-tokens of KV cache here, above its share of {share}",

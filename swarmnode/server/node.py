@@ -29,19 +29,27 @@ from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
 from swarmnode.net.push import PUSH_HANDLE, Pusher
 from swarmnode.net.swarmkey import load_swarm_key
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
-from swarmnode.server.admission import Admission, StepCost, default_max_step_s
+from swarmnode.server.admission import Admission, StepCost, default_max_step_s, kv_budget
 from swarmnode.server.backend import BlockBackend
-from swarmnode.server.block_selection import blocks_for_memory, choose_span, parse_blocks, served_throughput
+from swarmnode.server.block_selection import (
+    BlocksRequest,
+    blocks_for_memory,
+    check_blocks_fit,
+    choose_span,
+    parse_blocks,
+    served_throughput,
+)
 from swarmnode.server.cache import CacheManager
 from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf16_speedup
 from swarmnode.server.handler import NodeHandler, PeerLimits, node_info
+from swarmnode.server.host_memory import HostLedger
 from swarmnode.server.metrics import MetricsServer, NodeMetrics, start_metrics_server
 from swarmnode.server.progress import LoadProgress
 from swarmnode.server.scheduler import StepScheduler
 
 logger = logging.getLogger(__name__)
 MEMORY_RESERVE_BYTES = 1 << 30  # left free for the OS and the process itself when detecting memory
-DEFAULT_CACHE_TOKENS = 4096  # per block, when --cache-tokens is not given
+DEFAULT_CACHE_TOKENS = 4096  # per block, when --cache-tokens is not given (raised to the session limit)
 
 
 def resolve_dtype(config: NodeConfig, spec: ModelSpec) -> DtypeChoice:
@@ -100,6 +108,7 @@ class Node:
         self.metrics_server: MetricsServer | None = None
         self.metrics_addr = ""  # host:port of /metrics, announced in the record
         self._kv_bytes_per_block_token = 0
+        self.ledger: HostLedger | None = None  # this node's memory claim on its host
         # Raised by every (re)start, so a node back with the same identity outranks its old dead verdict.
         self.incarnation = int(time.time() * 1000)
 
@@ -179,17 +188,19 @@ class Node:
 
         kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
         bytes_per_value = torch.finfo(self.dtype).bits // 8
-        cache_tokens = cfg.cache_tokens or DEFAULT_CACHE_TOKENS
+        cache_tokens, session_limit = kv_budget(cfg.cache_tokens, cfg.max_session_length, DEFAULT_CACHE_TOKENS)
+        if session_limit < cfg.max_session_length:
+            logger.warning(
+                "--cache-tokens %d is below --max-session-length %d: sessions here are limited to %d tokens",
+                cache_tokens,
+                cfg.max_session_length,
+                session_limit,
+            )
         self._kv_bytes_per_block_token = 2 * kv_heads * head_dim * bytes_per_value
-        cache_bytes_per_block = self._kv_bytes_per_block_token * cache_tokens
+        count = self._claim_memory(request, block_parameter_count(spec) * bytes_per_value, cache_tokens)
         if request.span is not None:
             self.start, self.end = request.span
         else:
-            count = request.count
-            if count is None:
-                budget = cfg.max_memory if cfg.max_memory is not None else detect_memory(cfg.device)
-                block_bytes = block_parameter_count(spec) * bytes_per_value
-                count = blocks_for_memory(budget, block_bytes, cache_bytes_per_block, spec.num_blocks)
             snapshot = await fetch_snapshot(self.dht, model_id, spec.num_blocks, self.identity.swarm_key)
             self.start, self.end = choose_span(served_throughput(snapshot, exclude=self.peer_id), count)
         logger.info("serving blocks %d:%d of %s (%s)", self.start, self.end, model_id, dtype_name(self.dtype))
@@ -213,7 +224,7 @@ class Node:
         self.loaded_parameters = loaded.loaded_parameters
         self.backend = BlockBackend(spec, loaded, cfg.device, self.dtype, self.step_delay_s, self.corrupt_output)
         self.caches = CacheManager(
-            cache_tokens * (self.end - self.start), cfg.max_session_length, kv_heads, head_dim, self.dtype, cfg.device
+            cache_tokens * (self.end - self.start), session_limit, kv_heads, head_dim, self.dtype, cfg.device
         )
         self.scheduler = StepScheduler(
             self.backend, cfg.prefill_chunk, cfg.max_batch, cfg.batching, on_iteration=self.metrics.observe_iteration
@@ -267,6 +278,31 @@ class Node:
         await self.gossip.start()
         logger.info("node %s is ONLINE", self.peer_id)
 
+    def _claim_memory(self, request: BlocksRequest, block_bytes: int, cache_tokens: int) -> int:
+        """How many blocks to serve, checked against the memory budget and claimed in the host's
+        ledger (server/host_memory.py) under its lock, so nodes starting together on one host
+        share its memory instead of each counting all of it."""
+        cfg, spec = self.config, self.spec
+        cache_bytes = self._kv_bytes_per_block_token * cache_tokens
+        self.ledger = HostLedger(device=cfg.device)
+        with self.ledger.locked():
+            if cfg.max_memory is not None:
+                budget, why = cfg.max_memory, "--max-memory"
+            else:
+                free, others = detect_memory(cfg.device), self.ledger.others_not_yet_held()
+                budget = max(0, free - others)
+                why = (
+                    f"free memory less a {MEMORY_RESERVE_BYTES >> 20} MiB reserve, {free >> 20} MiB, less "
+                    f"{others >> 20} MiB that other nodes on this host claimed and do not hold yet"
+                )
+            if request.auto:
+                count = blocks_for_memory(budget, block_bytes, cache_bytes, spec.num_blocks)
+            else:
+                count = request.count if request.span is None else request.span[1] - request.span[0]
+                check_blocks_fit(count, budget, block_bytes, cache_bytes, why)
+            self.ledger.claim(count * (block_bytes + cache_bytes))
+        return count
+
     async def _check_same_checkpoint(self) -> None:
         """Refuse to join a swarm that serves another checkpoint under the same model id."""
         ours = self.model_record
@@ -298,6 +334,8 @@ class Node:
 
     async def _shutdown(self) -> None:
         self.state = NodeState.OFFLINE
+        if self.ledger is not None:
+            self.ledger.release()
         if self.gossip is not None:
             await self.gossip.stop()
         if self.announcer is not None:
