@@ -114,6 +114,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             "announce_maddrs",
             "device",
             "dtype",
+            "quant",
             "max_memory",
             "cache_tokens",
             "max_session_length",
@@ -338,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--announce-maddrs", nargs="*", default=None)
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="auto, float32, bfloat16 or float16")
+    p.add_argument("--quant", default=None, choices=("none", "int8", "nf4"),
+                   help="quantize the blocks' weights with bitsandbytes (default none)")  # fmt: skip
     p.add_argument("--max-memory", default=None, help="budget for weights + KV cache, e.g. 6GB")
     p.add_argument("--cache-tokens", type=int, default=None,
                    help="KV-cache tokens per block (default: 4096, or the session limit if longer)")  # fmt: skip

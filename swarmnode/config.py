@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from swarmnode.errors import ConfigError
+from swarmnode.records import QUANT_FORMATS
 
 ENV_PREFIX = "SWARMNODE_"
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -52,6 +53,7 @@ class NodeConfig:
     announce_maddrs: tuple[str, ...] = ()
     device: str = "cpu"
     dtype: str = "auto"  # auto = the checkpoint's torch_dtype, float32 on CPU if it is half
+    quant: str = "none"  # none, int8 or nf4: the blocks' Linear weights (models/quantize.py)
     max_memory: int | None = None  # bytes for weights + KV cache; None = detect
     cache_tokens: int | None = None  # node-wide KV-cache budget in tokens; None = derive
     max_session_length: int = 8192
@@ -76,6 +78,8 @@ class NodeConfig:
     max_step_ms: float = 0.0  # admission: projected decoding step of all sessions; 0 = derive (admission.py)
 
     def __post_init__(self) -> None:
+        if self.quant not in QUANT_FORMATS:
+            raise ConfigError(f"quant must be one of {', '.join(QUANT_FORMATS)}, got {self.quant!r}")
         if self.max_sessions_per_peer < 1 or not 0 < self.max_cache_share_per_peer <= 1:
             raise ConfigError("max_sessions_per_peer must be >= 1 and max_cache_share_per_peer in (0, 1]")
         if self.session_idle_timeout <= 0 or self.max_requests_per_peer_s <= 0:
@@ -147,10 +151,14 @@ class ClientConfig:
     # chain of the same span and compared (client/verify.py). 0 = off.
     verify_fraction: float = 0.0
     dtype: str = "float32"
+    # The least precise weights a node may serve this client: nf4 (any), int8, or none (full precision only).
+    min_precision: str = "nf4"
     identity_path: str = ""
     swarm_key_path: str = ""  # a private swarm's key file (swarmnode keygen); empty = a public swarm
 
     def __post_init__(self) -> None:
+        if self.min_precision not in QUANT_FORMATS:
+            raise ConfigError(f"min_precision must be one of {', '.join(QUANT_FORMATS)}, got {self.min_precision!r}")
         if self.wire_dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"wire_dtype must be float32, bfloat16 or float16, got {self.wire_dtype!r}")
         if self.exact and self.wire_dtype != "float32":

@@ -19,6 +19,20 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
+# Weight formats a node may serve (NodeRecord.quantization), and their order: higher is more
+# precise. What ClientConfig(min_precision=...) and spot-checks' tolerances go by.
+QUANT_FORMATS = ("none", "int8", "nf4")
+PRECISION = {"nf4": 0, "int8": 1, "none": 2}
+
+
+def precise_enough(quant: str, minimum: str) -> bool:
+    """Whether weights in format ``quant`` are at least as precise as ``minimum`` (an unknown
+    format, from a newer or broken peer, is not)."""
+    if minimum not in PRECISION:
+        raise ValueError(f"minimum precision must be one of {', '.join(QUANT_FORMATS)}, got {minimum!r}")
+    return quant in PRECISION and PRECISION[quant] >= PRECISION[minimum]
+
+
 MODELS_KEY = "_swarm.models"
 _MODEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

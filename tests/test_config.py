@@ -45,6 +45,11 @@ def test_config_errors_are_clear(tmp_path):
         load_config(ClientConfig, {"aco_shared_clamp": 0.5}, env={})
     with pytest.raises(ConfigError, match="ban_base_s"):
         load_config(ClientConfig, {"ban_base_s": 10, "ban_max_s": 5}, env={})
+    with pytest.raises(ConfigError, match="quant must be one of none, int8, nf4"):
+        load_config(NodeConfig, {"quant": "fp8"}, env={})
+    with pytest.raises(ConfigError, match="min_precision"):
+        load_config(ClientConfig, {"min_precision": "int4"}, env={})
+    assert load_config(NodeConfig, {}, env={"SWARMNODE_QUANT": "nf4"}).quant == "nf4"
     params = load_config(ClientConfig, {"aco_beta": "3"}, env={"SWARMNODE_ACO_Q0": "0.5"}).aco_params()
     assert (params.beta, params.q0) == (3.0, 0.5)
 

@@ -22,7 +22,7 @@ from swarmnode.errors import ModelMismatch, NoServersForBlocks, RemoteError, Ses
 from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spec
 from swarmnode.net.dht import store_records
 from swarmnode.net.push import Pusher
-from swarmnode.records import model_id_from_name, observations_key, validate_model_id
+from swarmnode.records import model_id_from_name, observations_key, precise_enough, validate_model_id
 from swarmnode.routing import Bans, Hop, make_router
 
 logger = logging.getLogger(__name__)
@@ -121,8 +121,14 @@ class RemoteBlocks:
             self._share_observations()
             await self.pinger.refresh(r.peer_id for r in snapshot.live() if r.peer_id not in exclude)
             busy = self._busy_now()
+            # Nodes whose weights are less precise than this client accepts are never chosen.
+            imprecise = {
+                r.peer_id
+                for r in snapshot.nodes.values()
+                if not precise_enough(r.quantization, self.config.min_precision)
+            }
             try:
-                return self.router.choose_chain(snapshot, start, end, exclude=exclude | frozenset(busy))
+                return self.router.choose_chain(snapshot, start, end, exclude=exclude | frozenset(busy) | imprecise)
             except NoServersForBlocks as e:
                 waited = time.monotonic() - began
                 if busy and waited < self.config.busy_wait:

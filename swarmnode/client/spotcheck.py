@@ -115,9 +115,10 @@ class SpotChecks:
             state.checker = None
 
     def _dtypes(self, hops: list[Hop]) -> tuple[str, ...]:
-        """The compute dtypes the nodes announce (unknown nodes: the loosest tolerance)."""
+        """What sets each node's tolerance: its weight format if quantized, else the compute
+        dtype it announces (unknown nodes: the loosest tolerance)."""
         nodes = self.remote.last_snapshot.nodes if self.remote.last_snapshot is not None else {}
-        return tuple(nodes[h.peer_id].dtype if h.peer_id in nodes else "unknown" for h in hops)
+        return tuple(_precision_of(nodes[h.peer_id]) if h.peer_id in nodes else "unknown" for h in hops)
 
     def _replica(self, hop: Hop, exclude: set[str]) -> list[Hop] | None:
         """Another chain over ``hop``'s span, avoiding ``exclude``, without waiting (None: none)."""
@@ -139,3 +140,7 @@ class SpotChecks:
             return None
         await self._close(states)
         return outputs[-1].hidden
+
+
+def _precision_of(record) -> str:
+    return record.quantization if record.quantization != "none" else record.dtype

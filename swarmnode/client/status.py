@@ -37,6 +37,7 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
                 "active_sessions": r.active_sessions,
                 "busy": round(r.busy, 3) if r.busy >= 0 else None,
                 "dtype": r.dtype,
+                "quantization": r.quantization,
                 "version": r.version,
                 "public_name": r.public_name,
                 "metrics_addr": r.metrics_addr,
@@ -94,7 +95,7 @@ def format_status(report: dict, width: int | None = None) -> str:
             table.add_row(
                 n["peer_id"], n["public_name"] or "-", n["state"], f"{n['start']}:{n['end']}",
                 f"{n['inference_rps']:.0f}", str(n["active_sessions"]), busy, str(n["cache_tokens_left"]),
-                n["dtype"], n["version"] or "-", n["metrics_addr"] or "-",
+                n["dtype"], n.get("quantization", "none"), n["version"] or "-", n["metrics_addr"] or "-",
             )  # fmt: skip
         console.print(table)
     return "\n".join(line.rstrip() for line in console.export_text().strip("\n").splitlines())
@@ -102,6 +103,7 @@ def format_status(report: dict, width: int | None = None) -> str:
 
 _COLUMNS = (
     ("PEER ID", "left"), ("NAME", "left"), ("STATE", "left"), ("BLOCKS", "right"), ("TOK/S/BLOCK", "right"),
-    ("SESSIONS", "right"), ("BUSY", "right"), ("CACHE LEFT", "right"), ("DTYPE", "left"), ("VERSION", "left"),
+    ("SESSIONS", "right"), ("BUSY", "right"), ("CACHE LEFT", "right"), ("DTYPE", "left"), ("QUANT", "left"),
+    ("VERSION", "left"),
     ("METRICS", "left"),
 )  # fmt: skip

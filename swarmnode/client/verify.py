@@ -18,7 +18,10 @@ import torch
 
 # Relative differences honest nodes may show, by the dtype they compute in (hidden states
 # travel in fp32 either way, so the output's dtype says nothing: the nodes' records do).
-_EPS = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 4e-2}
+# Quantized weights (NodeRecord.quantization) differ from full precision far more: measured on
+# SmolLM2 (30 blocks), a token's hidden state after every block differed from fp32's by up to
+# 0.14 (int8) and 0.31 (nf4) relative (docs/quantization.md); about twice that is allowed.
+_EPS = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 4e-2, "int8": 0.3, "nf4": 0.6}
 
 
 def due(step: int, fraction: float) -> bool:

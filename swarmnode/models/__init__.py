@@ -28,6 +28,7 @@ from swarmnode.models.checkpoint import Checkpoint, open_checkpoint
 from swarmnode.models.gguf import resolve_model
 from swarmnode.models.llama import LlamaFamily
 from swarmnode.models.opt import OPTFamily
+from swarmnode.models.quantize import estimated_block_bytes, quantize_block
 
 FAMILIES: tuple[ModelFamily, ...] = (LlamaFamily(), OPTFamily())
 
@@ -113,9 +114,11 @@ def load_blocks(
     device: str,
     dtype: torch.dtype,
     on_block: Callable[[int, int], None] | None = None,
+    quant: str = "none",
 ) -> LoadedBlocks:
     """Build blocks [start, end) reading only their tensors from the checkpoint; ``on_block(done,
-    total)`` is called after each block (progress).
+    total)`` is called after each block (progress). ``quant`` (int8, nf4) quantizes each
+    block's Linear layers as it is moved to ``device`` (:mod:`swarmnode.models.quantize`).
 
     Every tensor the span needs is checked before any is read, so one ModelLoadError names
     all that are missing; tensors the blocks do not use are ignored, as transformers does.
@@ -141,7 +144,7 @@ def load_blocks(
         state = {name.removeprefix(prefix): t for name, t in tensors.items()}
         block = load_into(block, state, f"block {index}")
         loaded += sum(t.numel() for t in block.state_dict().values())
-        blocks.append(block.to(device).eval())
+        blocks.append(quantize_block(block, quant, dtype).to(device).eval())
         if on_block is not None:
             on_block(len(blocks), len(shells))
     aux = spec.family.new_step_aux(spec.config)
@@ -169,6 +172,13 @@ def load_tokenizer(spec: ModelSpec):
     if not callable(getattr(tokenizer, "decode", None)) or not callable(tokenizer):
         raise ModelLoadError(f"{spec.name} has no usable tokenizer (got {type(tokenizer).__name__})")
     return tokenizer
+
+
+def block_bytes(spec: ModelSpec, dtype: torch.dtype, quant: str = "none") -> int:
+    """Bytes of one block's weights in ``dtype`` and format ``quant``, computed without reading them."""
+    with torch.device("meta"):
+        block = spec.family.new_block(spec.config, 0)
+    return estimated_block_bytes(block, quant, dtype)
 
 
 def block_parameter_count(spec: ModelSpec) -> int:

@@ -22,7 +22,8 @@ from swarmnode.config import NodeConfig
 from swarmnode.errors import ConfigError, ModelMismatch
 from swarmnode.membership.announcer import Announcer
 from swarmnode.membership.gossip import GossipConfig, SwimGossip
-from swarmnode.models import DTYPES, ModelSpec, block_parameter_count, dtype_name, load_blocks, load_model_spec
+from swarmnode.models import DTYPES, ModelSpec, block_bytes, dtype_name, load_blocks, load_model_spec
+from swarmnode.models.quantize import measured_block_bytes
 from swarmnode.net.dht import fetch_models, fetch_snapshot, full_maddrs, start_dht
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
@@ -109,6 +110,7 @@ class Node:
         self.metrics_addr = ""  # host:port of /metrics, announced in the record
         self._kv_bytes_per_block_token = 0
         self.ledger: HostLedger | None = None  # this node's memory claim on its host
+        self.weights_bytes = 0  # of the loaded blocks, as stored (quantized or not)
         # Raised by every (re)start, so a node back with the same identity outranks its old dead verdict.
         self.incarnation = int(time.time() * 1000)
 
@@ -197,13 +199,20 @@ class Node:
                 session_limit,
             )
         self._kv_bytes_per_block_token = 2 * kv_heads * head_dim * bytes_per_value
-        count = self._claim_memory(request, block_parameter_count(spec) * bytes_per_value, cache_tokens)
+        count = self._claim_memory(request, block_bytes(spec, self.dtype, cfg.quant), cache_tokens)
         if request.span is not None:
             self.start, self.end = request.span
         else:
             snapshot = await fetch_snapshot(self.dht, model_id, spec.num_blocks, self.identity.swarm_key)
             self.start, self.end = choose_span(served_throughput(snapshot, exclude=self.peer_id), count)
-        logger.info("serving blocks %d:%d of %s (%s)", self.start, self.end, model_id, dtype_name(self.dtype))
+        logger.info(
+            "serving blocks %d:%d of %s (%s, quantization %s)",
+            self.start,
+            self.end,
+            model_id,
+            dtype_name(self.dtype),
+            cfg.quant,
+        )
 
         if cfg.metrics_port:
             self.metrics_server = start_metrics_server(
@@ -220,8 +229,13 @@ class Node:
         )
         await self.announcer.announce(NodeState.JOINING)  # claim the span before the slow part
 
-        loaded = load_blocks(spec, self.start, self.end, cfg.device, self.dtype, on_block=self.load_progress)
+        loaded = load_blocks(
+            spec, self.start, self.end, cfg.device, self.dtype, on_block=self.load_progress, quant=cfg.quant
+        )
         self.loaded_parameters = loaded.loaded_parameters
+        self.weights_bytes = sum(measured_block_bytes(block) for block in loaded.blocks)
+        if cfg.device.startswith("cuda"):
+            self.ledger.report_held(torch.cuda.memory_allocated(torch.device(cfg.device)))
         self.backend = BlockBackend(spec, loaded, cfg.device, self.dtype, self.step_delay_s, self.corrupt_output)
         self.caches = CacheManager(
             cache_tokens * (self.end - self.start), session_limit, kv_heads, head_dim, self.dtype, cfg.device
@@ -380,6 +394,7 @@ class Node:
             active_sessions=caches.active_sessions if caches and not self.misreport else 0,
             busy=-1.0 if self.handler is None else 0.0 if self.misreport else self.handler.busy.fraction(),
             dtype=dtype_name(self.dtype),
+            quantization=self.config.quant,
             version=swarmnode.__version__,
             public_name=self.config.public_name,
             metrics_addr=self.metrics_addr,
@@ -409,9 +424,7 @@ class Node:
             "start": self.start,
             "end": self.end,
             "busy": handler.busy.fraction() if handler is not None else -1.0,
-            "weights_bytes": getattr(self, "loaded_parameters", 0) * torch.finfo(self.dtype).bits // 8
-            if getattr(self, "dtype", None) is not None
-            else 0,
+            "weights_bytes": self.weights_bytes,
             "resident_bytes": psutil.Process().memory_info().rss,
             "inference_rps": self.inference_rps,
             "state": self.state.name,

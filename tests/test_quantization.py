@@ -1,0 +1,111 @@
+"""Quantized blocks (int8, nf4 with bitsandbytes on CPU): their bytes, held to quality bounds on
+the real model the project ships, and nodes serving them in a live swarm, chosen only by clients
+that accept their precision."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from swarmnode import DistributedModelForCausalLM
+from swarmnode.client.verify import tolerance
+from swarmnode.errors import NoServersForBlocks
+from swarmnode.launcher import LocalSwarm
+from swarmnode.models import block_bytes, load_blocks, load_model_spec
+from swarmnode.models.quantize import measured_block_bytes, quantize_block
+from swarmnode.records import precise_enough
+from tests.conftest import status_cli
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about autumn leaves."]
+TEXT = (
+    "The history of the bicycle begins in the early nineteenth century, when inventors in Europe "
+    "experimented with two-wheeled machines that riders pushed along with their feet."
+)
+# Bounds for this test's 2 prompts x 32 greedy steps and its text (scripts/bench_quantization.py
+# measures 256 steps: int8 95.7%, nf4 78.9% agreement; perplexity +0.1% and +6.7%).
+BOUNDS = {"int8": (0.90, 1.03), "nf4": (0.65, 1.15)}  # (least top-1 agreement, most perplexity ratio)
+
+
+def test_precision_order_and_unknown_formats():
+    assert precise_enough("none", "int8") and precise_enough("int8", "int8") and precise_enough("int8", "nf4")
+    assert not precise_enough("nf4", "int8") and not precise_enough("int8", "none")
+    assert not precise_enough("fp3", "nf4"), "an unknown format is not trusted to be precise"
+    with pytest.raises(ValueError):
+        precise_enough("none", "int4")
+    assert tolerance("float32", "nf4") > tolerance("float32", "int8") > tolerance("float32")
+
+
+@pytest.mark.parametrize("quant", ["none", "int8", "nf4"])
+def test_the_capacity_formula_matches_the_bytes_a_loaded_block_holds(llama_path, quant):
+    spec = load_model_spec(llama_path)
+    loaded = load_blocks(spec, 0, 2, "cpu", torch.float32, quant=quant)
+    measured = measured_block_bytes(loaded.blocks[0])
+    assert abs(block_bytes(spec, torch.float32, quant) - measured) <= 0.01 * measured
+    if quant != "none":
+        assert measured < block_bytes(spec, torch.float32, "none") / (3 if quant == "int8" else 5)
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_path):
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    reference = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    sequences = []
+    with torch.inference_mode():
+        for prompt in PROMPTS:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)  # fmt: skip
+            ids = tokenizer(text, return_tensors="pt").input_ids
+            out = reference.generate(ids, max_new_tokens=32, min_new_tokens=32, do_sample=False)
+            sequences.append((out, ids.shape[1]))
+    return reference, tokenizer, sequences
+
+
+@torch.inference_mode()
+def quality(model, tokenizer, sequences) -> tuple[float, float]:
+    same = total = 0
+    for ids, prompt_len in sequences:
+        predicted = model(ids).logits[0, prompt_len - 1 : -1].argmax(-1)
+        same += int((predicted == ids[0, prompt_len:]).sum())
+        total += ids.shape[1] - prompt_len
+    text = tokenizer(TEXT, return_tensors="pt").input_ids
+    loss = torch.nn.functional.cross_entropy(model(text).logits[0, :-1], text[0, 1:])
+    return same / total, float(loss.exp())
+
+
+@pytest.mark.parametrize("quant", ["int8", "nf4"])
+def test_quantized_smollm2_stays_within_its_quality_bound(smollm2, smollm2_path, quant):
+    reference, tokenizer, sequences = smollm2
+    _, base_ppl = quality(reference, tokenizer, sequences)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    for i, layer in enumerate(model.model.layers):
+        model.model.layers[i] = quantize_block(layer, quant, torch.float32).to("cpu")
+    agreement, ppl = quality(model, tokenizer, sequences)
+    least_agreement, most_ppl = BOUNDS[quant]
+    assert agreement >= least_agreement, f"{quant}: top-1 agreement {agreement:.2%}"
+    assert ppl <= most_ppl * base_ppl, f"{quant}: perplexity {ppl:.3f} against {base_ppl:.3f}"
+    assert agreement < 1.0 or ppl != base_ppl, "the weights were quantized"
+
+
+@pytest.mark.swarm
+def test_a_client_that_requires_full_precision_never_uses_a_quantized_node(tmp_path, llama_path):
+    prompt = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    expected = AutoModelForCausalLM.from_pretrained(llama_path).generate(prompt, max_new_tokens=8, do_sample=False)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        quantized = swarm.start_node(llama_path, "0:8", "--quant", "nf4")
+        with DistributedModelForCausalLM.from_pretrained(
+            llama_path, initial_peers=swarm.initial_peers, min_precision="none", wait_for_servers=2
+        ) as strict:
+            with pytest.raises(NoServersForBlocks):  # the only node is nf4
+                strict.generate(prompt, max_new_tokens=2)
+            full = swarm.start_node(llama_path, "0:8")
+            with strict.inference_session(max_length=32) as session:
+                out = strict.generate(prompt, max_new_tokens=8, session=session)
+                assert [hop.peer_id for hop in session.chain] == [full.info["peer_id"]]
+        assert torch.equal(out, expected)
+        with DistributedModelForCausalLM.from_pretrained(
+            llama_path, initial_peers=swarm.initial_peers, routing="shortest"
+        ) as anyone:  # accepts nf4: generates through whichever node
+            assert anyone.generate(prompt, max_new_tokens=8).shape == expected.shape
+        nodes = {n["peer_id"]: n for n in status_cli(swarm.initial_peers)["nodes"]}
+        assert nodes[quantized.info["peer_id"]]["quantization"] == "nf4"
+        assert nodes[full.info["peer_id"]]["quantization"] == "none"
