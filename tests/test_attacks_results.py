@@ -51,10 +51,13 @@ def test_a_node_adding_small_noise_is_caught_by_spot_checks(tmp_path, llama_path
     with LocalSwarm(tmp_path) as swarm:
         swarm.start_bootstrap()
         liar = ("--debug-corrupt-output", "noise", "--throughput", "1000000")
+        # The honest replicas are slowed, so that their compute, not ping noise (a millisecond or
+        # two on this loaded machine, more than tiny-llama's whole step), is what they lose by.
+        slow = ("--debug-step-delay-ms", "30")
         started = [swarm.start_node(llama_path, "0:4", wait=False),
                    swarm.start_node(llama_path, "4:8", *liar, wait=False),
-                   swarm.start_node(llama_path, "4:8", wait=False),
-                   swarm.start_node(llama_path, "4:8", wait=False)]  # fmt: skip
+                   swarm.start_node(llama_path, "4:8", *slow, wait=False),
+                   swarm.start_node(llama_path, "4:8", *slow, wait=False)]  # fmt: skip
         for node in started:
             swarm.wait_online(node)
         noisy = started[1].info["peer_id"]
