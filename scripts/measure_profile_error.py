@@ -1,8 +1,9 @@
 """How far a node's advertised throughput is from its per-block time in service.
 
-A node advertises ``inference_rps`` from a one-off microbenchmark when it starts
-(``Backend.profile``: one block, one token, an idle device). In service its per-block
-time also carries the step's fixed costs and whatever else the device runs. This script
+A node advertises ``inference_rps`` from its profile (``BlockBackend.profile``: single-token
+steps through its span, measured at join or kept from an earlier start), and once it has served
+enough single-session steps, from their measured time (``server/profile_cache.ServedSpeed``).
+In service its per-block time also carries whatever else the device runs. This script
 starts a real local swarm (bootstrap + nodes, each its own process, 127.0.0.1), generates
 through it, and prints per node the advertised time per block, the time per block the
 client measured from the nodes' own reported compute times (decoding steps only), their
@@ -18,6 +19,7 @@ import argparse
 import math
 import statistics
 import tempfile
+import time
 
 import torch
 
@@ -26,7 +28,9 @@ from swarmnode.launcher import LocalSwarm
 from swarmnode.models.tiny import tiny_checkpoint
 
 
-def measure(preset: str, spans: list[str], rounds: int, tokens: int) -> list[tuple[str, str, float, float]]:
+def measure(
+    preset: str, spans: list[str], rounds: int, tokens: int, settle: float = 0.0
+) -> list[tuple[str, str, float, float]]:
     """Per node: (peer id, span, advertised s/block, measured s/block)."""
     path = tiny_checkpoint(preset)
     ids = torch.randint(0, 256, (1, 16))
@@ -39,6 +43,12 @@ def measure(preset: str, spans: list[str], rounds: int, tokens: int) -> list[tup
         ) as model:
             for _ in range(rounds):
                 model.generate(ids, max_new_tokens=tokens, do_sample=True)
+            if settle > 0:
+                # Let the nodes re-announce what service measured and the client re-read it.
+                time.sleep(settle)
+                for _ in range(2):
+                    model.generate(ids, max_new_tokens=2, do_sample=True)
+                    time.sleep(1.0)
             router, snapshot = model.remote.router, model.remote.last_snapshot
             rows = []
             for peer, record in sorted(snapshot.nodes.items(), key=lambda item: item[1].start):
@@ -55,11 +65,17 @@ def main() -> None:
     parser.add_argument("--spans", nargs="+", default=["0:3", "3:6", "6:8"])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--settle", type=float, default=6.0,
+                        help="seconds to wait after the rounds before reading the nodes' records "
+                             "(they advertise what service measured; 0: read at once)")  # fmt: skip
     args = parser.parse_args()
-    rows = measure(args.preset, args.spans, args.rounds, args.tokens)
+    rows = measure(args.preset, args.spans, args.rounds, args.tokens, args.settle)
     if not rows:
         raise SystemExit("no node was measured")
-    print(f"model {args.preset}, nodes {' '.join(args.spans)}, {args.rounds} x {args.tokens} tokens")
+    print(
+        f"model {args.preset}, nodes {' '.join(args.spans)}, {args.rounds} x {args.tokens} tokens, "
+        f"records read {args.settle:.0f} s after"
+    )
     logs = []
     for peer, span, advertised, measured in rows:
         logs.append(math.log(measured / advertised))

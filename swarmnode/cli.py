@@ -121,6 +121,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             "num_threads",
             "announce_period",
             "throughput",
+            "profile_cache",
             "public_name",
             "gossip_period",
             "suspicion_timeout",
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None, help="torch threads (0 = torch default)")
     p.add_argument("--announce-period", type=float, default=None, help="seconds between re-announcements")
     p.add_argument("--throughput", default=None, help="auto (profile) or tokens/s per block")
+    p.add_argument("--profile-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="start from this device's stored profile if there is one (default on)")  # fmt: skip
     p.add_argument("--public-name", default=None)
     p.add_argument("--gossip-period", type=float, default=None, help="seconds between SWIM probes (default 1)")
     p.add_argument("--suspicion-timeout", type=float, default=None, help="seconds SUSPECT before DEAD (default 1.5)")

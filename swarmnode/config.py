@@ -60,6 +60,7 @@ class NodeConfig:
     num_threads: int = 0  # torch threads; 0 = torch's default
     announce_period: float = 10.0
     throughput: str = "auto"  # auto = profile; or a number (tokens/s per block)
+    profile_cache: bool = True  # reuse this device's stored profile (server/profile_cache.py)
     public_name: str = ""
     gossip_period: float = 1.0  # seconds between SWIM probes
     suspicion_timeout: float = 1.5  # seconds a member stays SUSPECT before it is declared DEAD

@@ -15,6 +15,13 @@ from swarmnode.models.tiny import tiny_checkpoint
 os.environ.setdefault("HIVEMIND_LOGLEVEL", "ERROR")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fresh_profiles(tmp_path_factory):
+    """Each test run measures its nodes' speeds afresh: nodes share stored profiles within the
+    run (server/profile_cache.py), never with an earlier run on this machine."""
+    os.environ["SWARMNODE_PROFILES"] = str(tmp_path_factory.mktemp("profiles"))
+
+
 @pytest.fixture(scope="session")
 def llama_path(tmp_path_factory) -> str:
     return str(tiny_checkpoint("tiny-llama", root=tmp_path_factory.mktemp("ckpt") / "tiny-llama"))

@@ -20,6 +20,8 @@ from swarmnode.server.cache import BatchedCaches, SessionCache
 
 ACCEPTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_POSITION = 1 << 20
+PROFILE_REPEATS = 30  # single-token steps timed for the advertised speed (fewer if slow)
+PROFILE_BUDGET_S = 3.0
 
 
 CORRUPTIONS = ("", "nan", "noise", "shape")
@@ -218,14 +220,29 @@ class BlockBackend:
 
     @torch.inference_mode()
     def profile(
-        self, repeats: int = 5, prefill_tokens: int = 128, threads_for: Callable[[int], None] | None = None
+        self, prefill_tokens: int = 128, threads_for: Callable[[int], None] | None = None
     ) -> tuple[float, float]:
-        """Measured (inference, prefill) throughput of one block, in tokens/s. ``threads_for(rows)``,
-        if given, sets the intra-op threads as the scheduler would for that much work."""
-        slower = self._slower_per_block()
-        step = self._median(lambda: self._timed_block(1, 16, threads_for), repeats) + slower
-        prefill = min(self._timed_block(prefill_tokens, 0, threads_for) for _ in range(max(1, repeats // 2))) + slower
+        """Measured (inference, prefill) throughput per block, in tokens/s, from steps through the
+        whole span as a session's run (``forward`` with a cache, fixed costs and the step-delay
+        testing aid included): after a warm-up, the median of up to PROFILE_REPEATS single-token
+        steps (fewer where a step is slow: about PROFILE_BUDGET_S in all), and the best of three
+        prompts. ``threads_for(rows)``, if given, sets the intra-op threads as the scheduler would."""
+        blocks = self.end - self.start
+        first = self._timed_span(1, 16, threads_for)  # warm-up, and the step's rough cost
+        repeats = max(5, min(PROFILE_REPEATS, int(PROFILE_BUDGET_S / max(first, 1e-6))))
+        step = sorted(self._timed_span(1, 16, threads_for) for _ in range(repeats))[repeats // 2] / blocks
+        prefill = min(self._timed_span(prefill_tokens, 0, threads_for) for _ in range(3)) / blocks
         return 1.0 / max(step, 1e-9), prefill_tokens / max(prefill, 1e-9)
+
+    def _timed_span(self, tokens: int, past: int, threads_for: Callable[[int], None] | None) -> float:
+        if threads_for is not None:
+            threads_for(tokens)
+        kv_heads, head_dim = self.spec.family.kv_heads_and_dim(self.spec.config)
+        cache = SessionCache(self.start, self.end, 1, past + tokens, kv_heads, head_dim, self.dtype, self.device)
+        cache.allocate()
+        cache.length = past
+        hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
+        return self._time(lambda: self.forward(hidden, self.start, self.end, cache))
 
     @torch.inference_mode()
     def profile_batch_sizes(

@@ -45,6 +45,7 @@ from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf1
 from swarmnode.server.handler import NodeHandler, PeerLimits, node_info
 from swarmnode.server.host_memory import HostLedger
 from swarmnode.server.metrics import MetricsServer, NodeMetrics, start_metrics_server
+from swarmnode.server.profile_cache import ProfileCache, ServedSpeed, device_descriptor, profile_dir, profile_key
 from swarmnode.server.progress import LoadProgress
 from swarmnode.server.scheduler import StepScheduler
 
@@ -111,13 +112,44 @@ class Node:
         self._kv_bytes_per_block_token = 0
         self.ledger: HostLedger | None = None  # this node's memory claim on its host
         self.weights_bytes = 0  # of the loaded blocks, as stored (quantized or not)
+        self.served: ServedSpeed | None = None  # single-session iterations' speed, in service
+        self.profiles: ProfileCache | None = None
+        self.profile_key = ""
         # Raised by every (re)start, so a node back with the same identity outranks its old dead verdict.
         self.incarnation = int(time.time() * 1000)
 
-    async def _admission(self, threads_for) -> Admission:
-        """The step-time check (and the scheduler's padding plan), from a profile of decoding steps of 1-16 sessions."""
+    async def _measure_speed(self) -> list[float]:
+        """Set the advertised speeds and return the decoding step costs of 1-16 sessions: from
+        the profile cache when this node measured them before with the same key (model, span,
+        device, dtype, quantization: server/profile_cache.py), else measured now and kept."""
+        cfg = self.config
+        if cfg.throughput != "auto":
+            try:
+                self.inference_rps = self.prefill_rps = float(cfg.throughput)
+            except ValueError as e:
+                raise ConfigError(f"--throughput must be auto or a number, got {cfg.throughput!r}") from e
+        cached = self.profiles.load(self.profile_key) if cfg.profile_cache else None
+        if cached is not None:
+            rates, costs = (cached["inference_rps"], cached["prefill_rps"]), cached["batch_costs"]
+            logger.info("profile: %.0f tokens/s per block, from %s", rates[0], self.profiles.dir)
+        else:
+            threads_for = self.scheduler.use_threads
+            rates = await self.scheduler.call(lambda: self.backend.profile(threads_for=threads_for))
+            costs = await self.scheduler.call(lambda: self.backend.profile_batch_sizes(threads_for=threads_for))
+            logger.info("profile: %.0f tokens/s per block, measured", rates[0])
+            self._keep_profile(*rates, costs)
+        if cfg.throughput == "auto":
+            self.inference_rps, self.prefill_rps = rates
+        return costs
+
+    def _keep_profile(self, inference_rps: float, prefill_rps: float, costs: list[float]) -> None:
+        if self.config.profile_cache:
+            data = {"inference_rps": inference_rps, "prefill_rps": prefill_rps, "batch_costs": costs}
+            self.profiles.save(self.profile_key, data)
+
+    def _admission(self, costs: list[float]) -> Admission:
+        """The step-time check (and the scheduler's padding plan), from the decoding step costs of 1-16 sessions."""
         batch = 8
-        costs = await self.scheduler.call(lambda: self.backend.profile_batch_sizes(threads_for=threads_for))
         self.scheduler.calibrate(costs, gather=self.config.gather)
         if self.config.batching:
             logger.info("decoding batches of 1..%d sessions run with %s rows", len(costs), list(self.scheduler.padding))
@@ -241,20 +273,24 @@ class Node:
             cache_tokens * (self.end - self.start), session_limit, kv_heads, head_dim, self.dtype, cfg.device
         )
         self.scheduler = StepScheduler(
-            self.backend, cfg.prefill_chunk, cfg.max_batch, cfg.batching, on_iteration=self.metrics.observe_iteration
+            self.backend, cfg.prefill_chunk, cfg.max_batch, cfg.batching, on_iteration=self._observe_iteration
         )
-        threads_for = self.scheduler.use_threads
-        if cfg.throughput == "auto":
-            self.inference_rps, self.prefill_rps = await self.scheduler.call(
-                lambda: self.backend.profile(threads_for=threads_for)
-            )
-        else:
-            try:
-                self.inference_rps = self.prefill_rps = float(cfg.throughput)
-            except ValueError as e:
-                raise ConfigError(f"--throughput must be auto or a number, got {cfg.throughput!r}") from e
-
-        self.admission = await self._admission(threads_for)
+        self.profiles = ProfileCache(profile_dir())
+        self.profile_key = profile_key(
+            {
+                "model": self.model_record.config_hash,
+                "span": [self.start, self.end],
+                "device": device_descriptor(cfg.device, torch.get_num_threads()),
+                "dtype": dtype_name(self.dtype),
+                "quant": cfg.quant,
+                "torch": torch.__version__,
+                "swarmnode": swarmnode.__version__,
+                "step_delay_s": self.step_delay_s,  # the testing aid stands for a slower device
+            }
+        )
+        costs = await self._measure_speed()
+        self.served = ServedSpeed(self.end - self.start)
+        self.admission = self._admission(costs)
         self.handler = NodeHandler(
             self.backend,
             self.scheduler,
@@ -346,8 +382,27 @@ class Node:
             await self.announcer.announce(NodeState.OFFLINE)
         await self._shutdown()
 
+    def _observe_iteration(self, decodes: int, prompt_tokens: int, seconds: float) -> None:
+        """(Compute thread.) One scheduler iteration: metrics, and the served speed."""
+        self.metrics.observe_iteration(decodes, prompt_tokens, seconds)
+        if self.served is not None:
+            self.served.observe(decodes, prompt_tokens, seconds)
+
+    def _advertised_rps(self) -> float:
+        """The inference speed to announce: what service measured once there is enough of it
+        (``--throughput auto``), else the profile's or the configured figure."""
+        # A node slowed by the gray-failure testing aid keeps advertising its old speed: the aid
+        # stands for a node that turned slow without knowing it.
+        if self.served is None or self.config.throughput != "auto" or getattr(self, "_slowed", False):
+            return self.inference_rps
+        return self.served.rps(self.inference_rps)
+
     async def _shutdown(self) -> None:
         self.state = NodeState.OFFLINE
+        if self.served is not None and self.served.samples >= self.served.min_samples and self.profiles is not None:
+            cached = self.profiles.load(self.profile_key)
+            if cached is not None:  # what service measured is what the next start begins from
+                self._keep_profile(self._advertised_rps(), cached["prefill_rps"], cached["batch_costs"])
         if self.ledger is not None:
             self.ledger.release()
         if self.gossip is not None:
@@ -388,7 +443,7 @@ class Node:
             state=self.state,
             start=self.start,
             end=self.end,
-            inference_rps=self.inference_rps,
+            inference_rps=self._advertised_rps(),
             prefill_rps=self.prefill_rps,
             cache_tokens_left=(caches.budget - caches.used) // span if caches else 0,
             active_sessions=caches.active_sessions if caches and not self.misreport else 0,
@@ -426,7 +481,7 @@ class Node:
             "busy": handler.busy.fraction() if handler is not None else -1.0,
             "weights_bytes": self.weights_bytes,
             "resident_bytes": psutil.Process().memory_info().rss,
-            "inference_rps": self.inference_rps,
+            "inference_rps": self._advertised_rps(),
             "state": self.state.name,
             "members": {peer: member.status.name for peer, member in members.items()},
         }
@@ -454,7 +509,7 @@ class Node:
             active_sessions=record.active_sessions,
             cache_budget=self.caches.budget,
             cache_used=self.caches.used,
-            inference_rps=self.inference_rps,
+            inference_rps=record.inference_rps,
             version=record.version,
             maddrs=self.maddrs,
             incarnation=self.incarnation,
