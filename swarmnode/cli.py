@@ -1,4 +1,4 @@
-"""The ``swarmnode`` command: bootstrap, join, status, monitor, generate, chat, api, convert, keygen, demo.
+"""The ``swarmnode`` command: bootstrap, join, plan, status, monitor, generate, chat, api, convert, keygen, demo.
 
 Machine-readable lines go to stdout (a bootstrap peer's multiaddrs, a node's
 ``ONLINE`` line, generated text); logs go to stderr.
@@ -140,6 +140,8 @@ def cmd_join(args: argparse.Namespace) -> int:
     }
     overrides["identity_path"] = args.identity
     overrides["swarm_key_path"] = args.swarm_key
+    if args.plan:
+        overrides["blocks"] = _planned_blocks(args)
     config = load_config(NodeConfig, overrides, config_file=args.config)
     if not config.model:
         raise SwarmNodeError("--model is required (a checkpoint folder or a hub name)")
@@ -164,6 +166,43 @@ def cmd_join(args: argparse.Namespace) -> int:
         )
 
     _run_async(_serve_until_signal(start, lambda node: node.leave(), ready))
+    return 0
+
+
+def _planned_blocks(args: argparse.Namespace) -> str:
+    """``--plan FILE --plan-device NAME``: this device's span in the plan of that devices file."""
+    from swarmnode.server.planner import plan, problem_from_toml, span_for
+
+    if args.blocks not in (None, "auto"):
+        raise SwarmNodeError("give --blocks START:END or N, or --plan, not both")
+    if not args.plan_device:
+        raise SwarmNodeError("--plan needs --plan-device NAME: which of the file's devices this node is")
+    try:
+        problem, objective = problem_from_toml(_read_text(args.plan))
+        start, end = span_for(plan(problem, objective), args.plan_device)
+    except ValueError as e:
+        raise SwarmNodeError(f"--plan {args.plan}: {e}") from e
+    logger.info("the plan (%s) gives %s blocks %d:%d", objective, args.plan_device, start, end)
+    return f"{start}:{end}"
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise SwarmNodeError(f"cannot read {path}: {e}") from e
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from swarmnode.server.planner import format_plan, plan, problem_from_toml
+
+    try:
+        problem, objective = problem_from_toml(_read_text(args.file))
+        objective = args.objective or objective
+        _say(format_plan(problem, objective, plan(problem, objective)))
+    except ValueError as e:
+        raise SwarmNodeError(str(e)) from e
     return 0
 
 
@@ -349,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest session in tokens (default 8192; at most --cache-tokens)")  # fmt: skip
     p.add_argument("--num-threads", type=int, default=None, help="torch threads (0 = torch default)")
     p.add_argument("--announce-period", type=float, default=None, help="seconds between re-announcements")
+    p.add_argument("--plan", default=None, help="a devices file: serve the span its plan gives --plan-device")
+    p.add_argument("--plan-device", default=None, help="which device of the --plan file this node is")
     p.add_argument("--throughput", default=None, help="auto (profile) or tokens/s per block")
     p.add_argument("--profile-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="start from this device's stored profile if there is one (default on)")  # fmt: skip
@@ -404,6 +445,12 @@ def build_parser() -> argparse.ArgumentParser:
         "for traffic); off by default",
     )
     p.set_defaults(func=cmd_join)
+
+    p = sub.add_parser("plan", help="place a model's blocks on given devices (EdgeShard's dynamic program)")
+    p.add_argument("file", help="a devices file (TOML; see swarmnode/server/planner.py)")
+    p.add_argument("--objective", choices=("latency", "throughput"), default=None,
+                   help="a token's latency, or the slowest stage (default: the file's, else latency)")  # fmt: skip
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("status", help="show the models, blocks and nodes of a swarm")
     p.add_argument("--initial-peers", nargs="+", required=True)
