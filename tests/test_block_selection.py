@@ -68,3 +68,17 @@ def test_served_throughput_ignores_offline_and_self():
         },
     )
     assert served_throughput(snap, exclude="me") == [10, 10, 0, 0]
+
+
+def test_a_one_block_node_fills_a_gap_rather_than_doubling_a_covered_block():
+    served = [5.0, 5.0, 0.0, 5.0, 5.0, 5.0, 5.0, 0.5]  # block 7 covered by a slow node, block 2 by none
+    assert choose_span(served, 1) == (2, 3)
+
+
+def test_four_half_model_nodes_joining_one_after_another_give_every_block_two_replicas():
+    nodes: dict[str, NodeRecord] = {}
+    for i in range(4):
+        start, end = choose_span(served_throughput(SwarmSnapshot("m", 8, dict(nodes))), 4)
+        nodes[f"n{i}"] = NodeRecord(f"n{i}", NodeState.JOINING, start, end)
+    replicas = [sum(r.serves(b) for r in nodes.values()) for b in range(8)]
+    assert replicas == [2] * 8

@@ -101,3 +101,18 @@ def test_an_explicit_span_that_does_not_fit_the_memory_budget_is_refused(tmp_pat
             assert "3 blocks need" in str(info.value) and "2 fit" in str(info.value), str(info.value)
         node = swarm.start_node(llama_path, "0:2", *args)
         assert (node.info["start"], node.info["end"]) == (0, 2)
+
+
+def test_four_nodes_with_memory_for_half_the_model_reach_two_replicas_of_every_block(tmp_path, llama_path):
+    spec = load_model_spec(llama_path)
+    kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
+    per_block = block_parameter_count(spec) * 4 + 2 * kv_heads * head_dim * 4 * CACHE_TOKENS
+    args = ("--max-memory", str(int(4.5 * per_block)), "--cache-tokens", str(CACHE_TOKENS))
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        nodes = [swarm.start_node(llama_path, "auto", *args) for _ in range(4)]  # one after another
+        spans = [(n.info["start"], n.info["end"]) for n in nodes]
+        assert all(end - start == 4 for start, end in spans), spans
+        replicas = [sum(start <= b < end for start, end in spans) for b in range(8)]
+        assert min(replicas) >= 2, spans
+        assert status_cli(swarm.initial_peers)["coverage"] == replicas
