@@ -3,7 +3,8 @@
 - ``int8``: LLM.int8 (``bnb.nn.Linear8bitLt``): each Linear weight row stored as int8 with one
   float scale; outlier input features (magnitude above 6) computed in 16/32 bit.
 - ``nf4``: 4-bit NormalFloat (``bnb.nn.Linear4bit``, Petals' default on GPU): weights in blocks
-  of 64 values, each block one float absmax plus 4 bits per value; computed in the node's dtype.
+  of 64 values, 4 bits per value plus one absmax per block (itself quantized to 8 bits, one
+  float scale per 256 of them); computed in the node's dtype.
 
 Only the ``nn.Linear`` layers of a block are quantized (attention and MLP projections: nearly
 all of its bytes); norms and biases stay in the node's dtype. Quality is measured, not assumed:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -30,6 +29,7 @@ from prometheus_client import make_wsgi_app
 
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
+from swarmnode.files import write_json_atomically
 from swarmnode.monitor.exporter import MonitorMetrics
 from swarmnode.monitor.health import (
     SwarmHealth,
@@ -176,13 +176,4 @@ class SwarmMonitor:
 
 def write_targets(path: Path, groups: list[dict]) -> None:
     """Write a file-SD targets file atomically (Prometheus never reads half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(groups, f, indent=1)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomically(path, groups, indent=1)

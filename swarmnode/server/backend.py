@@ -199,10 +199,7 @@ class BlockBackend:
     def _padding_caches(self, count: int) -> list[SessionCache]:
         """``count`` empty one-token caches over the whole span, kept for reuse (compute thread only)."""
         while len(self._pad_caches) < count:
-            kv_heads, head_dim = self.spec.family.kv_heads_and_dim(self.spec.config)
-            cache = SessionCache(self.start, self.end, 1, 1, kv_heads, head_dim, self.dtype, self.device)
-            cache.allocate()
-            self._pad_caches.append(cache)
+            self._pad_caches.append(self._scratch_cache(1, end=self.end))
         return self._pad_caches[:count]
 
     def _blocks(self, hidden: torch.Tensor, start: int, end: int, ctx: StepContext, cache) -> torch.Tensor:
@@ -237,10 +234,7 @@ class BlockBackend:
     def _timed_span(self, tokens: int, past: int, threads_for: Callable[[int], None] | None) -> float:
         if threads_for is not None:
             threads_for(tokens)
-        kv_heads, head_dim = self.spec.family.kv_heads_and_dim(self.spec.config)
-        cache = SessionCache(self.start, self.end, 1, past + tokens, kv_heads, head_dim, self.dtype, self.device)
-        cache.allocate()
-        cache.length = past
+        cache = self._scratch_cache(past + tokens, past, end=self.end)
         hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
         return self._time(lambda: self.forward(hidden, self.start, self.end, cache))
 
@@ -269,9 +263,12 @@ class BlockBackend:
         measure()  # warm-up
         return sorted(measure() for _ in range(repeats))[repeats // 2]
 
-    def _profile_cache(self, tokens: int, past: int) -> SessionCache:
+    def _scratch_cache(self, capacity: int, past: int = 0, end: int | None = None) -> SessionCache:
+        """An allocated batch-1 cache over blocks [start, ``end``) (default: the first block) for
+        ``capacity`` tokens, ``past`` of them taken: for profiles and padding rows."""
         kv_heads, head_dim = self.spec.family.kv_heads_and_dim(self.spec.config)
-        cache = SessionCache(self.start, self.start + 1, 1, past + tokens, kv_heads, head_dim, self.dtype, self.device)
+        end = self.start + 1 if end is None else end
+        cache = SessionCache(self.start, end, 1, capacity, kv_heads, head_dim, self.dtype, self.device)
         cache.allocate()
         cache.length = past
         return cache
@@ -280,7 +277,7 @@ class BlockBackend:
         if threads_for is not None:
             threads_for(tokens)
         family, config = self.spec.family, self.spec.config
-        cache = self._profile_cache(tokens, past)
+        cache = self._scratch_cache(past + tokens, past)
         hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
         window = self.window_of[self.start]
         ctx = family.step_context(config, self.loaded.aux, hidden, past, frozenset({window}))
@@ -289,7 +286,7 @@ class BlockBackend:
     def _timed_batch(self, batch: int, past: int, threads_for: Callable[[int], None] | None) -> float:
         if threads_for is not None:
             threads_for(batch)
-        caches = [self._profile_cache(1, past) for _ in range(batch)]
+        caches = [self._scratch_cache(past + 1, past) for _ in range(batch)]
         hidden = torch.randn(batch, 1, self.hidden_size, device=self.device).to(self.dtype)
         positions = torch.full((batch, 1), past, device=self.device)
         window = self.window_of[self.start]

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from swarmnode.files import write_json_atomically
+
 logger = logging.getLogger(__name__)
 
 
@@ -153,6 +155,4 @@ class HostLedger:
         self._mine.unlink(missing_ok=True)
 
     def _write(self, entry: Claim) -> None:
-        tmp = self._mine.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(entry)))
-        tmp.replace(self._mine)
+        write_json_atomically(self._mine, asdict(entry))

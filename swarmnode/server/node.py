@@ -115,6 +115,7 @@ class Node:
         self.served: ServedSpeed | None = None  # single-session iterations' speed, in service
         self.profiles: ProfileCache | None = None
         self.profile_key = ""
+        self.profile: dict = {}  # inference_rps, prefill_rps, batch_costs: as measured or stored
         # Raised by every (re)start, so a node back with the same identity outranks its old dead verdict.
         self.incarnation = int(time.time() * 1000)
 
@@ -128,24 +129,24 @@ class Node:
                 self.inference_rps = self.prefill_rps = float(cfg.throughput)
             except ValueError as e:
                 raise ConfigError(f"--throughput must be auto or a number, got {cfg.throughput!r}") from e
-        cached = self.profiles.load(self.profile_key) if cfg.profile_cache else None
-        if cached is not None:
-            rates, costs = (cached["inference_rps"], cached["prefill_rps"]), cached["batch_costs"]
-            logger.info("profile: %.0f tokens/s per block, from %s", rates[0], self.profiles.dir)
+        profile = self.profiles.load(self.profile_key) if cfg.profile_cache else None
+        if profile is not None:
+            logger.info("profile: %.0f tokens/s per block, from %s", profile["inference_rps"], self.profiles.dir)
         else:
             threads_for = self.scheduler.use_threads
             rates = await self.scheduler.call(lambda: self.backend.profile(threads_for=threads_for))
             costs = await self.scheduler.call(lambda: self.backend.profile_batch_sizes(threads_for=threads_for))
+            profile = {"inference_rps": rates[0], "prefill_rps": rates[1], "batch_costs": costs}
             logger.info("profile: %.0f tokens/s per block, measured", rates[0])
-            self._keep_profile(*rates, costs)
+            self._keep_profile(profile)
+        self.profile = profile
         if cfg.throughput == "auto":
-            self.inference_rps, self.prefill_rps = rates
-        return costs
+            self.inference_rps, self.prefill_rps = profile["inference_rps"], profile["prefill_rps"]
+        return profile["batch_costs"]
 
-    def _keep_profile(self, inference_rps: float, prefill_rps: float, costs: list[float]) -> None:
+    def _keep_profile(self, profile: dict) -> None:
         if self.config.profile_cache:
-            data = {"inference_rps": inference_rps, "prefill_rps": prefill_rps, "batch_costs": costs}
-            self.profiles.save(self.profile_key, data)
+            self.profiles.save(self.profile_key, profile)
 
     def _admission(self, costs: list[float]) -> Admission:
         """The step-time check (and the scheduler's padding plan), from the decoding step costs of 1-16 sessions."""
@@ -399,10 +400,10 @@ class Node:
 
     async def _shutdown(self) -> None:
         self.state = NodeState.OFFLINE
-        if self.served is not None and self.served.samples >= self.served.min_samples and self.profiles is not None:
-            cached = self.profiles.load(self.profile_key)
-            if cached is not None:  # what service measured is what the next start begins from
-                self._keep_profile(self._advertised_rps(), cached["prefill_rps"], cached["batch_costs"])
+        if self.served is not None and self.served.samples >= self.served.min_samples:
+            # What service measured is what the next start begins from (the served figure itself,
+            # whatever this node advertised: --throughput N or the gray-failure aid).
+            self._keep_profile({**self.profile, "inference_rps": self.served.rps(self.profile["inference_rps"])})
         if self.ledger is not None:
             self.ledger.release()
         if self.gossip is not None:

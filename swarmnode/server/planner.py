@@ -103,10 +103,9 @@ def plan(problem: Problem, objective: str = "latency") -> Plan:
     combine = (lambda a, b: a + b) if objective == "latency" else max
     # best[(placed, last, used)] = (cost so far, previous state, stage): cost excludes the way back.
     best: dict[tuple[int, int, int], tuple[float, tuple | None, Stage | None]] = {}
-    frontier = [(0, -1, 0)]
     best[(0, -1, 0)] = (0.0, None, None)
-    for placed in range(blocks):
-        for state in [s for s in frontier if s[0] == placed]:
+    for placed in range(blocks):  # states of this many blocks only come from fewer: final by now
+        for state in [s for s in best if s[0] == placed]:
             cost, _, _ = best[state]
             _, last, used = state
             src = CLIENT if last < 0 else devices[last].name
@@ -120,8 +119,6 @@ def plan(problem: Problem, objective: str = "latency") -> Plan:
                     total = combine(cost, step)
                     if new not in best or total < best[new][0]:
                         best[new] = (total, state, Stage(device.name, placed, placed + n))
-                        frontier.append(new)
-        frontier = [s for s in frontier if s[0] > placed]
     finals = [(combine(c, problem.transfer_s(devices[s[1]].name, CLIENT)), s) for s, (c, _, _) in best.items()
               if s[0] == blocks]  # fmt: skip
     _, state = min(finals, key=lambda item: (item[0], item[1][2]))

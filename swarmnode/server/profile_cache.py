@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from swarmnode.files import write_json_atomically
+
 logger = logging.getLogger(__name__)
 
 SERVED_SMOOTHING = 0.05  # weight of each new single-session iteration in the served estimate
@@ -79,10 +81,7 @@ class ProfileCache:
         """Write atomically (a reader never sees half a file); failures are logged, not raised:
         a profile not kept only costs the next start a measurement."""
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.dir / f".{key}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(data))
-            tmp.replace(self.dir / f"{key}.json")
+            write_json_atomically(self.dir / f"{key}.json", data)
         except OSError as e:
             logger.warning("could not keep the profile: %s", e)
 

@@ -156,7 +156,7 @@ class StepScheduler:
             if self._closing:
                 raise RuntimeError("the scheduler is closed")
             (self._decodes if job.tokens <= DECODE_TOKENS else self._prompts).append(job)
-            if job.batchable:
+            if self.gather and job.batchable:  # round trips are learned only where they are used
                 self._arrivals.arrived(job.cache, job.enqueued)
             self._wake.notify()
         return await job.future
@@ -347,7 +347,7 @@ class StepScheduler:
             self._prompts.remove(job)
 
     def _finish(self, job: StepJob, out: torch.Tensor) -> None:
-        if job.batchable:
+        if self.gather and job.batchable:
             with self._wake:
                 self._arrivals.returned(job.cache, time.perf_counter())
         queue_s = max(0.0, time.perf_counter() - job.enqueued - job.compute_s)
