@@ -138,6 +138,9 @@ def build() -> dict:
                            "{{node}} probes"),
                      query(f"sum by (node) (rate(swarmnode_announce_failures_total{{{M}}}{RATE}))",
                            "{{node}} announces", ref="B")),
+        series_panel("Span moves (rebalancing)", "Nodes that moved their span where the swarm needed it, and "
+                     "moves called off because the swarm changed while loading, per second.", "cps",
+                     query(f"sum by (outcome) (rate(swarmnode_span_moves_total{{{M}}}{RATE}))", "{{outcome}}")),
         series_panel("Version mix", "Live nodes per software version.", "none",
                      query(f"swarmnode_swarm_nodes_by_version{{{M}}}", "{{version}}")),
     ):  # fmt: skip

@@ -1,20 +1,21 @@
 """Discrete-event simulation of the routing policies, driving the real swarmnode.routing code.
 
 A swarm of 20-60 nodes over 32-80 blocks, spans placed by the real ``--blocks auto`` code
-(``swarmnode.server.block_selection``), per-block speeds 1:2:6, client-node round trips of
-5-250 ms, FIFO service at every node (so latency grows with concurrent sessions), sessions
-arriving as a Poisson process from several clients, each client with its own router.
-Scenarios: ``static-low``, ``contention``, ``gray`` (a popular node becomes 5x slower without
-any error), ``churn`` (crashes and rejoins; a dead node stays advertised ONLINE until gossip
-declares it dead, 3 s later). As in the real system, every node runs the real busy meter
-(``swarmnode.server.busy``) and reports its busy fraction with every step, a node re-announces
-its record (session count and busy fraction included) every 10 s, clients re-read the DHT every
-2 s and publish observations every 5 s, and a node advertises the throughput a start-up
-microbenchmark measured, which is off from its speed in service (``--profile-error``). Seeds use
-common random numbers: every policy sees the same swarm, arrivals and faults. Policy ``oracle``
-is a reference no client can run and that shares nothing with the selector's cost model: an
-exact search over all chains for the earliest return of one token on the true state (true
-speeds, round trips and queues) at the instant a session starts. ``bound_ms`` is a lower
+(``swarmnode.server.block_selection``), per-block speeds 1:2:6, client-node round trips of 5-250
+ms, FIFO service at every node (so latency grows with concurrent sessions), sessions arriving as
+a Poisson process from several clients, each client with its own router. Scenarios: ``static-
+low``, ``contention``, ``gray`` (a popular node becomes 5x slower without any error), ``churn``
+(crashes and rejoins; a dead node stays advertised ONLINE until gossip declares it dead, 3 s
+later), ``departures`` (nodes leave for good and the rest rebalance their spans with the real
+decision rule, ``block_selection.plan_move``). As in the real system, every node runs the real
+busy meter (``swarmnode.server.busy``) and reports its busy fraction with every step, a node re-
+announces its record (session count and busy fraction included) every 10 s, clients re-read the
+DHT every 2 s and publish observations every 5 s, and a node advertises the throughput a start-
+up microbenchmark measured, which is off from its speed in service (``--profile-error``). Seeds
+use common random numbers: every policy sees the same swarm, arrivals and faults. Policy
+``oracle`` is a reference no client can run and that shares nothing with the selector's cost
+model: an exact search over all chains for the earliest return of one token on the true state
+(true speeds, round trips and queues) at the instant a session starts. ``bound_ms`` is a lower
 bound no policy can beat: the fastest chain with every node idle.
 
     python scripts/simulate_routing.py --scenario contention --seeds 10 --json out.json
@@ -36,7 +37,7 @@ from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.routing import AcoParams, AntColonyRouter, Bans, Hop, RandomRouter, ShortestPathRouter
 from swarmnode.routing.shortest import BanFeedback, shortest_chain
-from swarmnode.server.block_selection import choose_span, served_throughput
+from swarmnode.server.block_selection import choose_span, plan_move, served_throughput
 from swarmnode.server.busy import BusyMeter
 
 POLICIES = (
@@ -56,6 +57,8 @@ SCENARIOS = {
     "contention": dict(load=0.75),
     "gray": dict(load=0.4, gray_at=40.0),
     "churn": dict(load=0.4, churn=True),
+    # Nodes leave for good; the rest rebalance (--blocks auto: block_selection.plan_move).
+    "departures": dict(load=0.4, departures=True, rebalance=True),
 }
 BASE_PER_BLOCK_S = 0.01  # a fast consumer GPU on a 70B-class block; slower nodes are 2x and 6x
 TOKENS, PROMPT = 32, 8
@@ -65,6 +68,8 @@ REFRESH_S = 2.0  # how often a client re-reads the DHT (ClientConfig.swarm_refre
 ANNOUNCE_S = 10.0  # how often a node re-announces its record, session count included (NodeConfig.announce_period)
 SHARE_S = 5.0  # how often a client publishes its observations (ClientConfig.share_period)
 DETECT_S = 3.0  # gossip: a crashed node is declared dead this long after the crash
+REBALANCE_S = 60.0  # a node reconsiders its span this often, and when membership changed (NodeConfig.rebalance_period)
+MOVE_S = 3.0  # loading the new span's blocks before announcing it
 PREFILL_SPEEDUP = 4.0  # a prompt token costs this much less than a decoding step
 # A node advertises the throughput a start-up microbenchmark measured, not its speed in service:
 # advertised time per block = true time x a per-node lognormal factor of this sigma. 0.2 is what
@@ -89,6 +94,9 @@ class SimNode:
     announced_sessions: int = 0  # the count in its last DHT record: what clients see
     announced_busy: float = -1.0
     meter: BusyMeter | None = None  # the node's real busy meter, on simulated time
+    members: frozenset = frozenset()  # rebalancing: the membership it last decided on
+    decided_at: float = 0.0
+    moving: bool = False
 
 
 @dataclass
@@ -115,12 +123,15 @@ class Simulation:
         duration: float = DURATION_S,
         profile_error: float = PROFILE_ERROR,
         live: dict | None = None,
+        rebalance: bool | None = None,
     ):
         self.scenario, self.policy, self.seed, self.duration = scenario, policy, seed, duration
         self.live = live  # a swarm measured by scripts/bench_routing_live.py: see live_world()
         self.cfg = dict(SCENARIOS[scenario]) if live is None else dict(live["cfg"])
         if load is not None:
             self.cfg["load"] = load
+        if rebalance is not None:
+            self.cfg["rebalance"] = rebalance
         self.prompt = live["prompt"] if live else PROMPT
         self.new_tokens = live["tokens"] if live else TOKENS
         self.clients = live["clients"] if live else CLIENTS
@@ -141,6 +152,9 @@ class Simulation:
         self.tokens = 0
         self.session_log: list[tuple[float, list[str]]] = []
         self.gray_peer: str | None = None
+        self.moves: list[tuple[float, str, tuple[int, int], tuple[int, int]]] = []  # rebalancing timeline
+        self.gap_s = 0.0  # seconds during which some block had no live node
+        self.gap_episodes: list[list] = []  # [began, ended or None] of each such stretch
         capacity = sum(1 / n.per_block_s for n in self.nodes) / self.num_blocks  # tokens/s, perfect balance
         self.rate = self.cfg["load"] * capacity / (self.new_tokens + self.prompt / PREFILL_SPEEDUP)
         if live is not None:
@@ -231,6 +245,12 @@ class Simulation:
             self.at(self.cfg["gray_at"], self.gray)
         if self.cfg.get("churn"):
             self.at(self.faults.uniform(5, 15), self.crash)
+        if self.cfg.get("departures"):
+            self.at(self.faults.uniform(5, 15), self.depart)
+            self.at(1.0, self.watch_gaps)
+        if self.cfg.get("rebalance"):
+            for x in self.nodes:
+                self.at(self.phases.uniform(0, ANNOUNCE_S), self.reconsider, x)
         while self.events:
             t, _, fn, args = heapq.heappop(self.events)
             if t > self.duration:
@@ -395,6 +415,51 @@ class Simulation:
         self.at(self.now + self.faults.uniform(10, 20), self.rejoin, victim)
         self.at(self.now + self.faults.uniform(5, 15), self.crash)
 
+    def depart(self) -> None:
+        """A node leaves for good (its record lingers until gossip declares it dead)."""
+        alive = [x for x in self.nodes if x.alive]
+        if len(alive) > 1:
+            victim = self.faults.choice(alive)
+            victim.alive, victim.died_at, victim.busy_until = False, self.now, self.now
+        self.at(self.now + self.faults.uniform(5, 15), self.depart)
+
+    def watch_gaps(self) -> None:
+        """Once a second: is some block served by no live node? Episodes go to ``gap_episodes``."""
+        gap = any(not any(x.alive and x.start <= b < x.end for x in self.nodes) for b in range(self.num_blocks))
+        if gap:
+            self.gap_s += 1.0
+            if not self.gap_episodes or self.gap_episodes[-1][1] is not None:
+                self.gap_episodes.append([self.now, None])
+        elif self.gap_episodes and self.gap_episodes[-1][1] is None:
+            self.gap_episodes[-1][1] = self.now
+        self.at(self.now + 1.0, self.watch_gaps)
+
+    # ---- rebalancing (the real decision rule: block_selection.plan_move) ------------------------
+    def reconsider(self, x: SimNode) -> None:
+        """At its announce tick a node reads the swarm; it decides when membership changed or
+        REBALANCE_S passed, and a move lands MOVE_S later if a fresh look still agrees."""
+        if not x.alive:
+            return
+        self.at(self.now + ANNOUNCE_S, self.reconsider, x)
+        snapshot = self._snapshot_of(self.nodes, self.now)
+        members = frozenset((r.peer_id, r.start, r.end) for r in snapshot.live())
+        if x.moving or (members == x.members and self.now - x.decided_at < REBALANCE_S):
+            return
+        x.members, x.decided_at = members, self.now
+        move = plan_move(snapshot, x.peer_id, (x.start, x.end), x.advertised_rps)
+        if move is not None:
+            x.moving = True
+            self.at(self.now + MOVE_S, self.moved, x, move.new)
+
+    def moved(self, x: SimNode, new: tuple[int, int]) -> None:
+        x.moving = False
+        if not x.alive:
+            return
+        again = plan_move(self._snapshot_of(self.nodes, self.now), x.peer_id, (x.start, x.end), x.advertised_rps)
+        if again is not None and again.new == new:
+            self.moves.append((self.now, x.peer_id, (x.start, x.end), new))
+            x.start, x.end = new
+
     def rejoin(self, x: SimNode) -> None:
         x.alive, x.sessions, x.announced_sessions, x.announced_busy, x.meter = True, 0, 0, 0.0, None
 
@@ -424,6 +489,8 @@ class Simulation:
             "tokens_per_s": self.tokens / self.duration,
             "offered_load": self.cfg["load"],
             "bound_ms": 1000 * self.idle_bound_s(),
+            "gap_s": self.gap_s,
+            "moves": len(self.moves),
         }
         if self.gray_peer is not None:
             after = [chain for t, chain in self.session_log if self.cfg["gray_at"] + 30 <= t]

@@ -136,6 +136,8 @@ def cmd_join(args: argparse.Namespace) -> int:
             "prefill_chunk",
             "max_batch",
             "max_step_ms",
+            "rebalance_period",
+            "rebalance_margin",
         )
     }
     overrides["identity_path"] = args.identity
@@ -163,6 +165,9 @@ def cmd_join(args: argparse.Namespace) -> int:
         metrics = f" metrics={node.metrics_addr}" if node.metrics_addr else ""
         _say(
             f"ONLINE peer_id={node.peer_id} blocks={node.start}:{node.end} model={node.model_record.model_id}{metrics}"
+        )
+        node.on_move = lambda old, new, seconds: _say(
+            f"MOVED peer_id={node.peer_id} from={old[0]}:{old[1]} blocks={new[0]}:{new[1]} seconds={seconds:.2f}"
         )
 
     _run_async(_serve_until_signal(start, lambda node: node.leave(), ready))
@@ -417,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-step-ms", type=float, default=None,
                    help="admit a session only while the projected decoding step stays below this "
                         "(default: derived from the node's share of the model, see docs/architecture.md)")  # fmt: skip
+    p.add_argument("--rebalance-period", type=float, default=None,
+                   help="with --blocks auto: seconds between reconsidering the span when membership did not "
+                        "change (default 60; 0 = never move)")  # fmt: skip
+    p.add_argument("--rebalance-margin", type=float, default=None,
+                   help="move only if the weakest block gains more than this fraction (default 0.2)")  # fmt: skip
     p.add_argument("--config", default=None, help="TOML file with a [node] table")
     p.add_argument(
         "--debug-step-delay-ms",

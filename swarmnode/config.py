@@ -77,6 +77,10 @@ class NodeConfig:
     prefill_chunk: int = 256  # prompt tokens per scheduler iteration
     max_batch: int = 64  # decoding steps per scheduler iteration
     max_step_ms: float = 0.0  # admission: projected decoding step of all sessions; 0 = derive (admission.py)
+    # Rebalancing (--blocks auto only): how often a node reconsiders its span even when the swarm's
+    # membership did not change (0 = never move), and by how much a move must raise the weakest block.
+    rebalance_period: float = 60.0
+    rebalance_margin: float = 0.2
 
     def __post_init__(self) -> None:
         if self.quant not in QUANT_FORMATS:
@@ -97,6 +101,8 @@ class NodeConfig:
             raise ConfigError("max_session_length must be positive")
         if self.prefill_chunk < 1 or self.max_batch < 1 or self.max_step_ms < 0:
             raise ConfigError("prefill_chunk and max_batch must be >= 1, max_step_ms >= 0")
+        if self.rebalance_period < 0 or self.rebalance_margin < 0:
+            raise ConfigError("rebalance_period (0 = never move) and rebalance_margin must be >= 0")
         if self.cache_tokens is not None and self.cache_tokens <= 0:
             raise ConfigError("cache_tokens must be positive")
 

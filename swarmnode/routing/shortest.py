@@ -32,7 +32,8 @@ class Bans:
     def ban(self, peer_id: str) -> float:
         strikes = self._strikes.get(peer_id, 0) + 1
         self._strikes[peer_id] = strikes
-        duration = min(self.max_s, self.base_s * 2 ** (strikes - 1))
+        # The exponent is capped: a peer that fails a thousand times must not overflow the float.
+        duration = min(self.max_s, self.base_s * 2.0 ** min(strikes - 1, 64))
         self._until[peer_id] = self.clock() + duration
         return duration
 

@@ -64,8 +64,11 @@ class BlockBackend:
         step_delay_s: float = 0.0,
         corrupt_output: str = "",
     ):
-        self.spec, self.loaded = spec, loaded
+        self.spec, self.aux = spec, loaded.aux  # blocks are kept in self.held only, so dropping frees them
+        # The announced span; while a node moves (server/node.py: rebalancing) it holds the
+        # blocks of its old span too, so sessions opened there finish before they are freed.
         self.start, self.end = loaded.start, loaded.end
+        self.held = {loaded.start + i: block for i, block in enumerate(loaded.blocks)}
         self.device, self.dtype = torch.device(device), dtype
         self.hidden_size = spec.hidden_size
         self.step_delay_s = step_delay_s
@@ -75,11 +78,39 @@ class BlockBackend:
         # Each block's attention window (None: full), so a step builds one mask per distinct window.
         self.window_of = {i: spec.family.layer_window(spec.config, i) for i in range(self.start, self.end)}
         self.windows = frozenset(self.window_of.values())
-        self._pad_caches: list[SessionCache] = []  # empty rows of padded batches (forward_batch)
+        self._pad_caches: dict[tuple[int, int], list[SessionCache]] = {}  # empty rows of padded batches
 
     def check_span(self, start: int, end: int) -> None:
+        """A new request's span must lie within the announced span."""
         if not (self.start <= start < end <= self.end):
             raise InvalidRequest(f"span {start}:{end} is not within this node's blocks {self.start}:{self.end}")
+
+    def holds(self, start: int, end: int) -> bool:
+        """Whether every block of [start, end) is loaded (announced or still held after a move)."""
+        return all(index in self.held for index in range(start, end))
+
+    def add_blocks(self, loaded: LoadedBlocks) -> None:
+        """(Compute thread.) Hold ``loaded``'s blocks too, ahead of announcing a new span."""
+        family, config = self.spec.family, self.spec.config
+        for i, block in enumerate(loaded.blocks):
+            self.held.setdefault(loaded.start + i, block)
+            self.window_of[loaded.start + i] = family.layer_window(config, loaded.start + i)
+        self.windows = frozenset(self.window_of.values())
+
+    def announce_span(self, start: int, end: int) -> None:
+        """(Compute thread.) Serve new requests for [start, end), whose blocks must be held."""
+        assert self.holds(start, end), f"blocks {start}:{end} are not all loaded"
+        self.start, self.end = start, end
+
+    def drop_blocks_outside(self, start: int, end: int) -> int:
+        """(Compute thread.) Free every held block outside [start, end); returns how many."""
+        gone = [index for index in self.held if not start <= index < end]
+        for index in gone:
+            del self.held[index]
+            del self.window_of[index]
+        self.windows = frozenset(self.window_of.values())
+        self._pad_caches = {span: caches for span, caches in self._pad_caches.items() if self.holds(*span)}
+        return len(gone)
 
     def check_hidden(self, hidden: torch.Tensor, max_tokens: int) -> None:
         """Reject anything but a [batch, seq, hidden_size] float tensor of sane size."""
@@ -148,7 +179,7 @@ class BlockBackend:
         if positions is not None:
             positions = positions.to(self.device, torch.long)
         family, config = self.spec.family, self.spec.config
-        ctx = family.step_context(config, self.loaded.aux, hidden, past, self.windows, key_mask, positions)
+        ctx = family.step_context(config, self.aux, hidden, past, self.windows, key_mask, positions)
         hidden = self._blocks(hidden, start, end, ctx, cache)
         if cache is not None:
             cache.commit(hidden.shape[1])
@@ -185,27 +216,28 @@ class BlockBackend:
         hidden = torch.cat([h.to(self.device, self.dtype) for h in hiddens])
         if pad:
             hidden = torch.cat([hidden, hidden.new_zeros(pad, *hidden.shape[1:])])
-        every = [*caches, *self._padding_caches(pad)]
+        every = [*caches, *self._padding_caches(pad, start, end)]
         lengths = [c.length for c in every]
         positions = torch.tensor(lengths, device=self.device)[:, None]
         masks = {w: decode_batch_mask(lengths, w, self.device) for w in self.windows}
         family = self.spec.family
-        ctx = StepContext(positions, masks, family.extra_block_kwargs(self.loaded.aux, hidden, positions))
+        ctx = StepContext(positions, masks, family.extra_block_kwargs(self.aux, hidden, positions))
         hidden = self._blocks(hidden, start, end, ctx, BatchedCaches(every))
         for cache in caches:  # padding rows never commit: their caches stay empty for the next use
             cache.commit(1)
         return [self._output(hidden[i : i + 1], dtype) for i, dtype in enumerate(dtypes)]
 
-    def _padding_caches(self, count: int) -> list[SessionCache]:
-        """``count`` empty one-token caches over the whole span, kept for reuse (compute thread only)."""
-        while len(self._pad_caches) < count:
-            self._pad_caches.append(self._scratch_cache(1, end=self.end))
-        return self._pad_caches[:count]
+    def _padding_caches(self, count: int, start: int, end: int) -> list[SessionCache]:
+        """``count`` empty one-token caches over [start, end), kept for reuse (compute thread only)."""
+        kept = self._pad_caches.setdefault((start, end), [])
+        while len(kept) < count:
+            kept.append(self._scratch_cache(1, start=start, end=end))
+        return kept[:count]
 
     def _blocks(self, hidden: torch.Tensor, start: int, end: int, ctx: StepContext, cache) -> torch.Tensor:
         family = self.spec.family
         for index in range(start, end):
-            block = self.loaded.blocks[index - self.start]
+            block = self.held[index]
             hidden = family.run_block(block, hidden, ctx, cache, self.window_of[index])
         return hidden
 
@@ -263,12 +295,15 @@ class BlockBackend:
         measure()  # warm-up
         return sorted(measure() for _ in range(repeats))[repeats // 2]
 
-    def _scratch_cache(self, capacity: int, past: int = 0, end: int | None = None) -> SessionCache:
-        """An allocated batch-1 cache over blocks [start, ``end``) (default: the first block) for
-        ``capacity`` tokens, ``past`` of them taken: for profiles and padding rows."""
+    def _scratch_cache(
+        self, capacity: int, past: int = 0, end: int | None = None, start: int | None = None
+    ) -> SessionCache:
+        """An allocated batch-1 cache over blocks [``start``, ``end``) (default: the span's first
+        block) for ``capacity`` tokens, ``past`` of them taken: for profiles and padding rows."""
         kv_heads, head_dim = self.spec.family.kv_heads_and_dim(self.spec.config)
-        end = self.start + 1 if end is None else end
-        cache = SessionCache(self.start, end, 1, capacity, kv_heads, head_dim, self.dtype, self.device)
+        start = self.start if start is None else start
+        end = start + 1 if end is None else end
+        cache = SessionCache(start, end, 1, capacity, kv_heads, head_dim, self.dtype, self.device)
         cache.allocate()
         cache.length = past
         return cache
@@ -280,8 +315,8 @@ class BlockBackend:
         cache = self._scratch_cache(past + tokens, past)
         hidden = torch.randn(1, tokens, self.hidden_size, device=self.device).to(self.dtype)
         window = self.window_of[self.start]
-        ctx = family.step_context(config, self.loaded.aux, hidden, past, frozenset({window}))
-        return self._time(lambda: family.run_block(self.loaded.blocks[0], hidden, ctx, cache, window))
+        ctx = family.step_context(config, self.aux, hidden, past, frozenset({window}))
+        return self._time(lambda: family.run_block(self.held[self.start], hidden, ctx, cache, window))
 
     def _timed_batch(self, batch: int, past: int, threads_for: Callable[[int], None] | None) -> float:
         if threads_for is not None:
@@ -292,9 +327,9 @@ class BlockBackend:
         window = self.window_of[self.start]
         family = self.spec.family
         masks = {window: decode_batch_mask([past] * batch, window, self.device)}
-        ctx = StepContext(positions, masks, family.extra_block_kwargs(self.loaded.aux, hidden, positions))
+        ctx = StepContext(positions, masks, family.extra_block_kwargs(self.aux, hidden, positions))
         view = BatchedCaches(caches)
-        return self._time(lambda: family.run_block(self.loaded.blocks[0], hidden, ctx, view, window))
+        return self._time(lambda: family.run_block(self.held[self.start], hidden, ctx, view, window))
 
     def _time(self, work: Callable[[], object]) -> float:
         begin = time.perf_counter()

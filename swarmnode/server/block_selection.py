@@ -100,3 +100,48 @@ def choose_span(served: list[float], count: int) -> tuple[int, int]:
         key=lambda s: (min(served[s : s + count]), sum(served[s : s + count]), s),
     )
     return best, best + count
+
+
+@dataclass(frozen=True)
+class Move:
+    """A span change that raises the swarm's weakest block: from ``old`` to ``new``, with the
+    weakest block's throughput before and after (tokens/s, summed over its nodes)."""
+
+    old: tuple[int, int]
+    new: tuple[int, int]
+    weakest_before: float
+    weakest_after: float
+
+
+def _with_span(served: list[float], span: tuple[int, int], rps: float) -> list[float]:
+    return [x + rps if span[0] <= block < span[1] else x for block, x in enumerate(served)]
+
+
+def plan_move(
+    snapshot: SwarmSnapshot, peer_id: str, span: tuple[int, int], rps: float, margin: float = 0.2
+) -> Move | None:
+    """Whether a ``--blocks auto`` node serving ``span`` at ``rps`` should move, and where to.
+
+    The node takes itself out of the picture, places its span where a joining node would
+    (:func:`choose_span`), and moves only if (1) no block that is served now would be left
+    without any node (moving never opens a gap) and (2) it covers blocks no node serves, or
+    else the weakest block's throughput rises by more than the ``margin`` fraction. The margin
+    is the hysteresis: every move either shrinks the gaps or raises the swarm's minimum by a
+    fixed factor, so a sequence of moves ends, and two nodes cannot take turns moving onto
+    each other's blocks.
+    """
+    if not 0 <= margin:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    rps = rps if rps > 0 else _UNPROFILED_RPS
+    others = served_throughput(snapshot, exclude=peer_id)
+    target = choose_span(others, span[1] - span[0])
+    if target == span:
+        return None
+    before, after = _with_span(others, span, rps), _with_span(others, target, rps)
+    if any(b > 0 and a <= 0 for b, a in zip(before, after, strict=True)):
+        return None
+    weakest_before, weakest_after = min(before), min(after)
+    fills_gap = after.count(0.0) < before.count(0.0)
+    if not fills_gap and weakest_after <= weakest_before * (1 + margin):
+        return None
+    return Move(span, target, weakest_before, weakest_after)

@@ -174,6 +174,11 @@ class CacheManager:
             self._sessions[session_id] = session
         return session
 
+    def open_caches(self) -> list[SessionCache]:
+        """The caches of the sessions open now (a copy)."""
+        with self._lock:
+            return [session.cache for session in self._sessions.values()]
+
     def reserved(self, session_id: str) -> int:
         """Block-tokens reserved by an open session (0 if it is not open)."""
         session = self._sessions.get(session_id)

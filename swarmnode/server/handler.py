@@ -283,6 +283,14 @@ class NodeHandler:
             if not held:
                 del self._held[peer]
 
+    def _announced(self, cache) -> bool:
+        """Whether a session's blocks lie within the span this node announces now."""
+        return self.backend.start <= cache.start and cache.end <= self.backend.end
+
+    def sessions_outside(self, start: int, end: int) -> int:
+        """How many open sessions use blocks outside [start, end) (a span this node moves to)."""
+        return sum(1 for cache in self.caches.open_caches() if cache.start < start or cache.end > end)
+
     def _span(self, meta: dict) -> tuple[int, int]:
         start = _int_field(meta, "start", self.backend.start)
         end = _int_field(meta, "end", self.backend.end)
@@ -341,9 +349,11 @@ class NodeHandler:
         cache = session.cache
         if meta.get("session_id", session.session_id) != session.session_id:
             raise InvalidRequest(f"this stream serves session {session.session_id}, not {meta.get('session_id')!r}")
-        start, end = self._span(meta) if ("start" in meta or "end" in meta) else (cache.start, cache.end)
+        start, end = _int_field(meta, "start", cache.start), _int_field(meta, "end", cache.end)
         if (start, end) != (cache.start, cache.end):
             raise InvalidRequest(f"session was opened for blocks {cache.start}:{cache.end}, not {start}:{end}")
+        if not self.backend.holds(start, end):  # this node moved and freed them: the client moves too
+            raise NodeUnavailable(f"this node no longer serves blocks {start}:{end}")
         self.backend.check_hidden(hidden, cache.max_length)
         self.backend.check_padding(mask, positions, hidden)
         if hidden.shape[0] != cache.batch:
@@ -378,7 +388,8 @@ class NodeHandler:
                 "batch": result.batch,  # sessions that shared the forward
                 "node_ms": 1000 * (time.perf_counter() - received),  # request decoded to response built
                 "busy": busy,  # the load signal routers learn from
-                "draining": self.state_fn() == NodeState.DRAINING,  # clients move before the node leaves
+                # Clients move before the node leaves, or before it frees the blocks of a span it moved from.
+                "draining": self.state_fn() == NodeState.DRAINING or not self._announced(cache),
                 "forwarded": forwarded,  # pushed to the next hop as asked (else the client relays)
             },
             (result.output,),

@@ -28,6 +28,19 @@ import psutil
 
 from swarmnode.files import write_json_atomically
 
+MEMORY_RESERVE_BYTES = 1 << 30  # left free for the OS and the process itself when detecting memory
+
+
+def detect_memory(device: str) -> int:
+    """Free memory on ``device`` (a GPU's free memory, or the host's available RAM) less a reserve."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return max(0, free - MEMORY_RESERVE_BYTES // 2)
+    return max(0, psutil.virtual_memory().available - MEMORY_RESERVE_BYTES)
+
+
 logger = logging.getLogger(__name__)
 
 

@@ -56,6 +56,10 @@ class NodeMetrics:
         self.announce_failures = Counter(
             "swarmnode_announce_failures_total", "Announcements of this node's record that failed", registry=r
         )
+        self.span_moves = Counter(
+            "swarmnode_span_moves_total", "Span changes by rebalancing, by outcome (moved, called_off)", ["outcome"],
+            registry=r,
+        )  # fmt: skip
         self.batch_size = Histogram(
             "swarmnode_batch_size", "Decoding steps per scheduler iteration (continuous batching)",
             buckets=(1, 2, 4, 8, 16, 32, 64), registry=r,
@@ -73,6 +77,8 @@ class NodeMetrics:
             self.sessions_refused.labels(reason)
         for code in ERROR_CODES:
             self.errors.labels(code)
+        for outcome in ("moved", "called_off"):
+            self.span_moves.labels(outcome)
         r.register(_StateCollector(state))
 
     def observe_iteration(self, decodes: int, prompt_tokens: int, seconds: float) -> None:

@@ -9,6 +9,7 @@ Use as an async context manager::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -43,14 +44,14 @@ from swarmnode.server.block_selection import (
 from swarmnode.server.cache import CacheManager
 from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf16_speedup
 from swarmnode.server.handler import NodeHandler, PeerLimits, node_info
-from swarmnode.server.host_memory import HostLedger
+from swarmnode.server.host_memory import MEMORY_RESERVE_BYTES, HostLedger, detect_memory
 from swarmnode.server.metrics import MetricsServer, NodeMetrics, start_metrics_server
 from swarmnode.server.profile_cache import ProfileCache, ServedSpeed, device_descriptor, profile_dir, profile_key
 from swarmnode.server.progress import LoadProgress
+from swarmnode.server.rebalancer import Rebalancer
 from swarmnode.server.scheduler import StepScheduler
 
 logger = logging.getLogger(__name__)
-MEMORY_RESERVE_BYTES = 1 << 30  # left free for the OS and the process itself when detecting memory
 DEFAULT_CACHE_TOKENS = 4096  # per block, when --cache-tokens is not given (raised to the session limit)
 
 
@@ -66,13 +67,6 @@ def resolve_dtype(config: NodeConfig, spec: ModelSpec) -> DtypeChoice:
     if config.device.startswith("cpu") and stored == torch.bfloat16:
         speedup = measure_bf16_speedup(spec.hidden_size)
     return choose_dtype(stored, config.device, speedup)
-
-
-def detect_memory(device: str) -> int:
-    if device.startswith("cuda"):
-        free, _ = torch.cuda.mem_get_info(torch.device(device))
-        return max(0, free - MEMORY_RESERVE_BYTES // 2)
-    return max(0, psutil.virtual_memory().available - MEMORY_RESERVE_BYTES)
 
 
 class Node:
@@ -118,6 +112,10 @@ class Node:
         self.profile: dict = {}  # inference_rps, prefill_rps, batch_costs: as measured or stored
         # Raised by every (re)start, so a node back with the same identity outranks its old dead verdict.
         self.incarnation = int(time.time() * 1000)
+        self.rebalancer: Rebalancer | None = None  # --blocks auto: reconsiders the span (server/rebalancer.py)
+        self._rebalancer: asyncio.Task | None = None
+        self.on_move: Callable[[tuple[int, int], tuple[int, int], float], None] | None = None
+        self.move_drain_timeout = 10.0  # seconds sessions get to leave the old span's blocks
 
     async def _measure_speed(self) -> list[float]:
         """Set the advertised speeds and return the decoding step costs of 1-16 sessions: from
@@ -277,18 +275,7 @@ class Node:
             self.backend, cfg.prefill_chunk, cfg.max_batch, cfg.batching, on_iteration=self._observe_iteration
         )
         self.profiles = ProfileCache(profile_dir())
-        self.profile_key = profile_key(
-            {
-                "model": self.model_record.config_hash,
-                "span": [self.start, self.end],
-                "device": device_descriptor(cfg.device, torch.get_num_threads()),
-                "dtype": dtype_name(self.dtype),
-                "quant": cfg.quant,
-                "torch": torch.__version__,
-                "swarmnode": swarmnode.__version__,
-                "step_delay_s": self.step_delay_s,  # the testing aid stands for a slower device
-            }
-        )
+        self.profile_key = self._profile_key()
         costs = await self._measure_speed()
         self.served = ServedSpeed(self.end - self.start)
         self.admission = self._admission(costs)
@@ -327,7 +314,25 @@ class Node:
             on_probe_failure=self.metrics.probe_failures.inc,
         )
         await self.gossip.start()
+        if request.auto and cfg.rebalance_period > 0:  # nodes given an explicit span never move
+            self.rebalancer = Rebalancer(self, cfg.rebalance_period, cfg.rebalance_margin, self.move_drain_timeout)
+            self._rebalancer = asyncio.create_task(self.rebalancer.run(), name="rebalance")
         logger.info("node %s is ONLINE", self.peer_id)
+
+    def _profile_key(self) -> str:
+        cfg = self.config
+        return profile_key(
+            {
+                "model": self.model_record.config_hash,
+                "span": [self.start, self.end],
+                "device": device_descriptor(cfg.device, torch.get_num_threads()),
+                "dtype": dtype_name(self.dtype),
+                "quant": cfg.quant,
+                "torch": torch.__version__,
+                "swarmnode": swarmnode.__version__,
+                "step_delay_s": self.step_delay_s,  # the testing aid stands for a slower device
+            }
+        )
 
     def _claim_memory(self, request: BlocksRequest, block_bytes: int, cache_tokens: int) -> int:
         """How many blocks to serve, checked against the memory budget and claimed in the host's
@@ -366,6 +371,7 @@ class Node:
 
     async def leave(self, drain_timeout: float = 5.0) -> None:
         """Announce DRAINING, let open sessions finish (bounded), announce OFFLINE, shut down."""
+        await self._stop_rebalancing()
         if self.announcer is not None and self.state == NodeState.ONLINE:
             self.state = NodeState.DRAINING
             await self.announcer.stop()
@@ -398,7 +404,15 @@ class Node:
             return self.inference_rps
         return self.served.rps(self.inference_rps)
 
+    async def _stop_rebalancing(self) -> None:
+        if self._rebalancer is not None:
+            self._rebalancer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rebalancer
+            self._rebalancer = None
+
     async def _shutdown(self) -> None:
+        await self._stop_rebalancing()
         self.state = NodeState.OFFLINE
         if self.served is not None and self.served.samples >= self.served.min_samples:
             # What service measured is what the next start begins from (the served figure itself,
