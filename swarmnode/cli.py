@@ -155,6 +155,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             corrupt_output=args.debug_corrupt_output,
             misreport=args.debug_misreport,
             network_delay_s=args.debug_network_delay_ms / 1000,
+            block_delay_s=args.debug_block_delay_ms / 1000,
         )
         await node.__aenter__()
         return node
@@ -200,14 +201,32 @@ def _read_text(path: str) -> str:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from swarmnode.server.planner import format_plan, plan, problem_from_toml
+    from swarmnode.server.planner import format_plan, plan, problem_from_toml, problem_to_toml
 
+    if bool(args.file) == bool(args.initial_peers):
+        raise SwarmNodeError("give a devices FILE, or --initial-peers to plan over a live swarm's nodes")
     try:
-        problem, objective = problem_from_toml(_read_text(args.file))
+        if args.file:
+            problem, objective = problem_from_toml(_read_text(args.file))
+        else:
+            from swarmnode.client.survey import survey_swarm
+
+            problem, peers = survey_swarm(args.initial_peers, args.model_id, args.swarm_key or "")
+            objective = "latency"
+            for name, peer in peers.items():
+                if name != peer:
+                    logger.info("device %s is node %s", name, peer)
         objective = args.objective or objective
         _say(format_plan(problem, objective, plan(problem, objective)))
     except ValueError as e:
         raise SwarmNodeError(str(e)) from e
+    if args.write:
+        try:
+            with open(args.write, "w", encoding="utf-8") as f:
+                f.write(problem_to_toml(problem, objective))
+        except OSError as e:
+            raise SwarmNodeError(f"cannot write {args.write}: {e}") from e
+        _say(f"wrote the devices file to {args.write}: each device joins with --plan {args.write} --plan-device NAME")
     return 0
 
 
@@ -436,6 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
         "longer, a gray failure, and the next SIGUSR1 undoes that); off by default",
     )
     p.add_argument(
+        "--debug-block-delay-ms",
+        type=float,
+        default=0.0,
+        help="TESTING AID: sleep this long in every block of every step (a device slower per block, as the "
+        "planner models devices); off by default",
+    )
+    p.add_argument(
         "--debug-network-delay-ms",
         type=float,
         default=0.0,
@@ -457,7 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_join)
 
     p = sub.add_parser("plan", help="place a model's blocks on given devices (EdgeShard's dynamic program)")
-    p.add_argument("file", help="a devices file (TOML; see swarmnode/server/planner.py)")
+    p.add_argument("file", nargs="?", default=None, help="a devices file (TOML; see swarmnode/server/planner.py)")
+    p.add_argument("--initial-peers", nargs="+", default=None,
+                   help="instead of a file: plan over this swarm's ONLINE nodes (records, shared "
+                        "observations, and round trips pinged from here)")  # fmt: skip
+    p.add_argument("--model-id", default=None, help="with --initial-peers: the model (default: the swarm's only one)")
+    _swarm_key_argument(p)
+    p.add_argument("--write", default=None, help="also write the devices file (for join --plan) here")
     p.add_argument("--objective", choices=("latency", "throughput"), default=None,
                    help="a token's latency, or the slowest stage (default: the file's, else latency)")  # fmt: skip
     p.set_defaults(func=cmd_plan)

@@ -175,6 +175,7 @@ class NodeRecord:
     metrics_addr: str = ""
     timestamp: float = 0.0  # DHT time of the announcement; the newest one wins
     incarnation: int = 0  # raised by every (re)start; a dead verdict only covers older or equal ones
+    max_blocks: int = 0  # blocks its memory budget holds (with their KV reserve): the planner's capacity; 0 = unknown
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -203,6 +204,8 @@ class NodeRecord:
             kwargs["state"] = NodeState(_int_in(kwargs["state"], 0, 3))
             kwargs["start"] = _int_in(kwargs["start"], 0, MAX_BLOCKS)
             kwargs["end"] = _int_in(kwargs["end"], 1, MAX_BLOCKS)
+            if "max_blocks" in kwargs:
+                kwargs["max_blocks"] = _int_in(kwargs["max_blocks"], 0, MAX_BLOCKS)
             for name in ("cache_tokens_left", "active_sessions"):
                 if name in kwargs:
                     kwargs[name] = _int_in(kwargs[name], 0, MAX_COUNT)

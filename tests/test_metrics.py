@@ -41,7 +41,8 @@ def test_metric_names_types_and_labels_follow_prometheus_conventions():
     assert found["swarmnode_kv_cache_budget_bytes"].samples[0].value == 4096
     assert found["swarmnode_busy_ratio"].samples[0].value == 0.25
     labels = {k for f in found.values() for s in f.samples for k in s.labels}
-    assert labels <= {"kind", "reason", "code", "outcome", "state", "le", "version", "model", "dtype"}  # bounded: no ids
+    bounded = {"kind", "reason", "code", "outcome", "state", "le", "version", "model", "dtype"}
+    assert labels <= bounded  # no ids
 
 
 @pytest.mark.swarm

@@ -1,25 +1,31 @@
 """The EdgeShard-style planner as pure functions: equal to brute force on every small instance,
 memory limits respected, and a heterogeneous case where it beats an even split."""
 
+import importlib.util
 import math
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from swarmnode.launcher import LocalSwarm
+from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.server.planner import (
     CLIENT,
     Device,
     Link,
+    Observed,
     Problem,
     brute_force,
     evaluate,
     even_split,
     format_plan,
     plan,
+    problem_from_swarm,
     problem_from_toml,
+    problem_to_toml,
     span_for,
 )
 
@@ -173,3 +179,51 @@ def test_a_node_joins_with_the_span_its_plan_gives_it(tmp_path, llama_path):
         swarm.start_bootstrap()
         node = swarm.start_node(llama_path, "auto", "--plan", str(devices), "--plan-device", "gpu")
         assert (node.info["start"], node.info["end"]) == span_for(best, "gpu")
+
+
+def test_a_devices_file_written_by_the_planner_reads_back_the_same():
+    problem, objective = problem_from_toml(DEVICES_FILE)
+    again, again_objective = problem_from_toml(problem_to_toml(problem, "throughput"))
+    assert again_objective == "throughput" and again.blocks == problem.blocks
+    assert again.devices == problem.devices and again.message_bytes == problem.message_bytes
+    for pair, link in problem.links.items():
+        assert again.links[pair].latency_s == pytest.approx(link.latency_s)
+        assert again.links[pair].bandwidth_bps == pytest.approx(link.bandwidth_bps)
+
+
+def test_a_live_swarms_records_and_observations_become_the_planners_devices():
+    records = {
+        "QmA": NodeRecord("QmA", NodeState.ONLINE, 0, 4, inference_rps=200.0, public_name="gpu", max_blocks=6),
+        "QmB": NodeRecord("QmB", NodeState.ONLINE, 2, 8, inference_rps=50.0, public_name="cpu"),  # no max_blocks
+        "QmC": NodeRecord("QmC", NodeState.ONLINE, 0, 8, inference_rps=10.0, public_name="cpu", max_blocks=8),
+        "QmD": NodeRecord("QmD", NodeState.DRAINING, 0, 8, inference_rps=999.0, max_blocks=8),  # leaving: not a device
+    }
+    observed = {"QmA": Observed(round_trip_s=0.004, per_block_s=0.008), "QmB": Observed(round_trip_s=0.010)}
+    problem, peers = problem_from_swarm(SwarmSnapshot("m", 8, records), observed)
+    by_name = {d.name: d for d in problem.devices}
+    assert peers == {"gpu": "QmA", "QmB": "QmB", "QmC": "QmC"}  # "cpu" is not unique: peer ids
+    assert by_name["gpu"] == Device("gpu", 6, 0.008)  # measured in service beats the advertised 5 ms
+    assert by_name["QmB"] == Device("QmB", 6, 0.02)  # capacity unknown: its current span; 1 / 50 tokens/s
+    assert by_name["QmC"].capacity == 8 and by_name["QmC"].block_s == pytest.approx(0.1)
+    assert problem.transfer_s(CLIENT, "gpu") == pytest.approx(0.002)  # half the round trip
+    assert problem.transfer_s("gpu", "QmB") == pytest.approx(0.007)  # relayed through the client
+    assert problem.transfer_s(CLIENT, "QmC") == 0.0  # not pinged: unknown costs nothing
+    best = plan(problem)
+    assert [s.device for s in best.stages] == ["gpu", "QmB"] and best.latency_s == pytest.approx(
+        0.002 + 6 * 0.008 + 0.007 + 2 * 0.02 + 0.005
+    )
+
+
+@pytest.mark.swarm
+def test_a_swarm_placed_by_its_plan_measures_as_predicted_and_beats_an_even_split(tmp_path):
+    """Three devices made different by the per-block delay aid and their memory: surveyed live
+    (swarmnode plan --initial-peers), restarted with join --plan, measured; then an even split."""
+    path = Path(__file__).parents[1] / "scripts" / "check_planner_live.py"
+    spec = importlib.util.spec_from_file_location("check_planner_live", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    result = script.run(tokens=24, workdir=tmp_path, rounds=1)
+    print(result)
+    assert result["plan"] == ["fast 0:4", "mid 4:8"], result
+    assert 0.8 <= result["measured_over_predicted"] <= 1.2, result
+    assert result["even_measured_ms"] > result["measured_ms"], result

@@ -63,6 +63,7 @@ class BlockBackend:
         dtype: torch.dtype,
         step_delay_s: float = 0.0,
         corrupt_output: str = "",
+        block_delay_s: float = 0.0,
     ):
         self.spec, self.aux = spec, loaded.aux  # blocks are kept in self.held only, so dropping frees them
         # The announced span; while a node moves (server/node.py: rebalancing) it holds the
@@ -72,6 +73,9 @@ class BlockBackend:
         self.device, self.dtype = torch.device(device), dtype
         self.hidden_size = spec.hidden_size
         self.step_delay_s = step_delay_s
+        # TESTING AID (--debug-block-delay-ms): a device whose every block is slower by this much,
+        # as the planner models devices (per-block time), unlike the step delay (once per step).
+        self.block_delay_s = block_delay_s
         if corrupt_output not in CORRUPTIONS:
             raise ValueError(f"corrupt_output must be one of {sorted(CORRUPTIONS)}")
         self.corrupt_output = corrupt_output  # TESTING AID (--debug-corrupt-output): a dishonest node
@@ -237,6 +241,8 @@ class BlockBackend:
     def _blocks(self, hidden: torch.Tensor, start: int, end: int, ctx: StepContext, cache) -> torch.Tensor:
         family = self.spec.family
         for index in range(start, end):
+            if self.block_delay_s:
+                time.sleep(self.block_delay_s)
             block = self.held[index]
             hidden = family.run_block(block, hidden, ctx, cache, self.window_of[index])
         return hidden
@@ -286,9 +292,9 @@ class BlockBackend:
         return [seconds + slower for seconds in (single, *batched)]
 
     def _slower_per_block(self) -> float:
-        # The step-delay testing aid stands for a slower device, so profiles see it as one
-        # would: its share of one step per block of the span.
-        return self.step_delay_s / max(1, self.end - self.start)
+        # The delay testing aids stand for a slower device, so profiles see them as one would:
+        # the step delay's share of one step per block of the span, and the block delay.
+        return self.step_delay_s / max(1, self.end - self.start) + self.block_delay_s
 
     @staticmethod
     def _median(measure: Callable[[], float], repeats: int) -> float:

@@ -80,7 +80,9 @@ class Node:
         corrupt_output: str = "",
         misreport: bool = False,
         network_delay_s: float = 0.0,
+        block_delay_s: float = 0.0,
     ):
+        self.block_delay_s = block_delay_s  # TESTING AID: see server/backend.py: BlockBackend.block_delay_s
         self.network_delay_s = network_delay_s  # TESTING AID: see server/handler.py: NodeHandler.network_delay_s
         self.corrupt_output = corrupt_output  # TESTING AID: see server/backend.py: corrupt
         self.misreport = misreport  # TESTING AID: see server/handler.py: NodeHandler.misreport
@@ -106,6 +108,7 @@ class Node:
         self._kv_bytes_per_block_token = 0
         self.ledger: HostLedger | None = None  # this node's memory claim on its host
         self.weights_bytes = 0  # of the loaded blocks, as stored (quantized or not)
+        self.max_blocks = 0  # blocks the memory budget holds, announced for planners
         self.served: ServedSpeed | None = None  # single-session iterations' speed, in service
         self.profiles: ProfileCache | None = None
         self.profile_key = ""
@@ -267,7 +270,9 @@ class Node:
         self.weights_bytes = sum(measured_block_bytes(block) for block in loaded.blocks)
         if cfg.device.startswith("cuda"):
             self.ledger.report_held(torch.cuda.memory_allocated(torch.device(cfg.device)))
-        self.backend = BlockBackend(spec, loaded, cfg.device, self.dtype, self.step_delay_s, self.corrupt_output)
+        self.backend = BlockBackend(
+            spec, loaded, cfg.device, self.dtype, self.step_delay_s, self.corrupt_output, self.block_delay_s
+        )
         self.caches = CacheManager(
             cache_tokens * (self.end - self.start), session_limit, kv_heads, head_dim, self.dtype, cfg.device
         )
@@ -330,7 +335,8 @@ class Node:
                 "quant": cfg.quant,
                 "torch": torch.__version__,
                 "swarmnode": swarmnode.__version__,
-                "step_delay_s": self.step_delay_s,  # the testing aid stands for a slower device
+                "step_delay_s": self.step_delay_s,  # the testing aids stand for a slower device
+                "block_delay_s": self.block_delay_s,
             }
         )
 
@@ -351,6 +357,7 @@ class Node:
                     f"free memory less a {MEMORY_RESERVE_BYTES >> 20} MiB reserve, {free >> 20} MiB, less "
                     f"{others >> 20} MiB that other nodes on this host claimed and do not hold yet"
                 )
+            self.max_blocks = min(spec.num_blocks, budget // (block_bytes + cache_bytes))
             if request.auto:
                 count = blocks_for_memory(budget, block_bytes, cache_bytes, spec.num_blocks)
             else:
@@ -469,6 +476,7 @@ class Node:
             public_name=self.config.public_name,
             metrics_addr=self.metrics_addr,
             incarnation=self.incarnation,
+            max_blocks=self.max_blocks,
         )
 
     def _metrics_host(self) -> str:

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from swarmnode.records import NodeState, SwarmSnapshot
 
 CLIENT = "client"
 OBJECTIVES = ("latency", "throughput")
@@ -198,6 +201,66 @@ def problem_from_toml(text: str) -> tuple[Problem, str]:
         raise ValueError(f"bad devices file: unknown devices in links {sorted(unknown)}, or blocks < 1, "
                          f"or message_bytes < 0, or objective not one of {OBJECTIVES}")  # fmt: skip
     return problem, objective
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a client knows of one node beyond its record: its measured round trip (own pings)
+    and the time per block that clients measured in service (their shared observations)."""
+
+    round_trip_s: float | None = None
+    per_block_s: float | None = None
+
+
+def problem_from_swarm(
+    snapshot: SwarmSnapshot, observed: Mapping[str, Observed], message_bytes: int = 0
+) -> tuple[Problem, dict[str, str]]:
+    """A live swarm's ONLINE nodes as the planner's devices, and each device's peer id.
+
+    - capacity: the blocks its memory budget holds (``NodeRecord.max_blocks``; a node that does
+      not announce it counts as holding its current span only);
+    - time per block: what clients measured in service, else the node's advertised throughput;
+    - links: a client-node hop costs half the measured round trip; a hand-over between two
+      nodes costs both halves, because the client relays every step (the default: with
+      forwarding the nodes talk directly, over a distance no client measures).
+
+    Devices are named by their public name when that is unique, else by their peer id.
+    """
+    records = sorted(snapshot.live((NodeState.ONLINE,)), key=lambda r: r.peer_id)
+    public = [r.public_name for r in records]
+    devices, links, peers, one_way = [], {}, {}, {}
+    for record in records:
+        seen = observed.get(record.peer_id, Observed())
+        per_block = seen.per_block_s or (1.0 / record.inference_rps if record.inference_rps > 0 else None)
+        if per_block is None:
+            continue  # neither measured nor profiled: nothing to plan with
+        unique = record.public_name and public.count(record.public_name) == 1 and record.public_name != CLIENT
+        name = record.public_name if unique else record.peer_id
+        devices.append(Device(name, record.max_blocks or record.num_blocks, per_block))
+        peers[name] = record.peer_id
+        one_way[name] = (seen.round_trip_s or 0.0) / 2
+        links[(CLIENT, name)] = Link(one_way[name])
+    for a, b in itertools.combinations(one_way, 2):
+        links[(a, b)] = Link(one_way[a] + one_way[b])
+    return Problem(snapshot.num_blocks, tuple(devices), message_bytes, links), peers
+
+
+def problem_to_toml(problem: Problem, objective: str) -> str:
+    """A devices file (:func:`problem_from_toml` reads it back) for ``join --plan``."""
+    lines = [f"blocks = {problem.blocks}", f"message_bytes = {problem.message_bytes}", f'objective = "{objective}"']
+    for d in problem.devices:
+        lines += ["", "[[device]]", f"name = {_toml_string(d.name)}", f"capacity = {d.capacity}",
+                  f"block_ms = {1000 * d.block_s:.6g}"]  # fmt: skip
+    for (a, b), link in problem.links.items():
+        lines += ["", "[[link]]", f"between = [{_toml_string(a)}, {_toml_string(b)}]",
+                  f"latency_ms = {1000 * link.latency_s:.6g}"]  # fmt: skip
+        if math.isfinite(link.bandwidth_bps):
+            lines.append(f"bandwidth_mbps = {link.bandwidth_bps * 8 / 1e6:.6g}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def format_plan(problem: Problem, objective: str, best: Plan) -> str:
