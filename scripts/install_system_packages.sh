@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the tests use: a real Prometheus (with promtool) and headless Chromium with its
-# driver. Installs only what is missing; fails with a clear message where it cannot install.
+# Debian packages the tests use: a real Prometheus (with promtool), headless Chromium with its
+# driver, and nftables with iproute2 (the NAT test's network namespaces). Installs only what is
+# missing; fails with a clear message where it cannot install.
 set -euo pipefail
-declare -A package_of=([prometheus]=prometheus [promtool]=prometheus [chromium]=chromium [chromedriver]=chromium-driver)
+declare -A package_of=([prometheus]=prometheus [promtool]=prometheus [chromium]=chromium [chromedriver]=chromium-driver
+                       [nft]=nftables [ip]=iproute2)
 missing=()
 for tool in "${!package_of[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")

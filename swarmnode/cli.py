@@ -76,14 +76,19 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from swarmnode.net.swarmkey import load_swarm_key
 
     async def start():
+        from swarmnode.net.reachability import serve_dial_back
+
         dht, _identity = start_dht(
             args.initial_peers,
             swarm_key=load_swarm_key(args.swarm_key),
             host_maddrs=args.host_maddrs,
             announce_maddrs=args.announce_maddrs,
             identity_path=args.identity,
+            relay_service=True,  # bootstrap peers are reachable by definition: they relay for nodes that are not
         )
-        return dht, start_lifeline([dht.pid])
+        lifeline = start_lifeline([dht.pid])
+        await serve_dial_back(await dht.replicate_p2p())  # joining nodes ask: can you dial me back?
+        return dht, lifeline
 
     async def stop(parts):
         dht, lifeline = parts
@@ -138,6 +143,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             "max_step_ms",
             "rebalance_period",
             "rebalance_margin",
+            "reachability",
         )
     }
     overrides["identity_path"] = args.identity
@@ -164,6 +170,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         if args.debug_step_delay_ms:  # TESTING AID: a gray failure on demand (scripts/bench_routing_live.py)
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, node.slow_down)
         metrics = f" metrics={node.metrics_addr}" if node.metrics_addr else ""
+        metrics += f" relay={node.relay}" if node.relay else ""
         _say(
             f"ONLINE peer_id={node.peer_id} blocks={node.start}:{node.end} model={node.model_record.model_id}{metrics}"
         )
@@ -446,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "change (default 60; 0 = never move)")  # fmt: skip
     p.add_argument("--rebalance-margin", type=float, default=None,
                    help="move only if the weakest block gains more than this fraction (default 0.2)")  # fmt: skip
+    p.add_argument("--reachability", default=None, choices=("auto", "direct", "relay"),
+                   help="auto (default): ask peers to dial this node back and serve through a relay (an "
+                        "initial peer) if none can; direct: never relay; relay: always")  # fmt: skip
     p.add_argument("--config", default=None, help="TOML file with a [node] table")
     p.add_argument(
         "--debug-step-delay-ms",

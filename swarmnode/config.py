@@ -81,6 +81,9 @@ class NodeConfig:
     # membership did not change (0 = never move), and by how much a move must raise the weakest block.
     rebalance_period: float = 60.0
     rebalance_margin: float = 0.2
+    # auto: ask peers to dial this node back and serve through a relay if none can (net/reachability.py);
+    # direct: never use a relay; relay: always (a node that knows it is behind a NAT).
+    reachability: str = "auto"
 
     def __post_init__(self) -> None:
         if self.quant not in QUANT_FORMATS:
@@ -101,6 +104,8 @@ class NodeConfig:
             raise ConfigError("max_session_length must be positive")
         if self.prefill_chunk < 1 or self.max_batch < 1 or self.max_step_ms < 0:
             raise ConfigError("prefill_chunk and max_batch must be >= 1, max_step_ms >= 0")
+        if self.reachability not in ("auto", "direct", "relay"):
+            raise ConfigError(f"reachability must be auto, direct or relay, got {self.reachability!r}")
         if self.rebalance_period < 0 or self.rebalance_margin < 0:
             raise ConfigError("rebalance_period (0 = never move) and rebalance_margin must be >= 0")
         if self.cache_tokens is not None and self.cache_tokens <= 0:

@@ -135,12 +135,15 @@ class LocalSwarm:
         self.initial_peers: list[str] = []
         self._count = 0
 
-    def _spawn(self, name: str, args: list[str]) -> SwarmProcess:
+    def _spawn(self, name: str, args: list[str], netns: str | None = None) -> SwarmProcess:
+        """Start ``swarmnode ARGS`` (inside network namespace ``netns`` if given: ``ip netns exec``
+        execs the command, so the process id is still the command's own)."""
         self._count += 1
         log_path = self.workdir / f"{self._count:02d}-{name}.log"
         log = open(log_path, "w")
+        prefix = ["ip", "netns", "exec", netns] if netns else []
         popen = subprocess.Popen(
-            [sys.executable, "-m", "swarmnode.cli", *args],
+            [*prefix, sys.executable, "-m", "swarmnode.cli", *args],
             stdout=subprocess.PIPE,
             stderr=log,
             stdin=subprocess.DEVNULL,
@@ -154,11 +157,14 @@ class LocalSwarm:
         self.processes.append(proc)
         return proc
 
-    def start_bootstrap(self, identity: str | None = None, timeout: float = 60, extra: tuple[str, ...] = ()) -> str:
+    def start_bootstrap(
+        self, identity: str | None = None, timeout: float = 60, extra: tuple[str, ...] = (), netns: str | None = None
+    ) -> str:
+        """Start a bootstrap peer (``extra`` flags win over the defaults); returns its first multiaddr."""
         args = ["bootstrap", "--host-maddrs", LOOPBACK, *extra]
         if identity:
             args += ["--identity", identity]
-        proc = self._spawn("bootstrap", args)
+        proc = self._spawn("bootstrap", args, netns)
         maddr = proc.wait_line("/ip4/", timeout)
         self.initial_peers.append(maddr)
         return maddr
@@ -171,8 +177,10 @@ class LocalSwarm:
         wait: bool = True,
         timeout: float = 120,
         name: str | None = None,
+        netns: str | None = None,
     ) -> SwarmProcess:
-        """Start ``swarmnode join``; with ``wait``, return once it printed its ONLINE line."""
+        """Start ``swarmnode join`` (``extra`` flags win over the defaults; in network namespace
+        ``netns`` if given); with ``wait``, return once it printed its ONLINE line."""
         args = [
             "join",
             "--model",
@@ -191,7 +199,7 @@ class LocalSwarm:
             "127.0.0.1",  # tests and demos stay on loopback; the port falls back to a free one if taken
             *extra,
         ]
-        proc = self._spawn(name or f"node-{blocks.replace(':', '_')}", args)
+        proc = self._spawn(name or f"node-{blocks.replace(':', '_')}", args, netns)
         if wait:
             self.wait_online(proc, timeout)
         return proc

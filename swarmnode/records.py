@@ -127,7 +127,8 @@ MAX_CLOCK_SKEW_S = 300.0  # how far ahead of a reader's clock a peer's timestamp
 MAX_COUNT = 1 << 40  # token counts, sessions
 MAX_RATE = 1e9  # tokens/s per block: far above any device, finite
 MAX_TEXT = {"peer_id": 128, "dtype": 32, "quantization": 32, "version": 64, "public_name": 64, "metrics_addr": 256,
-            "model_id": 128, "family": 64, "repository": 256, "config_hash": 128, "reporter": 128}  # fmt: skip
+            "model_id": 128, "family": 64, "repository": 256, "config_hash": 128, "reporter": 128,
+            "relay": 128}  # fmt: skip
 
 
 def _int_in(value: Any, low: int, high: int) -> int:
@@ -176,6 +177,7 @@ class NodeRecord:
     timestamp: float = 0.0  # DHT time of the announcement; the newest one wins
     incarnation: int = 0  # raised by every (re)start; a dead verdict only covers older or equal ones
     max_blocks: int = 0  # blocks its memory budget holds (with their KV reserve): the planner's capacity; 0 = unknown
+    relay: str = ""  # peer id of the relay it is reached through (it cannot be dialled directly); "" = direct
     v: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -218,7 +220,7 @@ class NodeRecord:
                     kwargs[name] = _float_in(kwargs[name], 0.0, MAX_RATE)
             if "timestamp" in kwargs:
                 kwargs["timestamp"] = _float_in(kwargs["timestamp"], 0.0, 1e12)
-            for name in ("peer_id", "dtype", "quantization", "version", "public_name", "metrics_addr"):
+            for name in ("peer_id", "dtype", "quantization", "version", "public_name", "metrics_addr", "relay"):
                 if name in kwargs:
                     _text(name, kwargs[name])
             if "busy" in kwargs:

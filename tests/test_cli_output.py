@@ -50,10 +50,12 @@ def test_status_prints_a_table_with_one_row_per_node():
     assert lines[1] == "replicas per block: 1 1 1 0"
     header = next(line for line in lines if "PEER ID" in line)
     assert header.split() == ["PEER", "ID", "NAME", "STATE", "BLOCKS", "TOK/S/BLOCK", "SESSIONS", "BUSY",
-                              "CACHE", "LEFT", "DTYPE", "QUANT", "VERSION", "METRICS"]  # fmt: skip
+                              "CACHE", "LEFT", "DTYPE", "QUANT", "VERSION", "METRICS", "REACHED"]  # fmt: skip
     row = next(line for line in lines if NODE["peer_id"] in line).split()
     assert row == [NODE["peer_id"], "alice", "ONLINE", "0:3", "123", "2", "25%", "100", "float32", "nf4", "0.1.0",
-                   "127.0.0.1:9156"]  # fmt: skip
+                   "127.0.0.1:9156", "direct"]  # fmt: skip
+    relayed = format_status({"models": [{**report["models"][0], "nodes": [{**NODE, "relay": "QmRelayPeer12345678"}]}]})
+    assert "via 12345678" in relayed
     assert next(line for line in lines if "12D3KooWother" in line).split()[2:7] == ["DEAD", "0:3", "123", "2", "-"]
     assert all(line == line.rstrip() for line in lines)
     assert format_status({"models": []}) == "no models are served in this swarm yet"

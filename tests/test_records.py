@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from swarmnode.records import (
@@ -19,6 +21,16 @@ def _record(**kw):
 
 def test_node_record_round_trip():
     record = _record(cache_tokens_left=1000, active_sessions=2, public_name="box")
+    assert NodeRecord.from_wire(record.to_wire()) == record
+
+
+def test_every_node_record_field_survives_the_wire():
+    """A field added to the record but not to the parser's checks would turn every record into
+    None (once, a new text field without a length limit did)."""
+    values = {str: "QmSomething", int: 7, float: 0.5}
+    changed = {f.name: values[type(f.default)] for f in dataclasses.fields(NodeRecord) if type(f.default) in values}
+    changed |= {"peer_id": "QmA", "start": 2, "end": 6, "incarnation": 123, "v": 1}
+    record = _record(**changed)
     assert NodeRecord.from_wire(record.to_wire()) == record
 
 

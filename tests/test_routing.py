@@ -80,3 +80,19 @@ def test_a_failed_spot_check_is_shared_with_its_evidence_and_counted_once_per_pu
                  "bogus": {"liar": {"disputes": "many"}}}  # fmt: skip
     view = aggregate(published, {}, skip_publisher=None, clamp=10.0, sessions_cap=8)
     assert view.disputed_by == {"liar": 2}  # one vote per publisher; nonsense ignored
+
+
+def test_a_node_behind_a_relay_costs_two_legs_until_it_is_measured():
+    from swarmnode.routing import AcoParams, AntColonyRouter
+
+    records = {
+        "QmDirect": NodeRecord("QmDirect", NodeState.ONLINE, 0, 4, inference_rps=100.0),
+        "QmRelayed": NodeRecord("QmRelayed", NodeState.ONLINE, 0, 4, inference_rps=100.0, relay="QmRelay"),
+    }
+    snapshot = SwarmSnapshot("m", 4, records)
+    assert [h.peer_id for h in shortest_chain(snapshot, 0, 4)] == ["QmDirect"]  # else alike: the relay's leg
+    aco = AntColonyRouter(AcoParams())
+    assert aco.delay_s(records["QmRelayed"]) == pytest.approx(2 * aco.delay_s(records["QmDirect"]))
+    # measured round trips (pings go through the relay too) decide once they exist
+    pings = {"QmDirect": 0.050, "QmRelayed": 0.004}
+    assert [h.peer_id for h in shortest_chain(snapshot, 0, 4, pings=pings)] == ["QmRelayed"]

@@ -41,6 +41,7 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
                 "version": r.version,
                 "public_name": r.public_name,
                 "metrics_addr": r.metrics_addr,
+                "relay": r.relay,
             }
             for r in nodes
         ],
@@ -96,6 +97,7 @@ def format_status(report: dict, width: int | None = None) -> str:
                 n["peer_id"], n["public_name"] or "-", n["state"], f"{n['start']}:{n['end']}",
                 f"{n['inference_rps']:.0f}", str(n["active_sessions"]), busy, str(n["cache_tokens_left"]),
                 n["dtype"], n.get("quantization", "none"), n["version"] or "-", n["metrics_addr"] or "-",
+                f"via {n['relay'][-8:]}" if n.get("relay") else "direct",
             )  # fmt: skip
         console.print(table)
     return "\n".join(line.rstrip() for line in console.export_text().strip("\n").splitlines())
@@ -105,5 +107,5 @@ _COLUMNS = (
     ("PEER ID", "left"), ("NAME", "left"), ("STATE", "left"), ("BLOCKS", "right"), ("TOK/S/BLOCK", "right"),
     ("SESSIONS", "right"), ("BUSY", "right"), ("CACHE LEFT", "right"), ("DTYPE", "left"), ("QUANT", "left"),
     ("VERSION", "left"),
-    ("METRICS", "left"),
+    ("METRICS", "left"), ("REACHED", "left"),
 )  # fmt: skip

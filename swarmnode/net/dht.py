@@ -6,6 +6,7 @@ module-level functions (picklable) that touch only the DHT node.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Iterator
 from functools import partial
@@ -58,9 +59,14 @@ def start_dht(
     identity_path: str = "",
     client_mode: bool = False,
     swarm_key: SwarmKey | None = None,
+    relay_service: bool = False,
 ) -> tuple[hivemind.DHT, Identity]:
     """Start a DHT peer in a child process (hivemind runs p2pd under it); returns it and the
-    peer's identity (from ``identity_path``, created there if missing; else a new one)."""
+    peer's identity (from ``identity_path``, created there if missing; else a new one).
+
+    ``relay_service``: this peer is reachable (a bootstrap peer) and relays for peers that are
+    not. libp2p starts its relay service only on a peer AutoNAT found public, which a small
+    swarm's few peers may never establish, so the peer is declared public."""
     peers = validate_maddrs(initial_peers, need_peer_id=True, what="initial peer")
     kwargs: dict[str, Any] = dict(
         initial_peers=peers or None,
@@ -70,18 +76,11 @@ def start_dht(
         num_workers=8,
         record_validators=[SignedRecordValidator(swarm_key)],  # forged or unsigned records are not stored here
     )
+    if relay_service:
+        kwargs.update(use_relay=True, force_reachability="public")
     if announce_maddrs:
         kwargs["announce_maddrs"] = validate_maddrs(announce_maddrs, need_peer_id=False, what="announce multiaddr")
-    with tempfile.TemporaryDirectory(prefix="swarmnode-identity-") as scratch:
-        if identity_path:
-            path = Path(identity_path).expanduser()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if not path.exists():
-                P2P.generate_identity(str(path))  # stable peer id from now on
-        else:
-            # A new key for this run only; hivemind creates it (no check that it is taken: it is new).
-            # We need the key itself, not only p2pd: it signs this peer's records.
-            path = Path(scratch) / "identity.key"
+    with _identity_file(identity_path) as path:
         kwargs["identity_path"] = str(path)
         try:
             dht = hivemind.DHT(**kwargs)
@@ -90,9 +89,86 @@ def start_dht(
         return dht, Identity.from_file(path, swarm_key)
 
 
+@contextlib.contextmanager
+def _identity_file(identity_path: str) -> Iterator[Path]:
+    """The peer's key file: ``identity_path`` (created if missing: a stable peer id from now on),
+    or a new key for this run only, deleted once p2pd has read it (hivemind creates it; no check
+    that it is taken: it is new). We need the key itself, not only p2pd: it signs our records."""
+    with tempfile.TemporaryDirectory(prefix="swarmnode-identity-") as scratch:
+        if identity_path:
+            path = Path(identity_path).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                P2P.generate_identity(str(path))
+        else:
+            path = Path(scratch) / "identity.key"  # written by hivemind as p2pd starts
+        yield path
+
+
+class _StaticRelayP2P(P2P):
+    """hivemind's P2P with one more p2pd flag where reachability is private: ``-relayDiscovery=0``,
+    so the initial peers are *static* relays. With discovery on (p2pd's default) libp2p's
+    autorelay waits for four relay candidates or three minutes before reserving a slot; with
+    static relays it reserves at once."""
+
+    FORCE_REACHABILITY_MAPPING = {
+        **P2P.FORCE_REACHABILITY_MAPPING,
+        "private": {**P2P.FORCE_REACHABILITY_MAPPING["private"], "relayDiscovery": 0},
+    }
+
+
+async def start_dht_behind_relay(
+    initial_peers: tuple[str, ...] | list[str],
+    *,
+    host_maddrs: tuple[str, ...] | list[str] = ("/ip4/0.0.0.0/tcp/0",),
+    identity_path: str = "",
+    swarm_key: SwarmKey | None = None,
+) -> tuple[hivemind.DHT, Identity, P2P]:
+    """A DHT peer that cannot be dialled (net/reachability.py): its p2pd reserves a slot on a
+    relay — its initial peers, which relay for others (bootstrap peers do: ``relay_service``) —
+    and announces the relayed address (libp2p's circuit relay v2, hivemind's ``use_auto_relay``;
+    AutoNAT is told the peer is private rather than left to find out). The p2pd runs under this
+    process (the returned P2P: shut it down after the DHT); the DHT process uses it."""
+    peers = validate_maddrs(initial_peers, need_peer_id=True, what="initial peer")
+    if not peers:
+        raise ConfigError("a node behind a relay needs --initial-peers: they serve as its relays")
+    with _identity_file(identity_path) as path:
+        try:
+            p2p = await _StaticRelayP2P.create(
+                initial_peers=peers,
+                host_maddrs=validate_maddrs(host_maddrs, need_peer_id=False, what="host multiaddr"),
+                identity_path=str(path),
+                use_relay=True,
+                use_auto_relay=True,
+                force_reachability="private",
+                trusted_relays=peers,
+            )
+            dht = hivemind.DHT(
+                initial_peers=peers,
+                start=True,
+                p2p=p2p,
+                num_workers=8,
+                record_validators=[SignedRecordValidator(swarm_key)],
+            )
+        except Exception as e:  # noqa: BLE001 - hivemind reports start failures with many types
+            raise SwarmUnavailable(f"cannot start the DHT peer behind a relay (initial peers {peers}): {e}") from e
+        return dht, Identity.from_file(path, swarm_key), p2p
+
+
 def full_maddrs(dht: hivemind.DHT) -> list[str]:
     """The DHT peer's visible multiaddrs with its peer id (what others pass as --initial-peers)."""
     return [str(m) for m in dht.get_visible_maddrs()]
+
+
+def relay_of(maddrs: list[str]) -> str:
+    """The relay's peer id in the first relayed (``.../p2p/RELAY/p2p-circuit/...``) multiaddr, else ""."""
+    for maddr in maddrs:
+        parts = str(maddr).split("/")
+        if "p2p-circuit" in parts:
+            before = parts[: parts.index("p2p-circuit")]
+            if len(before) >= 2 and before[-2] == "p2p":
+                return before[-1]
+    return ""
 
 
 async def _store_records(_dht, node: DHTNode, items: list[tuple[str, str, Any]], expiration: float) -> bool:

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from swarmnode.errors import NoServersForBlocks, VerificationFailed
 from swarmnode.records import NodeRecord, SwarmSnapshot
-from swarmnode.routing.base import Hop
+from swarmnode.routing.base import Hop, unmeasured_delay_s
 from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, BanFeedback, Bans
 from swarmnode.routing.stigmergy import NodeEstimate, SharedView, aggregate, ewma, is_number, publishable
 
@@ -189,7 +189,9 @@ class AntColonyRouter:
         if record.peer_id in self.pings:
             return self.pings[record.peer_id]
         shared = self.shared.estimates.get(record.peer_id)
-        return shared.delay_s if shared is not None and shared.delay_s is not None else self.hop_overhead_s
+        if shared is not None and shared.delay_s is not None:
+            return shared.delay_s
+        return unmeasured_delay_s(record, self.hop_overhead_s)
 
     def sessions_on(self, record: NodeRecord) -> int:
         """Sessions through a node: what it last announced, or, if more, what clients report now

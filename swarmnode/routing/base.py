@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from swarmnode.records import SwarmSnapshot
+from swarmnode.records import NodeRecord, SwarmSnapshot
+
+RELAY_LEGS = 2  # a relayed node is reached client -> relay -> node: two network legs, not one
+
+
+def unmeasured_delay_s(record: NodeRecord, hop_overhead_s: float) -> float:
+    """The round trip to assume for a node nobody measured yet: one hop's overhead, or two for a
+    node announced behind a relay. Measured round trips (the client's pings go through the
+    relay too) replace it as soon as they exist."""
+    return hop_overhead_s * (RELAY_LEGS if record.relay else 1)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import SwarmSnapshot
-from swarmnode.routing.base import Hop
+from swarmnode.routing.base import Hop, unmeasured_delay_s
 
 DEFAULT_HOP_OVERHEAD_S = 1e-3  # one RPC round trip when nothing better is known
 MIN_RPS = 1e-3
@@ -69,7 +69,7 @@ def shortest_chain(
             if not record.serves(b):
                 continue
             per_block = 1.0 / max(record.inference_rps, MIN_RPS)
-            delay = (pings or {}).get(record.peer_id, hop_overhead_s)
+            delay = (pings or {}).get(record.peer_id) or unmeasured_delay_s(record, hop_overhead_s)
             for e in range(b + 1, min(record.end, end) + 1):
                 candidate = (cost + delay + (e - b) * per_block, hops + 1)
                 if candidate < best.get(e, (float("inf"), 0)):
