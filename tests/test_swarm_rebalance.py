@@ -41,7 +41,7 @@ def test_the_only_replica_leaves_and_an_auto_node_covers_the_gap(tmp_path, llama
         events = {}
 
         def hit():
-            events["hit"] = time.monotonic()
+            events["hit"] = time.time()
             victim.signal(sig)
 
         with DistributedModelForCausalLM.from_pretrained(
@@ -56,12 +56,25 @@ def test_the_only_replica_leaves_and_an_auto_node_covers_the_gap(tmp_path, llama
         assert torch.equal(out, reference)  # the session in flight did not fail, nor change its text
         assert session.failovers and all(e.replacement for e in session.failovers)
         stall = stamper.longest_gap()
+        decided, done = (_logged_at(auto.log_path, text) - events["hit"] for text in ("moving", "moved"))
         print(
-            f"\ntimeline ({signal.Signals(sig).name}): the only replica of {victim.info['blocks']} hit after 8 tokens; "
-            f"the auto node moved {fields['from']} -> {fields['blocks']} taking {fields['seconds']} s from its "
-            f"decision; failovers {[(e.reason, round(e.seconds, 2)) for e in session.failovers]}; "
-            f"longest stall between tokens {stall:.2f} s"
+            f"\ntimeline ({signal.Signals(sig).name}, seconds after the only replica of {victim.info['blocks']} "
+            f"was hit, 8 tokens in): the auto node decided to move {fields['from']} -> {fields['blocks']} at "
+            f"+{decided:.2f}, served the new span and freed the old at +{done:.2f}; the session's failovers "
+            f"{[(e.reason.split(':')[0], round(e.seconds, 2)) for e in session.failovers]}; longest stall between "
+            f"tokens {stall:.2f} s; {NEW_TOKENS} tokens equal to local generation"
         )
         assert stall < 20, stall  # noticed (announce period 2 s / gossip), decided, loaded, replayed
         report = status_cli(swarm.initial_peers)
         assert report["gaps"] == [], report
+
+
+def _logged_at(log_path, text: str) -> float:
+    """When the node logged ``rebalancing: <text>`` (its log's wall-clock timestamp)."""
+    import datetime
+
+    for line in log_path.read_text().splitlines():
+        if f"rebalancing: {text}" in line:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            return stamp.timestamp()
+    raise AssertionError(f"no 'rebalancing: {text}' line in {log_path}")
