@@ -67,6 +67,9 @@ def test_the_only_replica_leaves_and_an_auto_node_covers_the_gap(tmp_path, llama
         assert stall < 20, stall  # noticed (announce period 2 s / gossip), decided, loaded, replayed
         report = status_cli(swarm.initial_peers)
         assert report["gaps"] == [], report
+        survivor = fixed[auto_span]  # an explicit span never moves (it could have: its half had two nodes)
+        assert not [line for line in list(survivor.lines.queue) if line and line.startswith("MOVED")]
+        assert "rebalancing" not in survivor.log_path.read_text()
 
 
 def _logged_at(log_path, text: str) -> float:

@@ -456,7 +456,7 @@ class Node:
         if self.served is not None:
             self.served.observe(decodes, prompt_tokens, seconds)
 
-    def _advertised_rps(self) -> float:
+    def advertised_rps(self) -> float:
         """The inference speed to announce: what service measured once there is enough of it
         (``--throughput auto``), else the profile's or the configured figure."""
         # A node slowed by the gray-failure testing aid keeps advertising its old speed: the aid
@@ -522,7 +522,7 @@ class Node:
             state=self.state,
             start=self.start,
             end=self.end,
-            inference_rps=self._advertised_rps(),
+            inference_rps=self.advertised_rps(),
             prefill_rps=self.prefill_rps,
             cache_tokens_left=(caches.budget - caches.used) // span if caches else 0,
             active_sessions=caches.active_sessions if caches and not self.misreport else 0,
@@ -562,7 +562,7 @@ class Node:
             "busy": handler.busy.fraction() if handler is not None else -1.0,
             "weights_bytes": self.weights_bytes,
             "resident_bytes": psutil.Process().memory_info().rss,
-            "inference_rps": self._advertised_rps(),
+            "inference_rps": self.advertised_rps(),
             "state": self.state.name,
             "members": {peer: member.status.name for peer, member in members.items()},
         }

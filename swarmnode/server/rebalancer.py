@@ -91,7 +91,7 @@ class Rebalancer:
 
     def decide(self, snapshot: SwarmSnapshot) -> Move | None:
         node = self.node
-        return plan_move(snapshot, node.peer_id, (node.start, node.end), node._advertised_rps(), self.margin)
+        return plan_move(snapshot, node.peer_id, (node.start, node.end), node.advertised_rps(), self.margin)
 
     async def move(self, move: Move) -> bool:
         """Carry ``move`` out (module docstring); False if it was called off."""
