@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="admit a session only while the projected decoding step stays below this "
                         "(default: derived from the node's share of the model, see docs/architecture.md)")  # fmt: skip
     p.add_argument("--rebalance-period", type=float, default=None,
-                   help="with --blocks auto: seconds between reconsidering the span when membership did not "
+                   help="with --blocks auto or N: seconds between reconsidering the span when membership did not "
                         "change (default 60; 0 = never move)")  # fmt: skip
     p.add_argument("--rebalance-margin", type=float, default=None,
                    help="move only if the weakest block gains more than this fraction (default 0.2)")  # fmt: skip

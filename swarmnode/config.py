@@ -77,7 +77,7 @@ class NodeConfig:
     prefill_chunk: int = 256  # prompt tokens per scheduler iteration
     max_batch: int = 64  # decoding steps per scheduler iteration
     max_step_ms: float = 0.0  # admission: projected decoding step of all sessions; 0 = derive (admission.py)
-    # Rebalancing (--blocks auto only): how often a node reconsiders its span even when the swarm's
+    # Rebalancing (--blocks auto or N; never START:END): how often a node reconsiders its span even when the swarm's
     # membership did not change (0 = never move), and by how much a move must raise the weakest block.
     rebalance_period: float = 60.0
     rebalance_margin: float = 0.2

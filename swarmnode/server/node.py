@@ -319,7 +319,7 @@ class Node:
             on_probe_failure=self.metrics.probe_failures.inc,
         )
         await self.gossip.start()
-        if request.auto and cfg.rebalance_period > 0:  # nodes given an explicit span never move
+        if request.span is None and cfg.rebalance_period > 0:  # auto or a count: placed, so movable; START:END never
             self.rebalancer = Rebalancer(self, cfg.rebalance_period, cfg.rebalance_margin, self.move_drain_timeout)
             self._rebalancer = asyncio.create_task(self.rebalancer.run(), name="rebalance")
         logger.info("node %s is ONLINE", self.peer_id)

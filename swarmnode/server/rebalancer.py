@@ -1,4 +1,4 @@
-"""Rebalancing on churn: a ``--blocks auto`` node moves its span where the swarm needs it.
+"""Rebalancing on churn: a node placed by the swarm (`--blocks auto` or a count) moves its span where it is needed.
 
 The decision is :func:`swarmnode.server.block_selection.plan_move` (pure). This module runs it
 periodically and when the swarm's membership changes, and carries a move out without a gap
