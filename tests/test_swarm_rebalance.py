@@ -18,8 +18,11 @@ pytestmark = pytest.mark.swarm
 CACHE_TOKENS = 256
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["leaves", "crashes"])
-def test_the_only_replica_leaves_and_an_auto_node_covers_the_gap(tmp_path, llama_path, sig):
+@pytest.mark.parametrize(
+    "sig, placed", [(signal.SIGTERM, "auto"), (signal.SIGKILL, "4")], ids=["leaves-auto", "crashes-count"]
+)
+def test_the_only_replica_leaves_and_an_auto_node_covers_the_gap(tmp_path, llama_path, sig, placed):
+    """``placed``: the moving node's --blocks, auto or a count (both are placed by the swarm)."""
     from transformers import AutoModelForCausalLM
 
     reference = AutoModelForCausalLM.from_pretrained(llama_path).generate(
@@ -33,7 +36,7 @@ def test_the_only_replica_leaves_and_an_auto_node_covers_the_gap(tmp_path, llama
         swarm.start_bootstrap()
         fixed = {span: swarm.start_node(llama_path, span, *slow) for span in ("0:4", "4:8")}
         auto = swarm.start_node(
-            llama_path, "auto", *slow, "--max-memory", str(int(4.5 * per_block)), "--cache-tokens",
+            llama_path, placed, *slow, "--max-memory", str(int(4.5 * per_block)), "--cache-tokens",
             str(CACHE_TOKENS), "--rebalance-period", "600",  # only the membership change may trigger it
         )  # fmt: skip
         auto_span = f"{auto.info['start']}:{auto.info['end']}"
@@ -59,7 +62,8 @@ def test_the_only_replica_leaves_and_an_auto_node_covers_the_gap(tmp_path, llama
         decided, done = (_logged_at(auto.log_path, text) - events["hit"] for text in ("moving", "moved"))
         print(
             f"\ntimeline ({signal.Signals(sig).name}, seconds after the only replica of {victim.info['blocks']} "
-            f"was hit, 8 tokens in): the auto node decided to move {fields['from']} -> {fields['blocks']} at "
+            f"was hit, 8 tokens in): the placed node ({placed}) decided to move {fields['from']} -> "
+            f"{fields['blocks']} at "
             f"+{decided:.2f}, served the new span and freed the old at +{done:.2f}; the session's failovers "
             f"{[(e.reason.split(':')[0], round(e.seconds, 2)) for e in session.failovers]}; longest stall between "
             f"tokens {stall:.2f} s; {NEW_TOKENS} tokens equal to local generation"
