@@ -20,17 +20,15 @@ import torch
 
 import swarmnode
 from swarmnode.config import NodeConfig
-from swarmnode.errors import ConfigError, ModelMismatch, SwarmUnavailable
+from swarmnode.errors import ConfigError, ModelMismatch
 from swarmnode.membership.announcer import Announcer
 from swarmnode.membership.gossip import GossipConfig, SwimGossip
 from swarmnode.models import DTYPES, ModelSpec, block_bytes, dtype_name, load_blocks, load_model_spec
 from swarmnode.models.quantize import measured_block_bytes
-from swarmnode.net.dht import fetch_models, fetch_snapshot, full_maddrs, relay_of, start_dht, start_dht_behind_relay
-from swarmnode.net.lifeline import start_lifeline, stop_lifeline
+from swarmnode.net.dht import fetch_models, fetch_snapshot
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
 from swarmnode.net.push import PUSH_HANDLE, Pusher
-from swarmnode.net.reachability import DIAL_BACK_HANDLE, check_reachability, listening_ports, serve_dial_back
-from swarmnode.net.swarmkey import load_swarm_key
+from swarmnode.net.reachability import DIAL_BACK_HANDLE
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
 from swarmnode.server.admission import Admission, StepCost, default_max_step_s, kv_budget
 from swarmnode.server.backend import BlockBackend
@@ -43,6 +41,7 @@ from swarmnode.server.block_selection import (
     served_throughput,
 )
 from swarmnode.server.cache import CacheManager
+from swarmnode.server.connection import NodeConnection, connect
 from swarmnode.server.dtype_choice import DtypeChoice, choose_dtype, measure_bf16_speedup
 from swarmnode.server.handler import NodeHandler, PeerLimits, node_info
 from swarmnode.server.host_memory import MEMORY_RESERVE_BYTES, HostLedger, detect_memory
@@ -100,7 +99,6 @@ class Node:
         self.announcer: Announcer | None = None
         self.start = self.end = 0
         self.inference_rps = self.prefill_rps = 0.0
-        self._lifeline = None
         self._closed = asyncio.Event()
         self.gossip: SwimGossip | None = None
         self.metrics: NodeMetrics | None = None
@@ -110,9 +108,7 @@ class Node:
         self.ledger: HostLedger | None = None  # this node's memory claim on its host
         self.weights_bytes = 0  # of the loaded blocks, as stored (quantized or not)
         self.max_blocks = 0  # blocks the memory budget holds, announced for planners
-        self.relay = ""  # the relay's peer id when this node cannot be dialled (net/reachability.py)
-        self._relay_p2p = None  # then this process runs the p2pd (net/dht.py: start_dht_behind_relay)
-        self.dial_backs: list = []  # what the helpers answered when it asked
+        self.connection: NodeConnection | None = None  # the DHT peer, direct or behind a relay
         self.served: ServedSpeed | None = None  # single-session iterations' speed, in service
         self.profiles: ProfileCache | None = None
         self.profile_key = ""
@@ -213,13 +209,9 @@ class Node:
         self.metrics = NodeMetrics(self._metrics_state)
         self.metrics.build.labels(swarmnode.__version__, model_id, dtype_name(self.dtype)).set(1)
 
-        self._start_dht()
-        self.p2p = await self.dht.replicate_p2p()
-        await serve_dial_back(self.p2p)
-        if await self._needs_relay():
-            await self._restart_behind_relay()
-        self.peer_id = str(self.p2p.peer_id)
-        self.maddrs = full_maddrs(self.dht)
+        self.connection = await connect(cfg)
+        self.dht, self.identity, self.p2p = self.connection.dht, self.connection.identity, self.connection.p2p
+        self.peer_id, self.maddrs = self.connection.peer_id, self.connection.maddrs
         await self._check_same_checkpoint()
 
         kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
@@ -340,60 +332,6 @@ class Node:
             }
         )
 
-    def _start_dht(self) -> None:
-        cfg = self.config
-        self.dht, self.identity = start_dht(
-            cfg.initial_peers,
-            host_maddrs=cfg.host_maddrs,
-            announce_maddrs=cfg.announce_maddrs,
-            identity_path=cfg.identity_path,
-            swarm_key=load_swarm_key(cfg.swarm_key_path),
-        )
-        self._lifeline = start_lifeline([self.dht.pid])
-
-    async def _needs_relay(self) -> bool:
-        """``--reachability auto``: whether the initial peers could not dial this node back."""
-        mode = self.config.reachability
-        if mode != "auto":
-            return mode == "relay"
-        helpers = [m.rsplit("/p2p/", 1)[1] for m in self.config.initial_peers if "/p2p/" in m]
-        ports = listening_ports([str(m) for m in await self.p2p.get_visible_maddrs(latest=True)])
-        if not helpers or not ports:
-            return False
-        reachable, answers = await check_reachability(self.p2p, helpers, ports)
-        self.dial_backs = answers
-        logger.info("dial-back: %s", [a for a in answers if a is not None] or "no helper answered")
-        return reachable is False
-
-    async def _restart_behind_relay(self, timeout: float = 60.0) -> None:
-        """Start the DHT peer again, now reserving a slot on a relay, and wait for the relayed
-        address (nothing was announced yet: the old peer simply goes)."""
-        logger.warning("no peer could dial this node back: it is behind a NAT or firewall; serving through a relay")
-        await self.p2p.shutdown()
-        self.dht.shutdown()
-        stop_lifeline(self._lifeline)
-        cfg = self.config
-        self.dht, self.identity, self._relay_p2p = await start_dht_behind_relay(
-            cfg.initial_peers,
-            host_maddrs=cfg.host_maddrs,
-            identity_path=cfg.identity_path,
-            swarm_key=load_swarm_key(cfg.swarm_key_path),
-        )
-        self._lifeline = start_lifeline([self.dht.pid, self._relay_p2p._child.pid])
-        self.p2p = await self.dht.replicate_p2p()
-        await serve_dial_back(self.p2p)
-        deadline = time.monotonic() + timeout
-        while not self.relay:
-            self.relay = relay_of([str(m) for m in await self.p2p.get_visible_maddrs(latest=True)])
-            if not self.relay:
-                if time.monotonic() > deadline:
-                    raise SwarmUnavailable(
-                        f"this node cannot be dialled and no relay took it within {timeout:.0f} s: its initial "
-                        "peers must be reachable peers of the swarm (they serve as relays)"
-                    )
-                await asyncio.sleep(0.5)
-        logger.info("reachable through relay %s", self.relay)
-
     def _claim_memory(self, request: BlocksRequest, block_bytes: int, cache_tokens: int) -> int:
         """How many blocks to serve, checked against the memory budget and claimed in the host's
         ledger (server/host_memory.py) under its lock, so nodes starting together on one host
@@ -499,13 +437,8 @@ class Node:
             self.scheduler.close()
         if self.metrics_server is not None:
             self.metrics_server.close()
-        if self.p2p is not None:
-            await self.p2p.shutdown()
-        if self.dht is not None:
-            self.dht.shutdown()
-        if self._relay_p2p is not None:
-            await self._relay_p2p.shutdown()
-        stop_lifeline(self._lifeline)
+        if self.connection is not None:
+            await self.connection.close()
         self._closed.set()
 
     async def _refuted(self) -> None:
@@ -536,6 +469,11 @@ class Node:
             max_blocks=self.max_blocks,
             relay=self.relay,
         )
+
+    @property
+    def relay(self) -> str:
+        """The relay's peer id when this node cannot be dialled directly, else ""."""
+        return self.connection.relay if self.connection is not None else ""
 
     def _metrics_host(self) -> str:
         """The address others reach the metrics endpoint at: its bind address, or else this node's
