@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swarmnode import DistributedModelForCausalLM  # noqa: E402
+from swarmnode.client.trace import ArrivalStamps  # noqa: E402
 from swarmnode.launcher import LocalSwarm  # noqa: E402
 from swarmnode.models import block_parameter_count, load_model_spec  # noqa: E402
 from swarmnode.models.tiny import tiny_checkpoint  # noqa: E402
@@ -36,19 +36,6 @@ from swarmnode.server.planner import even_split, plan, problem_from_toml  # noqa
 CACHE_TOKENS = 256
 # name: (per-block delay ms, blocks its memory holds)
 DEVICES = {"fast": (2.0, 4), "mid": (6.0, 8), "slow": (15.0, 8)}
-
-
-class Clock:
-    """A streamer that stamps every token's arrival."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def put(self, value) -> None:
-        self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
 
 
 def device_args(name: str, per_block_bytes: int) -> list[str]:
@@ -79,9 +66,9 @@ def per_token_ms(swarm: LocalSwarm, model: str, tokens: int, rounds: int = 3) ->
     with DistributedModelForCausalLM.from_pretrained(model, initial_peers=swarm.initial_peers) as client:
         client.generate(prompt, max_new_tokens=4)  # warm-up: routes, pings, connections
         for _ in range(rounds):
-            clock = Clock()
-            client.generate(prompt, max_new_tokens=tokens, streamer=clock)
-            gaps += [b - a for a, b in zip(clock.times[2:], clock.times[3:], strict=False)]
+            stamps = ArrivalStamps()
+            client.generate(prompt, max_new_tokens=tokens, streamer=stamps)
+            gaps += stamps.token_gaps()[1:]  # steady state: the first gap between new tokens is left out
     return 1000 * statistics.median(gaps)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import hivemind
 from hivemind.p2p import P2P
@@ -22,7 +22,7 @@ from swarmnode.errors import SwarmUnavailable
 from swarmnode.net.dht import full_maddrs, relay_of, start_dht, start_dht_behind_relay
 from swarmnode.net.identity import Identity
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
-from swarmnode.net.reachability import DialBack, check_reachability, listening_ports, serve_dial_back
+from swarmnode.net.reachability import check_reachability, listening_ports, serve_dial_back
 from swarmnode.net.swarmkey import load_swarm_key
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ RELAY_WAIT_S = 60.0
 
 @dataclass
 class NodeConnection:
-    """The node's DHT peer, its p2p handle, and what it learned about its reachability."""
+    """The node's DHT peer, its p2p handle, and the relay it is reached through (if any)."""
 
     dht: hivemind.DHT
     identity: Identity
@@ -39,7 +39,6 @@ class NodeConnection:
     lifeline: object
     relay: str = ""  # the relay's peer id when the node cannot be dialled directly
     relay_p2p: P2P | None = None  # then the p2pd runs under this process (start_dht_behind_relay)
-    dial_backs: list[DialBack | None] = field(default_factory=list)
 
     @property
     def peer_id(self) -> str:
@@ -83,7 +82,7 @@ async def connect(cfg: NodeConfig) -> NodeConnection:
     if not needs_relay:
         return conn
     await conn.close()
-    return await _connect_behind_relay(cfg, conn.dial_backs)
+    return await _connect_behind_relay(cfg)
 
 
 async def _needs_relay(cfg: NodeConfig, conn: NodeConnection) -> bool:
@@ -94,12 +93,12 @@ async def _needs_relay(cfg: NodeConfig, conn: NodeConnection) -> bool:
     ports = listening_ports([str(m) for m in await conn.p2p.get_visible_maddrs(latest=True)])
     if not helpers or not ports:
         return False
-    reachable, conn.dial_backs = await check_reachability(conn.p2p, helpers, ports)
-    logger.info("dial-back: %s", [a for a in conn.dial_backs if a is not None] or "no helper answered")
+    reachable, answers = await check_reachability(conn.p2p, helpers, ports)
+    logger.info("dial-back: %s", [a for a in answers if a is not None] or "no helper answered")
     return reachable is False
 
 
-async def _connect_behind_relay(cfg: NodeConfig, dial_backs: list) -> NodeConnection:
+async def _connect_behind_relay(cfg: NodeConfig) -> NodeConnection:
     logger.warning("no peer could dial this node back: it is behind a NAT or firewall; serving through a relay")
     dht, identity, relay_p2p = await start_dht_behind_relay(
         cfg.initial_peers,
@@ -109,8 +108,7 @@ async def _connect_behind_relay(cfg: NodeConfig, dial_backs: list) -> NodeConnec
     )
     # The p2pd is this process's child here: the lifeline must kill it too if the node dies.
     lifeline = start_lifeline([dht.pid, relay_p2p._child.pid])
-    conn = NodeConnection(dht, identity, await dht.replicate_p2p(), lifeline, relay_p2p=relay_p2p,
-                          dial_backs=dial_backs)  # fmt: skip
+    conn = NodeConnection(dht, identity, await dht.replicate_p2p(), lifeline, relay_p2p=relay_p2p)
     try:
         await serve_dial_back(conn.p2p)
         deadline = time.monotonic() + RELAY_WAIT_S

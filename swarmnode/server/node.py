@@ -316,6 +316,11 @@ class Node:
             self._rebalancer = asyncio.create_task(self.rebalancer.run(), name="rebalance")
         logger.info("node %s is ONLINE", self.peer_id)
 
+    def adopt_span(self, start: int, end: int) -> None:
+        """The span this node announces from now on (rebalancing moved it; the backend serves it)."""
+        self.start, self.end = start, end
+        self.profile_key = self._profile_key()
+
     def _profile_key(self) -> str:
         cfg = self.config
         return profile_key(

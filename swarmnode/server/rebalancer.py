@@ -47,7 +47,6 @@ class Rebalancer:
     def __init__(self, node: Node, period: float, margin: float, drain_timeout: float = 10.0):
         self.node, self.period, self.margin, self.drain_timeout = node, period, margin, drain_timeout
         self.rng = random.Random()
-        self.moves: list[dict] = []  # a timeline of what this node did, for logs and tests
 
     async def run(self) -> None:
         """Every gossip period, look at the gossip view; every announce period (sooner if the view
@@ -62,10 +61,8 @@ class Rebalancer:
             if view == last_view and now < next_read:
                 continue
             last_view, next_read = view, now + node.config.announce_period * self.rng.uniform(0.8, 1.2)
-            try:
-                snapshot = await self._snapshot()
-            except Exception as e:  # noqa: BLE001 - a DHT hiccup: try again next time
-                logger.debug("rebalancing: reading the swarm failed: %s", e)
+            snapshot = await self._snapshot_or_none()
+            if snapshot is None:
                 continue
             members = membership_of(snapshot)
             if members == last_members and now - last_decision < self.period:
@@ -74,7 +71,9 @@ class Rebalancer:
             last_members, last_decision = members, now
             if changed:  # others saw the same change: do not all decide on the same instant
                 await asyncio.sleep(self.rng.uniform(0, node.config.announce_period / 2))
-                snapshot = await self._snapshot()
+                snapshot = await self._snapshot_or_none()
+                if snapshot is None:
+                    continue
                 last_members = membership_of(snapshot)
             move = self.decide(snapshot)
             if move is None:
@@ -88,6 +87,14 @@ class Rebalancer:
     async def _snapshot(self) -> SwarmSnapshot:
         node = self.node
         return await fetch_snapshot(node.dht, node.model_record.model_id, node.spec.num_blocks, node.identity.swarm_key)
+
+    async def _snapshot_or_none(self) -> SwarmSnapshot | None:
+        """The swarm now, or None after a DHT hiccup (logged; the loop tries again next time)."""
+        try:
+            return await self._snapshot()
+        except Exception as e:  # noqa: BLE001 - any failure to read the DHT
+            logger.debug("rebalancing: reading the swarm failed: %s", e)
+            return None
 
     def decide(self, snapshot: SwarmSnapshot) -> Move | None:
         node = self.node
@@ -125,8 +132,7 @@ class Rebalancer:
             gc.collect()
             return False
         await node.scheduler.call(lambda: node.backend.announce_span(new_start, new_end))
-        node.start, node.end = new_start, new_end
-        node.profile_key = node._profile_key()
+        node.adopt_span(new_start, new_end)
         if node.state == NodeState.ONLINE:
             await node.announcer.announce()
         announced_s = time.monotonic() - began
@@ -146,7 +152,6 @@ class Rebalancer:
             "freed_blocks": freed,
             "sessions_cut": left,
         }
-        self.moves.append(event)
         node.metrics.span_moves.labels("moved").inc()
         logger.info("rebalancing: moved %s", event)
         if node.on_move is not None:
