@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--gray-duration", type=float, default=60.0)
     parser.add_argument("--json", default=None)
     parser.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
+    parser.add_argument("--loads", nargs="*", default=list(LOADS), choices=list(LOADS), help="arrival rates to run")
+    parser.add_argument("--no-gray", action="store_true", help="skip the gray-failure run")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--policy", help=argparse.SUPPRESS)
@@ -212,7 +214,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # unwind: LocalSwarm stops every node it started
     from swarmnode.models.tiny import PRESETS, write_checkpoint
 
-    with tempfile.TemporaryDirectory() as workdir, LocalSwarm(workdir) as swarm:
+    with tempfile.TemporaryDirectory() as workdir, LocalSwarm(workdir, env=isolated_profiles(workdir)) as swarm:
         model = Path(workdir) / "llama-12"
         write_checkpoint(model, **{**PRESETS["tiny-llama"], "num_hidden_layers": 12})
         swarm.start_bootstrap()
@@ -244,17 +246,24 @@ def main() -> None:
         }  # fmt: skip
         for repeat in range(args.repeats):
             result = {}
-            for load, rate in LOADS.items():
+            # Each repeat starts with another policy: whatever running first or after another
+            # policy does to a run (a warmer machine, the last clients' DHT traffic) falls on all.
+            order = args.policies[repeat % len(args.policies) :] + args.policies[: repeat % len(args.policies)]
+            for load in args.loads:
+                rate = LOADS[load]
                 plan = schedule(rate, args.duration, seed=100 * repeat + len(load))
                 expected = sum(len(part) for part in plan)
-                for policy in args.policies:
+                for policy in order:
                     sessions = run_policy(str(model), swarm.initial_peers, policy, plan)
                     result[f"{load}/{policy}"] = summarize(sessions, expected, names)
                     print_row(repeat, load, policy, result[f"{load}/{policy}"], flush=True)
+            if args.no_gray:
+                report["repeats"].append(result)
+                continue
             gray_peer = procs[GRAY_NODE].info["peer_id"]
             plan = schedule(GRAY_LOAD, args.gray_duration, seed=100 * repeat + 7)
             at = args.gray_duration / 3
-            for policy in args.policies:
+            for policy in order:
                 sessions = run_policy(
                     str(model),
                     swarm.initial_peers,
@@ -268,9 +277,16 @@ def main() -> None:
                 windows = "  ".join(f"{t:+.0f}s {s:.0%}" for t, s in shares)
                 print(f"repeat {repeat} gray {policy:13s} share of new sessions on n{GRAY_NODE}: {windows}", flush=True)
             report["repeats"].append(result)
-        print_medians(report, args.policies)
+        print_medians(report, args.policies, args.loads)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1))
+
+
+def isolated_profiles(workdir: str) -> dict[str, str]:
+    """Every run profiles its nodes afresh: a node keeps its measured speed on disk per model,
+    span and step delay, and the gray failure of an earlier run (a node 5x slower, as measured in
+    service) would otherwise be what the fast replica advertises at the next start."""
+    return {"SWARMNODE_PROFILES": str(Path(workdir) / "profiles")}
 
 
 def advertised_throughput(peers: list[str], peer_ids: list[str]) -> list[float]:
@@ -300,11 +316,11 @@ def print_row(repeat: int, load: str, policy: str, m: dict, flush: bool = True) 
     )
 
 
-def print_medians(report: dict, policies) -> None:
+def print_medians(report: dict, policies, loads) -> None:
     repeats = report["repeats"]
     print(f"\nmedians over {len(repeats)} repeat(s) [min-max]")
     print("load       policy         p50 ms              p95 ms              p99 ms              completed")
-    for load in LOADS:
+    for load in loads:
         for policy in policies:
             key, cells = f"{load}/{policy}", []
             for q in ("p50", "p95", "p99"):
@@ -312,7 +328,7 @@ def print_medians(report: dict, policies) -> None:
                 cells.append(f"{statistics.median(values):6.1f} [{min(values):.0f}-{max(values):.0f}]".ljust(20))
             done = statistics.median(r[key]["completed"] for r in repeats)
             print(f"{load:10s} {policy:13s}  {''.join(cells)}{done:.0%}")
-    for load in LOADS:
+    for load in loads:
         best = {q: min(statistics.median(r[f"{load}/{p}"][q] for r in repeats) for p in policies if p != "aco")
                 for q in ("p50", "p95")}  # fmt: skip
         if "aco" in policies:

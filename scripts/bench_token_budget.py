@@ -17,6 +17,7 @@ same torch thread count as the nodes.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import statistics
@@ -199,6 +200,73 @@ def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threa
         print_table("the first token (best run):", first_breakdown(best[0], traces[0], began, hops), best[0])
 
 
+ECHO_HANDLE = "bench_token_budget.echo"
+
+
+async def _echo_server(ready) -> None:
+    from hivemind.p2p import P2P
+
+    p2p = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+
+    async def echo(_, reader, writer) -> None:
+        while True:
+            try:
+                size = int.from_bytes(await reader.readexactly(4), "big")
+                data = await reader.readexactly(size)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            writer.write(size.to_bytes(4, "big") + data)
+            await writer.drain()
+
+    await p2p.add_binary_stream_handler(ECHO_HANDLE, echo)
+    ready.put([str(a) for a in await p2p.get_visible_maddrs()])
+    await asyncio.Event().wait()
+
+
+def _run_echo_server(ready) -> None:
+    import uvloop
+
+    uvloop.run(_echo_server(ready))
+
+
+def libp2p_rtt_ms(payload: int, rounds: int = 500) -> float:
+    """Median round trip of a ``payload``-byte message over a hivemind libp2p stream between two
+    processes on 127.0.0.1 (each with its own p2pd): the transport every hop uses, without our
+    framing, validation or compute."""
+    import multiprocessing
+
+    import uvloop
+    from hivemind.p2p import P2P, PeerID
+
+    ready = multiprocessing.get_context("spawn").Queue()
+    server = multiprocessing.get_context("spawn").Process(target=_run_echo_server, args=(ready,), daemon=True)
+    server.start()
+    try:
+        address = ready.get(timeout=60)[0]
+
+        async def measure() -> float:
+            p2p = await P2P.create(initial_peers=[address])
+            try:
+                peer = PeerID.from_base58(address.rsplit("/p2p/", 1)[1])
+                _, reader, writer = await p2p.call_binary_stream_handler(peer, ECHO_HANDLE)
+                message, times = payload.to_bytes(4, "big") + bytes(payload), []
+                for _ in range(rounds):
+                    began = time.perf_counter()
+                    writer.write(message)
+                    await writer.drain()
+                    await reader.readexactly(4 + payload)
+                    times.append(time.perf_counter() - began)
+                writer.close()
+                return 1000 * statistics.median(times)
+            finally:
+                await p2p.shutdown()
+
+        return uvloop.run(measure())
+    finally:
+        server.kill()
+        server.join()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2", "tiny-llama"])
@@ -208,7 +276,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     rtt = tcp_loopback_rtt_ms()
-    print(f"machine: {torch.get_num_threads()} torch threads available; TCP loopback round trip {rtt * 1000:.1f} us")
+    echo = ", ".join(f"{1000 * libp2p_rtt_ms(size):.0f} us at {size} B" for size in (4 * 64, 4 * 576))
+    print(f"machine: {torch.get_num_threads()} torch threads available; TCP loopback round trip {rtt * 1000:.1f} us; "
+          f"libp2p stream round trip (two p2pd, no compute) {echo}")  # fmt: skip
     for name in args.models:
         run_model(name, args.hops, args.tokens, args.repeats, args.threads, rtt)
     return 0

@@ -110,6 +110,9 @@ def build() -> dict:
                      query(f"swarmnode_swarm_node_step_seconds{{{M}}}", "{{node}}")),
         series_panel("Busy fraction", "Fraction of the last 3 s each node spent computing.", "percentunit",
                      query(f"swarmnode_busy_ratio{{{M}}}", "{{node}}")),
+        series_panel("Step slowdown", "Decoding steps' time in each node over their compute, mean of the last 3 s: "
+                     "1 = no waiting. Routers price a node's load by it.", "none",
+                     query(f"swarmnode_step_slowdown_ratio{{{M}}}", "{{node}}")),
         series_panel("Sessions active", "Inference sessions open on each node.", "none",
                      query(f"sum by (node) (swarmnode_sessions_active{{{M}}})", "{{node}}")),
         series_panel("KV-cache use", "KV-cache bytes reserved by open sessions over each node's budget.",

@@ -38,7 +38,7 @@ from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.routing import AcoParams, AntColonyRouter, Bans, Hop, RandomRouter, ShortestPathRouter
 from swarmnode.routing.shortest import BanFeedback, shortest_chain
 from swarmnode.server.block_selection import choose_span, plan_move, served_throughput
-from swarmnode.server.busy import BusyMeter
+from swarmnode.server.busy import BusyMeter, SlowdownMeter
 
 POLICIES = (
     "aco",
@@ -93,10 +93,20 @@ class SimNode:
     sessions: int = 0
     announced_sessions: int = 0  # the count in its last DHT record: what clients see
     announced_busy: float = -1.0
+    announced_slowdown: float | None = None
     meter: BusyMeter | None = None  # the node's real busy meter, on simulated time
+    slowdowns: SlowdownMeter | None = None  # and its real slowdown meter
     members: frozenset = frozenset()  # rebalancing: the membership it last decided on
     decided_at: float = 0.0
     moving: bool = False
+    # A live node of scripts/bench_routing_live.py: a fixed cost per forward (its step-delay aid,
+    # slept once per forward whatever the batch) and continuous batching: every decoding step
+    # waiting when an iteration starts joins it (one forward per span), a prompt runs as its own
+    # forward in the same iteration (server/scheduler.py). Synthetic nodes serve first in first out.
+    step_s: float = 0.0
+    batching: bool = False
+    waiting: list = field(default_factory=list)  # steps for the next iteration (batching nodes)
+    running: bool = False
 
 
 @dataclass
@@ -124,6 +134,7 @@ class Simulation:
         profile_error: float = PROFILE_ERROR,
         live: dict | None = None,
         rebalance: bool | None = None,
+        batching: bool = False,
     ):
         self.scenario, self.policy, self.seed, self.duration = scenario, policy, seed, duration
         self.live = live  # a swarm measured by scripts/bench_routing_live.py: see live_world()
@@ -136,6 +147,7 @@ class Simulation:
         self.new_tokens = live["tokens"] if live else TOKENS
         self.clients = live["clients"] if live else CLIENTS
         self.profile_error = profile_error
+        self.batching = batching  # synthetic nodes batch decoding steps (live nodes: as measured)
         self.now = 0.0
         self.events: list = []
         self._seq = 0
@@ -171,7 +183,8 @@ class Simulation:
             snapshot = self._snapshot_of(nodes, 0.0, dead_after=None)
             start, end = choose_span(served_throughput(snapshot), count)  # placed by advertised speeds
             advertised = 1 / (per_block * profiling.lognormvariate(0.0, self.profile_error))
-            nodes.append(SimNode(f"n{len(nodes):02d}", start, end, per_block, advertised, rng.uniform(0.005, 0.25)))
+            delay, name = rng.uniform(0.005, 0.25), f"n{len(nodes):02d}"
+            nodes.append(SimNode(name, start, end, per_block, advertised, delay, batching=self.batching))
         return nodes
 
     def _live_swarm(self, live: dict) -> list[SimNode]:
@@ -180,7 +193,16 @@ class Simulation:
         for i, x in enumerate(live["nodes"]):
             blocks = x["end"] - x["start"]
             nodes.append(
-                SimNode(f"n{i:02d}", x["start"], x["end"], x["step_s"] / blocks, x["advertised_rps"], x["delay_s"])
+                SimNode(
+                    f"n{i:02d}",
+                    x["start"],
+                    x["end"],
+                    x["compute_s"] / blocks,
+                    x["advertised_rps"],
+                    x["delay_s"],
+                    step_s=x["step_s"],
+                    batching=x["batching"],
+                )
             )
         return nodes
 
@@ -200,6 +222,7 @@ class Simulation:
                     inference_rps=x.advertised_rps,
                     active_sessions=x.announced_sessions,
                     busy=x.announced_busy,
+                    slowdown=x.announced_slowdown or -1.0,
                 )
         shared = self.board if self.policy not in ("aco-noshare",) else {}
         return SwarmSnapshot("sim", self.num_blocks, records, shared=dict(shared))
@@ -272,6 +295,7 @@ class Simulation:
     def announce(self, x: SimNode) -> None:
         if x.alive:
             x.announced_sessions, x.announced_busy = x.sessions, self.meter(x).fraction()
+            x.announced_slowdown = x.slowdowns.mean() if x.slowdowns is not None else None
         self.at(self.now + ANNOUNCE_S, self.announce, x)
 
     def arrive(self) -> None:
@@ -314,35 +338,77 @@ class Simulation:
             self.at(self.now + x.delay_s / 2, self.failed, session, hop)
             return
         tokens = self.step_tokens(session)
-        replay = session.history_tokens.get(-hop.start - 1, 0)  # tokens to rebuild after a failover
+        replay = session.history_tokens.pop(-hop.start - 1, 0)  # tokens to rebuild after a failover
         work = (tokens if session.step > 0 else tokens / PREFILL_SPEEDUP) + replay / PREFILL_SPEEDUP
-        service = work * (hop.end - hop.start) * x.per_block_s
+        decoding = session.step > 0 and replay == 0
+        if x.batching:
+            x.waiting.append((session, hop, sent_at, work, decoding, self.now))
+            if not x.running:
+                self.iterate(x)
+            return
+        service = x.step_s + work * (hop.end - hop.start) * x.per_block_s
         begin = max(self.now, x.busy_until)
         x.busy_until = begin + service
         x.busy_s += service
-        session.history_tokens.pop(-hop.start - 1, None)
-        self.at(x.busy_until, self.computed, session, hop, sent_at, service, begin)
+        self.at(x.busy_until, self.computed, session, hop, sent_at, service, begin, self.now, decoding)
+
+    def iterate(self, x: SimNode) -> None:
+        """One iteration of a batching node: the waiting decoding steps, one forward per span
+        (a batch costs BATCH_GROWTH more per extra row), then the first waiting prompt."""
+        decodes = [job for job in x.waiting if job[4]]
+        prompt = next((job for job in x.waiting if not job[4]), None)
+        x.waiting = [job for job in x.waiting if not job[4] and job is not prompt]
+        groups: dict[tuple[int, int], list] = {}
+        for job in decodes:
+            groups.setdefault((job[1].start, job[1].end), []).append(job)
+        forwards = [(jobs, 1 + BATCH_GROWTH * (len(jobs) - 1)) for jobs in groups.values()]
+        if prompt is not None:
+            forwards.append(([prompt], prompt[3]))
+        t = self.now
+        for jobs, work in forwards:
+            blocks = jobs[0][1].end - jobs[0][1].start
+            service = x.step_s + work * blocks * x.per_block_s
+            for session, hop, sent_at, _, decoding, arrived in jobs:
+                self.at(t + service, self.computed, session, hop, sent_at, service, t, arrived, decoding)
+            t += service
+        x.busy_s += t - self.now
+        x.busy_until, x.running = t, bool(forwards)
+        if forwards:
+            self.at(t, self.iterated, x)
+
+    def iterated(self, x: SimNode) -> None:
+        x.running = False
+        if x.alive and x.waiting:
+            self.iterate(x)
 
     def meter(self, x: SimNode) -> BusyMeter:
         if x.meter is None:
             x.meter = BusyMeter(clock=lambda: self.now)
         return x.meter
 
-    def computed(self, session: Session, hop: Hop, sent_at: float, service: float, began: float) -> None:
-        """The node finished the step: it answers with its compute time and busy fraction."""
+    def computed(
+        self, session: Session, hop: Hop, sent_at: float, service: float, began: float, arrived: float, decoding: bool
+    ) -> None:
+        """The node finished the step: it answers with its compute time, busy fraction and slowdown."""
         x = self.node(hop.peer_id)
         if not x.alive or x.died_at > began:  # it crashed meanwhile: the client sees the stream reset
             self.at(self.now + x.delay_s / 2, self.failed, session, hop)
             return
         meter = self.meter(x)
         meter.add(began, self.now)
-        self.at(self.now + x.delay_s / 2, self.answered, session, hop, sent_at, service, meter.fraction())
+        if x.slowdowns is None:
+            x.slowdowns = SlowdownMeter(clock=lambda: self.now)
+        if decoding:
+            x.slowdowns.add(self.now - arrived, service)
+        load = (meter.fraction(), x.slowdowns.mean())
+        self.at(self.now + x.delay_s / 2, self.answered, session, hop, sent_at, service, load)
 
-    def answered(self, session: Session, hop: Hop, sent_at: float, service: float, busy: float) -> None:
+    def answered(self, session: Session, hop: Hop, sent_at: float, service: float, load: tuple) -> None:
         if session.chain[session.hop_index] != hop:
             return
         tokens = self.step_tokens(session)
-        self.routers[session.client].report_step(hop, self.now - sent_at, tokens, service, busy)
+        busy, slowdown = load
+        self.routers[session.client].report_step(hop, self.now - sent_at, tokens, service, busy, slowdown)
         session.hop_index += 1
         if session.hop_index < len(session.chain):
             self.send(session)
@@ -406,12 +472,14 @@ class Simulation:
             victim = self.faults.choice(sorted(candidates or self.nodes, key=lambda x: x.peer_id))
         self.gray_peer = victim.peer_id
         victim.per_block_s *= 5
+        victim.step_s *= 5  # a live node: its step-delay aid 5x longer (SIGUSR1)
 
     def crash(self) -> None:
         alive = [x for x in self.nodes if x.alive]
         victim = self.faults.choice(alive)
         victim.alive, victim.died_at = False, self.now
         victim.busy_until = self.now
+        self._drop_waiting(victim)
         self.at(self.now + self.faults.uniform(10, 20), self.rejoin, victim)
         self.at(self.now + self.faults.uniform(5, 15), self.crash)
 
@@ -421,7 +489,14 @@ class Simulation:
         if len(alive) > 1:
             victim = self.faults.choice(alive)
             victim.alive, victim.died_at, victim.busy_until = False, self.now, self.now
+            self._drop_waiting(victim)
         self.at(self.now + self.faults.uniform(5, 15), self.depart)
+
+    def _drop_waiting(self, x: SimNode) -> None:
+        """A node died: steps waiting for its next iteration fail like a reset stream."""
+        for session, hop, *_ in x.waiting:
+            self.at(self.now + x.delay_s / 2, self.failed, session, hop)
+        x.waiting = []
 
     def watch_gaps(self) -> None:
         """Once a second: is some block served by no live node? Episodes go to ``gap_episodes``."""
@@ -462,6 +537,7 @@ class Simulation:
 
     def rejoin(self, x: SimNode) -> None:
         x.alive, x.sessions, x.announced_sessions, x.announced_busy, x.meter = True, 0, 0, 0.0, None
+        x.announced_slowdown, x.slowdowns = None, None
 
     # ---- results -------------------------------------------------------------------------------
     def idle_bound_s(self) -> float:
@@ -469,11 +545,12 @@ class Simulation:
         on true speeds and round trips, with every node idle (no policy can do better)."""
         records = [
             NodeRecord(x.peer_id, NodeState.ONLINE, x.start, x.end, inference_rps=1.0 / x.per_block_s)
-            for x in self.nodes
+            for x in self.nodes  # (for live nodes, whose step cost is mostly fixed, a looser bound)
         ]
         snapshot = SwarmSnapshot("sim", self.num_blocks, {r.peer_id: r for r in records})
         chain = shortest_chain(snapshot, 0, self.num_blocks, pings={x.peer_id: x.delay_s for x in self.nodes})
-        return sum(self.node(h.peer_id).delay_s + (h.end - h.start) * self.node(h.peer_id).per_block_s for h in chain)
+        nodes = [self.node(h.peer_id) for h in chain]
+        return sum(x.delay_s + x.step_s + (h.end - h.start) * x.per_block_s for h, x in zip(chain, nodes, strict=True))
 
     def metrics(self) -> dict:
         lat = sorted(self.token_latencies)
@@ -529,7 +606,7 @@ class OracleRouter(BanFeedback):
                     continue
                 begin = max(t + x.delay_s / 2, x.busy_until)
                 for e in range(b + 1, min(x.end, end) + 1):
-                    back = begin + (e - b) * x.per_block_s + x.delay_s / 2
+                    back = begin + x.step_s + (e - b) * x.per_block_s + x.delay_s / 2
                     if back < best.get(e, math.inf):
                         best[e], came_from[e] = back, Hop(x.peer_id, b, e)
                         heapq.heappush(queue, (back, e))
@@ -544,6 +621,9 @@ class OracleRouter(BanFeedback):
 
 # What a live step costs beyond the step-delay aid (the tiny blocks compute in < 1 ms).
 LIVE_STEP_OVERHEAD_S = 0.001
+# How much more a batched forward costs per extra row (live nodes: the step-delay aid is slept
+# once per forward and the tiny blocks' compute barely grows with rows).
+BATCH_GROWTH = 0.1
 # Candidate costs of one live hop beyond the network-delay aid (libp2p, client and node
 # handling, CPU contention among every process of the run on one machine): the calibration
 # picks the one that best matches the live low-load run, then predicts everything else.
@@ -559,9 +639,18 @@ def live_world(
     nodes = []
     for x in report["nodes"]:
         start, end = (int(v) for v in x["span"].split(":"))
-        step_s = x["step_ms"] / 1000 + LIVE_STEP_OVERHEAD_S
         delay_s = x["net_ms"] / 1000 + hop_overhead_s
-        nodes.append(dict(start=start, end=end, step_s=step_s, delay_s=delay_s, advertised_rps=x["advertised_rps"]))
+        nodes.append(
+            dict(
+                start=start,
+                end=end,
+                step_s=x["step_ms"] / 1000,
+                compute_s=LIVE_STEP_OVERHEAD_S,
+                batching=True,
+                delay_s=delay_s,
+                advertised_rps=x["advertised_rps"],
+            )
+        )
     cfg = {"load": 0.0} if gray_at is None else {"load": 0.0, "gray_at": gray_at}
     return dict(
         nodes=nodes, num_blocks=report["num_blocks"], clients=report["clients"], prompt=report["prompt"],
@@ -623,12 +712,15 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def run_scenario(
-    scenario: str, seeds: int, policies=POLICIES, load: float | None = None, profile_error: float = PROFILE_ERROR
+    scenario: str,
+    seeds: int,
+    policies=POLICIES,
+    load: float | None = None,
+    profile_error: float = PROFILE_ERROR,
+    batching: bool = False,
 ) -> dict:
-    return {
-        p: summarize([Simulation(scenario, p, s, load, profile_error=profile_error).run() for s in range(seeds)])
-        for p in policies
-    }
+    options = dict(profile_error=profile_error, batching=batching)
+    return {p: summarize([Simulation(scenario, p, s, load, **options).run() for s in range(seeds)]) for p in policies}
 
 
 SWEEPS = {  # --sweep NAME: the contention scenario with one thing varied
@@ -690,6 +782,7 @@ def main() -> None:
     parser.add_argument("--aco", nargs="*", default=[], help="override AcoParams for aco*, e.g. q0=0.8")
     parser.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--live", default=None, help="compare with a run of scripts/bench_routing_live.py --json")
+    parser.add_argument("--batching", action="store_true", help="nodes batch decoding steps instead of serving FIFO")
     parser.add_argument(
         "--profile-error",
         type=float,
@@ -699,7 +792,8 @@ def main() -> None:
     args = parser.parse_args()
     for item in args.aco:
         name, value = item.split("=")
-        ACO_OVERRIDES[name] = type(getattr(AcoParams(), name))(value)
+        kind = type(getattr(AcoParams(), name))
+        ACO_OVERRIDES[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     if args.live:
         compare_with_live(args.live, args.seeds)
         return
@@ -711,8 +805,11 @@ def main() -> None:
             plot(args.sweep, results, args.seeds, args.plot)
         summary = {"sweep": args.sweep, "seeds": args.seeds, "profile_error": args.profile_error, "points": results}
     else:
-        results = run_scenario(args.scenario, args.seeds, policies=args.policies, profile_error=args.profile_error)
-        print(f"scenario {args.scenario}, {args.seeds} seeds (means over seeds), profile error {args.profile_error}")
+        results = run_scenario(
+            args.scenario, args.seeds, policies=args.policies, profile_error=args.profile_error, batching=args.batching
+        )
+        print(f"scenario {args.scenario}, {args.seeds} seeds (means over seeds), profile error {args.profile_error}"
+              f"{', batching nodes' if args.batching else ''}")  # fmt: skip
         print_results(results)
         summary = {"scenario": args.scenario, "seeds": args.seeds, "profile_error": args.profile_error}
         summary["policies"] = results

@@ -126,6 +126,7 @@ MAX_INCARNATION = 1 << 53  # incarnations are start times in ms; exact in every 
 MAX_CLOCK_SKEW_S = 300.0  # how far ahead of a reader's clock a peer's timestamp or incarnation may be
 MAX_COUNT = 1 << 40  # token counts, sessions
 MAX_RATE = 1e9  # tokens/s per block: far above any device, finite
+MAX_SLOWDOWN = 1000.0  # a node's slowdown (time in node / compute per step) beyond this is nonsense, not load
 MAX_TEXT = {"peer_id": 128, "dtype": 32, "quantization": 32, "version": 64, "public_name": 64, "metrics_addr": 256,
             "model_id": 128, "family": 64, "repository": 256, "config_hash": 128, "reporter": 128,
             "relay": 128}  # fmt: skip
@@ -169,6 +170,7 @@ class NodeRecord:
     cache_tokens_left: int = 0
     active_sessions: int = 0
     busy: float = -1.0  # fraction of the last few seconds spent computing; -1 = not known (older nodes)
+    slowdown: float = -1.0  # decoding steps' recent time in node / compute (>= 1); -1 = no recent step, or older nodes
     dtype: str = "float32"
     quantization: str = "none"
     version: str = ""
@@ -228,6 +230,11 @@ class NodeRecord:
                 if isinstance(busy, bool) or not isinstance(busy, int | float):
                     raise ValueError(f"busy must be a number, got {busy!r}")
                 kwargs["busy"] = float(busy) if 0.0 <= busy <= 1.0 else -1.0  # NaN, out of range: not known
+            if "slowdown" in kwargs:
+                slowdown = kwargs["slowdown"]
+                if isinstance(slowdown, bool) or not isinstance(slowdown, int | float):
+                    raise ValueError(f"slowdown must be a number, got {slowdown!r}")
+                kwargs["slowdown"] = float(slowdown) if 1.0 <= slowdown <= MAX_SLOWDOWN else -1.0
             return cls(**kwargs)
         except (KeyError, TypeError, ValueError):
             return None

@@ -1,5 +1,6 @@
 """The ant-colony selector's rules, pure (no sockets)."""
 
+import dataclasses
 import math
 import random
 
@@ -88,6 +89,30 @@ def test_load_follows_the_busy_fraction_freshest_source_first():
     frozen = AntColonyRouter(use_busy=False)  # the "shortest_load" policy: session counts only
     assert frozen.load(record) == pytest.approx(1 + AcoParams().load_penalty * 6)
     assert make_router("shortest_load").use_busy is False and make_router("aco").use_busy is True
+
+
+def test_load_prefers_the_measured_slowdown_to_the_busy_fraction():
+    """A node that batches is busy all the time yet its steps barely wait: the slowdown it
+    measured (time in node over compute) prices it, not 1 / (1 - busy)."""
+    clock = Clock(1000.0)
+    router = AntColonyRouter(AcoParams(busy_cap=0.9, busy_max_age_s=15), clock=clock, publisher_id="me")
+    record = node("x", 0, 8, busy=0.95)
+    assert router.load(record) == pytest.approx(10.0)  # the busy fraction alone: capped at 1 / (1 - 0.9)
+    assert router.load(dataclasses.replace(record, slowdown=1.4)) == pytest.approx(1.4)  # the record's slowdown
+    router.absorb_shared({"a": {"x": {"slowdown": 1.2}}, "b": {"x": {"slowdown": 1.3}}, "c": {"x": {"slowdown": 50}}})
+    assert router.load(record) == pytest.approx(1.3)  # other clients' fresh reports: the median
+    router.report_step(Hop("x", 0, 8), 0.1, 1, compute_seconds=0.08, busy=0.99, slowdown=1.1)
+    assert router.load(record) == pytest.approx(1.1)  # what the node told us in a step
+    assert router.observations()["x"]["slowdown"] == 1.1  # shared while fresh
+    router.report_step(Hop("x", 0, 8), 0.1, 1, slowdown=40.0)  # a queue 40x its compute: capped like busy
+    assert router.load(record) == pytest.approx(10.0)
+    for nonsense in ("fast", 0.2, float("nan"), True, 1e9):  # remote input: ignored
+        router.report_step(Hop("x", 0, 8), 0.1, 1, slowdown=nonsense)
+    assert router.estimates["x"].slowdown == 40.0
+    clock.now += 16  # stale: back to what others said
+    assert router.load(record) == pytest.approx(1.3) and "slowdown" not in router.observations().get("x", {})
+    frozen = AntColonyRouter(use_busy=False)  # the "shortest_load" policy: session counts only
+    assert frozen.load(dataclasses.replace(record, slowdown=3.0, active_sessions=2)) == pytest.approx(2.0)
 
 
 def test_reinforcement_is_relative_to_the_best_recent_time():
@@ -262,6 +287,20 @@ def test_claims_are_checked_only_against_a_ping_and_honest_reports_pass():
     assert router.observations()["l"]["per_block_s"] == pytest.approx((0.2 - 0.01) / 8, rel=0.01)
     clock.now += AcoParams().distrust_s
     assert router.trusts_claims("l")  # distrust lapses: a node that was merely overloaded gets back in
+
+
+def test_a_slowdown_that_hides_a_queue_is_caught():
+    """The slowdown is the load routers price a node by, so it is the claim that is checked: a
+    node that reports its compute truthfully and a busy fraction near 1 (a lenient queueing model)
+    but a slowdown of 1 while its steps wait 10x their compute is contradicted; an honest one
+    with the same queue and a true slowdown is not."""
+    router = AntColonyRouter(AcoParams(reinforce_every=1), clock=Clock(0.0))
+    router.pings.update(liar=0.01, honest=0.01)
+    for _ in range(3):
+        for peer, slowdown in (("liar", 1.0), ("honest", 10.0)):  # in node: 20 ms compute + 180 ms waiting
+            router.report_step(Hop(peer, 0, 8), 0.01 + 0.2, 1, compute_seconds=0.02, busy=0.99, slowdown=slowdown)
+    assert not router.trusts_claims("liar") and router.trusts_claims("honest")
+    assert router.load(node("liar", 0, 8)) == AcoParams().distrust_load
 
 
 def test_time_that_no_node_explains_is_not_held_against_one():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from swarmnode.server.busy import BusyMeter
+from swarmnode.server.busy import BusyMeter, SlowdownMeter
 from tests.clock import Clock
 
 
@@ -33,3 +33,23 @@ def test_overlapping_spans_are_merged_and_the_fraction_never_exceeds_one():
     assert meter.fraction() == 1.0
     with pytest.raises(ValueError):
         BusyMeter(window_s=0)
+
+
+def test_slowdown_is_time_in_node_over_compute_over_a_sliding_window():
+    clock = Clock(100.0)
+    meter = SlowdownMeter(window_s=3.0, clock=clock)
+    assert meter.mean() is None  # no decoding step yet: not known (routers use the busy fraction)
+    meter.add(0.030, 0.010)  # waited 20 ms for a 10 ms forward
+    clock.now = 101.0
+    meter.add(0.015, 0.015)  # never waited
+    assert meter.mean() == pytest.approx((3.0 + 1.0) / 2)
+    meter.add(0.004, 0.005)  # clocks disagree by a hair: never below 1
+    meter.add(0.5, 0.0)  # no forward (nonsense): ignored
+    meter.add(-1.0, 0.01)
+    assert meter.mean() == pytest.approx(5.0 / 3)
+    clock.now = 103.5  # the first sample has left the window
+    assert meter.mean() == pytest.approx(1.0)
+    clock.now = 110.0
+    assert meter.mean() is None
+    with pytest.raises(ValueError):
+        SlowdownMeter(window_s=0)

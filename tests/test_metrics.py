@@ -15,7 +15,7 @@ from tests.conftest import status_cli
 
 STATE = {
     "sessions_active": 2, "cache_used_bytes": 1024, "cache_budget_bytes": 4096, "start": 3, "end": 6, "busy": 0.25,
-    "inference_rps": 120.0, "state": "ONLINE", "members": {"a": "ALIVE", "b": "ALIVE", "c": "SUSPECT"},
+    "slowdown": 1.5, "inference_rps": 120.0, "state": "ONLINE", "members": {"a": "ALIVE", "b": "ALIVE", "c": "SUSPECT"},
 }  # fmt: skip
 
 
@@ -40,6 +40,7 @@ def test_metric_names_types_and_labels_follow_prometheus_conventions():
     assert members == {"ALIVE": 2, "SUSPECT": 1, "DEAD": 0}
     assert found["swarmnode_kv_cache_budget_bytes"].samples[0].value == 4096
     assert found["swarmnode_busy_ratio"].samples[0].value == 0.25
+    assert found["swarmnode_step_slowdown_ratio"].samples[0].value == 1.5
     labels = {k for f in found.values() for s in f.samples for k in s.labels}
     bounded = {"kind", "reason", "code", "outcome", "state", "le", "version", "model", "dtype"}
     assert labels <= bounded  # no ids

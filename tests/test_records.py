@@ -29,7 +29,7 @@ def test_every_node_record_field_survives_the_wire():
     None (once, a new text field without a length limit did)."""
     values = {str: "QmSomething", int: 7, float: 0.5}
     changed = {f.name: values[type(f.default)] for f in dataclasses.fields(NodeRecord) if type(f.default) in values}
-    changed |= {"peer_id": "QmA", "start": 2, "end": 6, "incarnation": 123, "v": 1}
+    changed |= {"peer_id": "QmA", "start": 2, "end": 6, "incarnation": 123, "v": 1, "slowdown": 2.5}
     record = _record(**changed)
     assert NodeRecord.from_wire(record.to_wire()) == record
 
@@ -42,6 +42,16 @@ def test_busy_fraction_is_tolerant():
         parsed = NodeRecord.from_wire(_record().to_wire() | {"busy": nonsense})
         assert parsed is not None and parsed.busy == -1.0
     assert NodeRecord.from_wire(_record().to_wire() | {"busy": "lots"}) is None
+
+
+def test_slowdown_is_tolerant():
+    assert NodeRecord.from_wire(_record(slowdown=1.75).to_wire()).slowdown == 1.75
+    older = {k: v for k, v in _record().to_wire().items() if k != "slowdown"}
+    assert NodeRecord.from_wire(older).slowdown == -1.0  # not known: routers use the busy fraction
+    for nonsense in (float("nan"), float("inf"), 0.5, -3.0, 1e9):  # a step never takes less than its compute
+        parsed = NodeRecord.from_wire(_record().to_wire() | {"slowdown": nonsense})
+        assert parsed is not None and parsed.slowdown == -1.0
+    assert NodeRecord.from_wire(_record().to_wire() | {"slowdown": True}) is None
 
 
 def test_node_record_ignores_unknown_fields_from_newer_versions():

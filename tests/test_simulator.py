@@ -73,3 +73,21 @@ def test_rebalancing_closes_the_gaps_departures_open():
             per_node[peer] = per_node.get(peer, 0) + 1
         assert max(per_node.values(), default=0) <= 4, on.moves  # they settle: nobody chases anybody
     assert on_gaps < off_gaps / 2 and on_tokens > off_tokens
+
+
+def _one_node_world(batching: bool, rate: float) -> dict:
+    """A live-style world: one node serving 0:4 with a 20 ms step cost, 1 ms away."""
+    node = dict(start=0, end=4, step_s=0.02, compute_s=0.001, batching=batching, delay_s=0.001, advertised_rps=190.0)
+    return dict(nodes=[node], num_blocks=4, clients=3, prompt=6, tokens=16, rate=rate, arrivals_s=20.0,
+                cfg={"load": 0.0}, gray_node=0)  # fmt: skip
+
+
+def test_a_batching_node_serves_concurrent_sessions_in_one_step():
+    """Live nodes batch decoding steps (one forward per iteration): at a load that swamps a
+    first-in-first-out node, a batching node's tokens take a few steps; and a node
+    with nobody else waiting takes one step either way."""
+    busy = {b: sim.Simulation("live", "shortest", 0, duration=40.0, live=_one_node_world(b, 8.0)).run() for b in (0, 1)}
+    assert busy[True]["p50_ms"] < 4 * 20 and busy[False]["p50_ms"] > 20 * 20, busy  # in steps of 20 ms
+    idle = {b: sim.Simulation("live", "shortest", 0, duration=40.0, live=_one_node_world(b, 0.2)).run() for b in (0, 1)}
+    for result in idle.values():
+        assert 20 <= result["p50_ms"] < 30, idle

@@ -66,6 +66,9 @@ def test_sessions_avoid_a_slow_node_and_a_new_client_learns_it_from_the_dht(tmp_
                 assert all(ours[hop.peer_id]["sessions"] == 1 for hop in session.chain)  # our open session
                 assert all(0 <= ours[hop.peer_id]["busy"] <= 1 for hop in session.chain)  # as the nodes said
                 assert all(0 <= snapshot.nodes[hop.peer_id].busy <= 1 for hop in session.chain)  # and announce
+                # Each node measured its decoding steps' slowdown (time in node / compute, >= 1) and
+                # said so with every step; the client shares it.
+                assert all(ours[hop.peer_id]["slowdown"] >= 1 for hop in session.chain), ours
             time.sleep(0.6)
             connection.run(remote.find_chain())  # publishes the observations, no session open now
 

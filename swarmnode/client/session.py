@@ -342,8 +342,8 @@ class InferenceSession(SpotChecks, Forwarding):
         state.step_times.append(elapsed)
         state.compute_times.append(float(meta.get("compute_ms", 0.0)) / 1000)
         state.draining = bool(meta.get("draining", False))
-        busy = meta.get("busy")
-        self.remote.router.report_step(state.hop, elapsed, step.tokens, state.compute_times[-1], busy)
+        busy, slowdown = meta.get("busy"), meta.get("slowdown")
+        self.remote.router.report_step(state.hop, elapsed, step.tokens, state.compute_times[-1], busy, slowdown)
 
     async def _answer(self, state: _HopState, timeout: float):
         """The hop's answer to the step just sent. Each time ``timeout`` passes without it, the

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from swarmnode.errors import NoServersForBlocks, VerificationFailed
-from swarmnode.records import NodeRecord, SwarmSnapshot
+from swarmnode.records import MAX_SLOWDOWN, NodeRecord, SwarmSnapshot
 from swarmnode.routing.base import Hop, unmeasured_delay_s
 from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, BanFeedback, Bans
 from swarmnode.routing.stigmergy import NodeEstimate, SharedView, aggregate, ewma, is_number, publishable
@@ -210,13 +210,30 @@ class AntColonyRouter:
             return self.shared.busy[record.peer_id]
         return record.busy if record.busy >= 0 else None
 
+    def slowdown(self, record: NodeRecord) -> float | None:
+        """The node's recent slowdown (time in node over compute time per decoding step, see
+        swarmnode.server.busy.SlowdownMeter): what it told us in a recent step, else the median of
+        what other clients heard recently, else its record; None if unknown."""
+        own = self.estimates.get(record.peer_id)
+        fresh = own is not None and self.clock() - own.slowdown_at <= self.params.busy_max_age_s
+        if fresh and own.slowdown is not None:
+            return own.slowdown
+        if record.peer_id in self.shared.slowdown:
+            return self.shared.slowdown[record.peer_id]
+        return record.slowdown if record.slowdown >= 1.0 else None
+
     def load(self, record: NodeRecord) -> float:
-        """How much slower than idle a step on this node runs: 1 / (1 - busy) (queueing grows like
-        that with utilization), or 1 + load_penalty × sessions where the busy fraction is unknown."""
+        """How much slower than idle a step on this node runs: the slowdown it measured (its
+        steps' time in node over their compute), else 1 / (1 - busy) (queueing grows like that
+        with utilization when steps are served one at a time), else 1 + load_penalty × sessions."""
         if not self.use_load:
             return 1.0
         if not self.trusts_claims(record.peer_id):
             return self.params.distrust_load
+        cap = 1.0 / (1.0 - self.params.busy_cap)
+        slowdown = self.slowdown(record) if self.use_busy else None
+        if slowdown is not None:
+            return min(cap, slowdown)
         busy = self.busy(record) if self.use_busy else None
         if busy is None:
             return 1.0 + self.params.load_penalty * self.sessions_on(record)
@@ -328,7 +345,13 @@ class AntColonyRouter:
 
     # ---- learning --------------------------------------------------------------------------------
     def report_step(
-        self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
+        self,
+        hop: Hop,
+        seconds: float,
+        tokens: int,
+        compute_seconds: float | None = None,
+        busy: float | None = None,
+        slowdown: float | None = None,
     ) -> None:
         """A hop answered a step; every K decoding steps become a backward ant.
 
@@ -341,6 +364,10 @@ class AntColonyRouter:
         if is_number(busy) and 0.0 <= busy <= 1.0:  # remote input
             estimate = self.estimates[hop.peer_id]
             estimate.busy, estimate.busy_at = busy, self.clock()
+        slowdown = slowdown if is_number(slowdown) and 1.0 <= slowdown <= MAX_SLOWDOWN else None  # remote input
+        if slowdown is not None:
+            estimate = self.estimates[hop.peer_id]
+            estimate.slowdown, estimate.slowdown_at = slowdown, self.clock()
         if tokens > DECODE_TOKENS:
             return
         pending = self._pending[hop]
@@ -348,8 +375,7 @@ class AntColonyRouter:
         pending.seconds += seconds
         pending.compute += compute_seconds if compute_seconds is not None else 0.0
         if compute_seconds is not None:  # what the node's own reports say this step took in it
-            stated_busy = min(CLAIM_BUSY_MAX, busy) if is_number(busy) and 0.0 <= busy <= 1.0 else 0.0
-            pending.claimed += compute_seconds / (1.0 - stated_busy)
+            pending.claimed += _claimed_in_node(compute_seconds, busy, slowdown)
         if pending.tokens >= self.params.reinforce_every:
             steps = max(1, pending.tokens)
             compute = (pending.compute / steps) if compute_seconds else None
@@ -376,9 +402,9 @@ class AntColonyRouter:
 
     def _check_claims(self, hop: Hop, seconds_per_token: float, claimed: float | None) -> None:
         """Hold the node's claims against our measurement: the in-node time we saw (step round
-        trip minus our own ping) against what its reported compute time and busy fraction imply,
-        step by step (compute / (1 − busy): its own queueing model, busy uncapped up to
-        CLAIM_BUSY_MAX so that an honest saturated node is not taken for a liar). Needs a ping:
+        trip minus our own ping) against what its reported compute time and load imply, step by
+        step (see :func:`_claimed_in_node`: the slowdown the router prices it by, else the busy
+        fraction's queueing model). Needs a ping:
         without one, network and node time cannot be told apart without believing the node."""
         ping = self.pings.get(hop.peer_id)
         if ping is None or claimed is None:
@@ -439,6 +465,17 @@ class AntColonyRouter:
             clamp=self.params.shared_clamp,
             sessions_cap=self.params.shared_sessions_cap,
         )
+
+
+def _claimed_in_node(compute_s: float, busy: float | None, slowdown: float | None) -> float:
+    """The time in the node a step's reports imply: compute × slowdown where the node reported a
+    slowdown (the load routers price it by, so the claim that is checked), else compute /
+    (1 − busy), busy believed up to CLAIM_BUSY_MAX so that an honest saturated node is not taken
+    for a liar."""
+    if slowdown is not None:
+        return compute_s * slowdown
+    stated_busy = min(CLAIM_BUSY_MAX, busy) if is_number(busy) and 0.0 <= busy <= 1.0 else 0.0
+    return compute_s / (1.0 - stated_busy)
 
 
 class RandomRouter(BanFeedback):

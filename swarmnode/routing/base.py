@@ -45,10 +45,17 @@ class Router(Protocol):
         ...
 
     def report_step(
-        self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
+        self,
+        hop: Hop,
+        seconds: float,
+        tokens: int,
+        compute_seconds: float | None = None,
+        busy: float | None = None,
+        slowdown: float | None = None,
     ) -> None:
         """A hop answered a step of ``tokens`` tokens in ``seconds`` (round trip; the node's own
-        compute time and busy fraction, when it reported them, in ``compute_seconds`` and ``busy``)."""
+        compute time, busy fraction and slowdown, when it reported them, in ``compute_seconds``,
+        ``busy`` and ``slowdown``)."""
         ...
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:

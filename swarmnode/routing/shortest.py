@@ -95,7 +95,13 @@ class BanFeedback:
     bans: Bans
 
     def report_step(
-        self, hop: Hop, seconds: float, tokens: int, compute_seconds: float | None = None, busy: float | None = None
+        self,
+        hop: Hop,
+        seconds: float,
+        tokens: int,
+        compute_seconds: float | None = None,
+        busy: float | None = None,
+        slowdown: float | None = None,
     ) -> None:
         self.bans.clear(hop.peer_id)
 

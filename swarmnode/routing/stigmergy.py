@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from swarmnode.records import MAX_SLOWDOWN
+
 MAX_EVIDENCE = 200  # characters of a dispute's description that are published
 
 
@@ -28,6 +30,8 @@ class NodeEstimate:
     failures: int = 0
     busy: float | None = None  # the node's busy fraction, as it last reported it
     busy_at: float = 0.0  # when (the client's clock)
+    slowdown: float | None = None  # the node's time in node / compute per decoding step, as it reported it
+    slowdown_at: float = 0.0
     disputes: int = 0  # spot-checks that found this node's output wrong
     evidence: str = ""  # the latest of them, in words (which step, which replicas, how far off)
     in_node_s: float | None = None  # measured round trip minus measured ping, per block per token
@@ -50,6 +54,7 @@ class SharedView:
     # Publishers whose spot-checks found the node wrong. Informational: one client's word never
     # bans a node for others; only the publishing client stops using it.
     disputed_by: dict[str, int] = field(default_factory=dict)
+    slowdown: dict[str, float] = field(default_factory=dict)  # median of recent slowdowns
 
 
 def publishable(
@@ -61,7 +66,8 @@ def publishable(
     for peer in set(held) | set(estimates):
         e = estimates.get(peer, NodeEstimate())
         busy_fresh = e.busy is not None and now - e.busy_at <= busy_max_age_s
-        if not (e.samples or e.failures or busy_fresh or held.get(peer) or e.disputes):
+        slowdown_fresh = e.slowdown is not None and now - e.slowdown_at <= busy_max_age_s
+        if not (e.samples or e.failures or busy_fresh or slowdown_fresh or held.get(peer) or e.disputes):
             continue
         contradicted = e.contradicted(now) and e.in_node_s is not None
         shared[peer] = {
@@ -74,6 +80,8 @@ def publishable(
         }
         if busy_fresh and not contradicted:
             shared[peer]["busy"] = e.busy
+        if slowdown_fresh and not contradicted:
+            shared[peer]["slowdown"] = e.slowdown
         if e.disputes:
             shared[peer].update(disputes=e.disputes, evidence=e.evidence[:MAX_EVIDENCE])
     return shared
@@ -92,6 +100,7 @@ def aggregate(
     times: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     sessions: Counter[str] = Counter()
     busy: dict[str, list[float]] = defaultdict(list)
+    slowdown: dict[str, list[float]] = defaultdict(list)
     disputed_by: Counter[str] = Counter()
     for publisher, observations in published.items():
         if publisher == skip_publisher or not isinstance(observations, dict):
@@ -106,6 +115,8 @@ def aggregate(
                 sessions[peer] += min(sessions_cap, int(obs["sessions"]))
             if is_number(obs.get("busy")) and 0.0 <= obs["busy"] <= 1.0:
                 busy[peer].append(float(obs["busy"]))
+            if is_number(obs.get("slowdown")) and 1.0 <= obs["slowdown"] <= MAX_SLOWDOWN:
+                slowdown[peer].append(float(obs["slowdown"]))
             if is_positive_number(obs.get("disputes")):
                 disputed_by[peer] += 1  # one vote per publisher, however many disputes it claims
     estimates = {}
@@ -120,7 +131,8 @@ def aggregate(
             setattr(estimate, name, value)
         estimates[peer] = estimate
     busy_median = {peer: statistics.median(v) for peer, v in busy.items()}
-    return SharedView(estimates, dict(sessions), busy_median, dict(disputed_by))
+    slowdown_median = {peer: statistics.median(v) for peer, v in slowdown.items()}
+    return SharedView(estimates, dict(sessions), busy_median, dict(disputed_by), slowdown_median)
 
 
 def ewma(previous: float | None, sample: float, weight: float) -> float:

@@ -53,3 +53,41 @@ class BusyMeter:
             self._total -= old[1] - old[0]
         busy = self._total - (max(0.0, low - spans[0][0]) if spans else 0.0)
         return min(1.0, max(0.0, busy / self.window_s))
+
+
+class SlowdownMeter:
+    """How much longer than its own compute a decoding step spends in the node, recently.
+
+    Each sample is a step's time in the node (waiting for the compute thread, gathering,
+    running) over the time its forward ran: 1 for a step that never waited. The mean over a
+    sliding window is the node's load signal, whatever its scheduling: for a node serving one
+    step at a time it follows 1 / (1 - busy) (M/M/1: time in system over service time), while
+    a node that batches stays near 1-2 while busy all the time, because steps arriving
+    together share one forward instead of queueing behind each other. ``None`` until a step
+    was seen in the window (an idle node: routers fall back to the busy fraction).
+    """
+
+    def __init__(self, window_s: float = DEFAULT_WINDOW_S, clock: Callable[[], float] = time.perf_counter):
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.window_s, self.clock = window_s, clock
+        self._samples: deque[tuple[float, float]] = deque()  # (when, in-node time / compute time)
+        self._total = 0.0
+
+    def add(self, in_node_s: float, compute_s: float) -> None:
+        """A decoding step spent ``in_node_s`` in the node, ``compute_s`` of it in its forward."""
+        if compute_s <= 0 or in_node_s < 0:
+            return
+        sample = max(1.0, in_node_s / compute_s)
+        self._samples.append((self.clock(), sample))
+        self._total += sample
+
+    def mean(self) -> float | None:
+        """The mean slowdown over the last ``window_s`` seconds (None: no step in the window)."""
+        low = self.clock() - self.window_s
+        while self._samples and self._samples[0][0] <= low:
+            self._total -= self._samples.popleft()[1]
+        if not self._samples:
+            self._total = 0.0
+            return None
+        return max(1.0, self._total / len(self._samples))

@@ -43,7 +43,7 @@ from swarmnode.net.swarmkey import SwarmKey
 from swarmnode.records import NodeState
 from swarmnode.server.admission import Admission, peer_share
 from swarmnode.server.backend import BlockBackend
-from swarmnode.server.busy import BusyMeter
+from swarmnode.server.busy import BusyMeter, SlowdownMeter
 from swarmnode.server.cache import CacheManager, Session
 from swarmnode.server.inbox import Inbox
 from swarmnode.server.metrics import NodeMetrics
@@ -112,6 +112,7 @@ class NodeHandler:
         self.sessions_done.set()
         self._streams = 0
         self.busy = BusyMeter()  # reported with every step and in the node's record
+        self.slowdown = SlowdownMeter()  # likewise: the load signal routers prefer (time in node / compute)
         # The largest request frame read at all: MAX_FORWARD_TOKENS fp32 hidden states (batch × tokens in
         # all) plus metadata. Checked before a byte of the message is read.
         self.frame_limit = (4 * backend.hidden_size + 16) * MAX_FORWARD_TOKENS + MAX_METADATA_BYTES + (1 << 16)
@@ -374,10 +375,9 @@ class NodeHandler:
             peer_id, session_id, step = forward
             forwarded = await self.pusher.push(peer_id, {"session_id": session_id, "step": step}, result.output)
         self._observe("decode" if hidden.shape[1] == 1 else "prefill", result, hidden)
-        compute_ms = 1000 * result.compute_s
-        busy = self.busy.fraction()
-        if self.misreport:
-            compute_ms, busy = 0.01, 0.0
+        if hidden.shape[1] == 1:
+            self.slowdown.add(result.queue_s + result.compute_s, result.compute_s)
+        compute_ms = 1000 * result.compute_s if not self.misreport else 0.01
         return make_response(
             {
                 "cache_len_before": before,
@@ -387,13 +387,21 @@ class NodeHandler:
                 "queue_ms": 1000 * result.queue_s,  # waiting for the compute thread
                 "batch": result.batch,  # sessions that shared the forward
                 "node_ms": 1000 * (time.perf_counter() - received),  # request decoded to response built
-                "busy": busy,  # the load signal routers learn from
+                **self.load_signals(),  # what routers learn load from
                 # Clients move before the node leaves, or before it frees the blocks of a span it moved from.
                 "draining": self.state_fn() == NodeState.DRAINING or not self._announced(cache),
                 "forwarded": forwarded,  # pushed to the next hop as asked (else the client relays)
             },
             (result.output,),
         )
+
+    def load_signals(self) -> dict[str, float]:
+        """The node's load as it reports it with every step and in its record: its busy fraction
+        and its slowdown (-1: no decoding step in the window)."""
+        if self.misreport:  # TESTING AID: a node claiming to be idle
+            return {"busy": 0.0, "slowdown": 1.0}
+        slowdown = self.slowdown.mean()
+        return {"busy": self.busy.fraction(), "slowdown": -1.0 if slowdown is None else slowdown}
 
     def _observe(self, kind: str, result: StepResult, hidden) -> None:
         self.metrics.observe_step(kind, result.compute_s / result.batch, hidden.shape[0] * hidden.shape[1])

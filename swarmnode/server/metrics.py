@@ -111,6 +111,11 @@ class _StateCollector:
         yield _gauge("swarmnode_span_end_block", "One past the last block this node serves", s["end"])
         yield _gauge("swarmnode_busy_ratio", "Fraction of the last 3 s spent computing", max(0.0, s["busy"]))
         yield _gauge(
+            "swarmnode_step_slowdown_ratio",
+            "Decoding steps' time in the node over their compute, mean of the last 3 s (1 = no waiting)",
+            max(1.0, s.get("slowdown", 1.0)),
+        )
+        yield _gauge(
             "swarmnode_throughput_tokens_per_second", "Advertised inference throughput per block", s["inference_rps"]
         )
         states = GaugeMetricFamily(
