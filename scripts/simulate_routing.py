@@ -2,7 +2,8 @@
 
 A swarm of 20-60 nodes over 32-80 blocks, spans placed by the real ``--blocks auto`` code
 (``swarmnode.server.block_selection``), per-block speeds 1:2:6, client-node round trips of 5-250
-ms, FIFO service at every node (so latency grows with concurrent sessions), sessions arriving as
+ms, FIFO service at every node (so latency grows with concurrent sessions; ``--batching``: nodes
+batch the decoding steps waiting together into one forward, as ours do), sessions arriving as
 a Poisson process from several clients, each client with its own router. Scenarios: ``static-
 low``, ``contention``, ``gray`` (a popular node becomes 5x slower without any error), ``churn``
 (crashes and rejoins; a dead node stays advertised ONLINE until gossip declares it dead, 3 s
@@ -634,8 +635,9 @@ def live_world(
     report: dict, rate: float, arrivals_s: float, gray_at: float | None = None, hop_overhead_s: float = 0.002
 ) -> dict:
     """The simulator's world for a swarm measured by scripts/bench_routing_live.py: the same
-    spans, step delays (+ LIVE_STEP_OVERHEAD_S), network delays (+ ``hop_overhead_s``),
-    advertised throughputs, clients, session shape and arrival rate."""
+    spans, step delays (a fixed cost per forward, + LIVE_STEP_OVERHEAD_S of compute), network
+    delays (+ ``hop_overhead_s``), advertised throughputs, clients, session shape and arrival
+    rate; its nodes batch, as the live ones do."""
     nodes = []
     for x in report["nodes"]:
         start, end = (int(v) for v in x["span"].split(":"))

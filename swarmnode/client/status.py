@@ -36,6 +36,7 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
                 "cache_tokens_left": r.cache_tokens_left,
                 "active_sessions": r.active_sessions,
                 "busy": round(r.busy, 3) if r.busy >= 0 else None,
+                "slowdown": round(r.slowdown, 2) if r.slowdown >= 1 else None,
                 "dtype": r.dtype,
                 "quantization": r.quantization,
                 "version": r.version,
