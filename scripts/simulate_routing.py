@@ -296,7 +296,7 @@ class Simulation:
     def announce(self, x: SimNode) -> None:
         if x.alive:
             x.announced_sessions, x.announced_busy = x.sessions, self.meter(x).fraction()
-            x.announced_slowdown = x.slowdowns.mean() if x.slowdowns is not None else None
+            x.announced_slowdown = self.slowdown_meter(x).mean()
         self.at(self.now + ANNOUNCE_S, self.announce, x)
 
     def arrive(self) -> None:
@@ -387,6 +387,11 @@ class Simulation:
             x.meter = BusyMeter(clock=lambda: self.now)
         return x.meter
 
+    def slowdown_meter(self, x: SimNode) -> SlowdownMeter:
+        if x.slowdowns is None:
+            x.slowdowns = SlowdownMeter(clock=lambda: self.now)
+        return x.slowdowns
+
     def computed(
         self, session: Session, hop: Hop, sent_at: float, service: float, began: float, arrived: float, decoding: bool
     ) -> None:
@@ -397,11 +402,10 @@ class Simulation:
             return
         meter = self.meter(x)
         meter.add(began, self.now)
-        if x.slowdowns is None:
-            x.slowdowns = SlowdownMeter(clock=lambda: self.now)
+        slowdowns = self.slowdown_meter(x)
         if decoding:
-            x.slowdowns.add(self.now - arrived, service)
-        load = (meter.fraction(), x.slowdowns.mean())
+            slowdowns.add(self.now - arrived, service)
+        load = (meter.fraction(), slowdowns.mean())
         self.at(self.now + x.delay_s / 2, self.answered, session, hop, sent_at, service, load)
 
     def answered(self, session: Session, hop: Hop, sent_at: float, service: float, load: tuple) -> None:

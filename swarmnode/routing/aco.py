@@ -38,10 +38,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from swarmnode.errors import NoServersForBlocks, VerificationFailed
-from swarmnode.records import MAX_SLOWDOWN, NodeRecord, SwarmSnapshot
+from swarmnode.records import NodeRecord, SwarmSnapshot
 from swarmnode.routing.base import Hop, unmeasured_delay_s
 from swarmnode.routing.shortest import DEFAULT_HOP_OVERHEAD_S, MIN_RPS, BanFeedback, Bans
-from swarmnode.routing.stigmergy import NodeEstimate, SharedView, aggregate, ewma, is_number, publishable
+from swarmnode.routing.stigmergy import (
+    NodeEstimate,
+    SharedView,
+    aggregate,
+    ewma,
+    is_number,
+    plausible_slowdown,
+    publishable,
+)
 
 DECODE_TOKENS = 4  # steps with at most this many new tokens count as decoding steps
 CLAIM_BUSY_MAX = 0.99  # the busy fraction a claim check believes at most (a 100x queue)
@@ -364,7 +372,7 @@ class AntColonyRouter:
         if is_number(busy) and 0.0 <= busy <= 1.0:  # remote input
             estimate = self.estimates[hop.peer_id]
             estimate.busy, estimate.busy_at = busy, self.clock()
-        slowdown = slowdown if is_number(slowdown) and 1.0 <= slowdown <= MAX_SLOWDOWN else None  # remote input
+        slowdown = plausible_slowdown(slowdown)  # remote input
         if slowdown is not None:
             estimate = self.estimates[hop.peer_id]
             estimate.slowdown, estimate.slowdown_at = slowdown, self.clock()

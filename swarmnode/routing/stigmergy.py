@@ -115,8 +115,8 @@ def aggregate(
                 sessions[peer] += min(sessions_cap, int(obs["sessions"]))
             if is_number(obs.get("busy")) and 0.0 <= obs["busy"] <= 1.0:
                 busy[peer].append(float(obs["busy"]))
-            if is_number(obs.get("slowdown")) and 1.0 <= obs["slowdown"] <= MAX_SLOWDOWN:
-                slowdown[peer].append(float(obs["slowdown"]))
+            if (reported := plausible_slowdown(obs.get("slowdown"))) is not None:
+                slowdown[peer].append(reported)
             if is_positive_number(obs.get("disputes")):
                 disputed_by[peer] += 1  # one vote per publisher, however many disputes it claims
     estimates = {}
@@ -143,6 +143,12 @@ def ewma(previous: float | None, sample: float, weight: float) -> float:
 def is_number(value: object) -> bool:
     """A finite int or float (not a bool): what a number in remote input must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plausible_slowdown(value: object) -> float | None:
+    """A node's reported slowdown as a float, or None when it is not one (a step never takes less
+    than its compute, and beyond MAX_SLOWDOWN it is nonsense, not load)."""
+    return float(value) if is_number(value) and 1.0 <= value <= MAX_SLOWDOWN else None
 
 
 def is_positive_number(value: object) -> bool:
