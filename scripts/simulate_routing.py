@@ -237,8 +237,14 @@ class Simulation:
             return RandomRouter(rng, bans=Bans(clock=clock))
         if self.policy.startswith("shortest_load"):  # "-busy": given the records' busy fractions too
             use_busy = self.policy == "shortest_load-busy"
-            return AntColonyRouter(
-                AcoParams(), learn=False, use_sharing=False, use_busy=use_busy, rng=rng, clock=clock, pings=pings
+            return AntColonyRouter(  # always best of two, as this baseline is defined (no herding rule)
+                AcoParams(herd_load=0.0),
+                learn=False,
+                use_sharing=False,
+                use_busy=use_busy,
+                rng=rng,
+                clock=clock,
+                pings=pings,
             )
         if self.policy == "oracle":
             return OracleRouter(self, clock)

@@ -126,6 +126,7 @@ class ClientConfig:
     aco_alpha: float = 1.0
     aco_beta: float = 6.0
     aco_q0: float = 0.9
+    aco_herd_load: float = 1.5
     aco_tau0: float = 0.5
     aco_tau_min: float = 0.05
     aco_tau_max: float = 1.0

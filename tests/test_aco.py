@@ -12,8 +12,10 @@ from swarmnode.routing import AcoParams, AntColonyRouter, Hop, RandomRouter, mak
 from tests.clock import Clock
 
 
-def node(peer, start, end, rps=100.0, sessions=0, busy=-1.0):
-    return NodeRecord(peer, NodeState.ONLINE, start, end, inference_rps=rps, active_sessions=sessions, busy=busy)
+def node(peer, start, end, rps=100.0, sessions=0, busy=-1.0, slowdown=-1.0):
+    return NodeRecord(
+        peer, NodeState.ONLINE, start, end, inference_rps=rps, active_sessions=sessions, busy=busy, slowdown=slowdown
+    )
 
 
 def snap(*records, shared=None):
@@ -49,16 +51,24 @@ def test_choice_probabilities_follow_tau_alpha_eta_beta():
     assert abs(picks.count("a") / len(picks) - 0.8) < 0.03  # 0.8^1 / (0.8 + 0.2)
 
 
-def test_best_of_two_prefers_but_does_not_herd():
-    s = snap(node("fast", 0, 8, rps=200), node("slow", 0, 8, rps=100))
+def share_of_fast(s, **params) -> float:
+    router = AntColonyRouter(AcoParams(beta=2.0, **params), rng=random.Random(2))
+    picks = [router.choose_chain(s, 0, 8)[0].peer_id for _ in range(4000)]
+    return picks.count("fast") / len(picks)
 
-    def share_of_fast(q0):
-        router = AntColonyRouter(AcoParams(q0=q0, beta=2.0), rng=random.Random(2), use_load=False)
-        picks = [router.choose_chain(s, 0, 8)[0].peer_id for _ in range(4000)]
-        return picks.count("fast") / len(picks)
 
-    single, best_of_two = share_of_fast(0.0), share_of_fast(1.0)
+def test_best_of_two_prefers_but_does_not_herd_onto_a_loaded_node():
+    s = snap(node("fast", 0, 8, rps=200, slowdown=2.0), node("slow", 0, 8, rps=100, slowdown=2.0))
+    single, best_of_two = share_of_fast(s, q0=0.0), share_of_fast(s, q0=1.0)
     assert 0.6 < single < best_of_two < 0.97  # prefers the fast node, yet never herds onto it
+    assert share_of_fast(s, q0=1.0, herd_load=2.0) == 1.0  # within herd_load: loaded is not loaded enough
+
+
+def test_exploiting_takes_the_best_outright_while_its_node_is_not_loaded():
+    idle = snap(node("fast", 0, 8, rps=200, slowdown=1.1), node("slow", 0, 8, rps=100))
+    assert share_of_fast(idle, q0=1.0) == 1.0  # clients piling onto a node whose steps do not wait
+    assert share_of_fast(idle, q0=1.0, herd_load=0.0) < 0.97  # herding off: best of two, as when loaded
+    assert 0.6 < share_of_fast(idle, q0=0.0) < 0.97  # exploring draws stay proportional
 
 
 def test_load_term_steers_away_from_busy_nodes():

@@ -9,6 +9,7 @@ from swarmnode.net.protocol import (
     make_response,
     read_response,
     step_tensors,
+    tensor_from_proto,
     tensor_to_proto,
     unpack_meta,
 )
@@ -32,6 +33,31 @@ def test_tensor_round_trip_and_garbage():
         step_tensors([broken])
     with pytest.raises(InvalidRequest, match="expected 1 tensor"):
         step_tensors([])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.bool])
+def test_tensors_travel_as_their_own_bytes(dtype):
+    t = (torch.randn(2, 3, 5) * 4).to(dtype)
+    proto = tensor_to_proto(t.transpose(1, 2))  # not contiguous: sent contiguous
+    assert len(proto.buffer) == t.numel() * dtype.itemsize  # bfloat16: 2 bytes a value, not hivemind's 4
+    back = tensor_from_proto(proto)
+    assert back.dtype == dtype and torch.equal(back, t.transpose(1, 2))
+
+
+def test_hivemind_legacy_bfloat16_and_malformed_tensors():
+    from hivemind.compression import serialize_torch_tensor
+
+    t = torch.randn(2, 4).to(torch.bfloat16)
+    assert torch.equal(tensor_from_proto(serialize_torch_tensor(t)), t)  # 4 bytes a value: legacy form
+    for dtype, size, buffer in [
+        ("complex64", [2], bytes(16)),
+        ("float32", [3], bytes(8)),
+        ("float32", [2**31, 2**31], b""),
+    ]:
+        bad = runtime_pb2.Tensor(buffer=buffer, size=size, dtype=dtype)
+        with pytest.raises(InvalidRequest, match="cannot decode"):
+            tensor_from_proto(bad)
+    assert tensor_from_proto(runtime_pb2.Tensor(size=[0, 4], dtype="float32")).shape == (0, 4)
 
 
 def test_errors_travel_as_codes():

@@ -3,6 +3,7 @@ Llama-like checkpoint with grouped-query attention."""
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -68,6 +69,21 @@ def test_streaming_iterator_and_streamer(model, llama_reference):
     expected = llama_reference.generate(PROMPT, max_new_tokens=8, do_sample=False)[0, PROMPT.shape[1] :].tolist()
     assert tokens == expected
     assert seen[0] == PROMPT.tolist() and seen[1:-1] == [[t] for t in expected] and seen[-1] == "end"
+
+
+def test_a_stream_stopped_early_leaves_its_session_with_the_tokens_taken(model, llama_reference):
+    """stream_tokens generates ahead of its caller; a caller that stops after 3 tokens still
+    finds exactly those in its session, and continuing gives what one uninterrupted run gives."""
+    expected = llama_reference.generate(PROMPT, max_new_tokens=10, do_sample=False)
+    with model.inference_session(max_length=64) as session:
+        stream = model.stream_tokens(PROMPT, max_new_tokens=10, session=session)
+        taken = [int(next(stream)[0]) for _ in range(3)]
+        time.sleep(0.5)  # meanwhile the generation runs ahead of us
+        stream.close()
+        assert session.token_ids.shape[1] == PROMPT.shape[1] + 3
+        assert taken == expected[0, PROMPT.shape[1] : PROMPT.shape[1] + 3].tolist()
+        out = model.generate(None, max_new_tokens=7, session=session)
+    assert torch.equal(out, expected)
 
 
 def test_stateless_forward_matches_local_logits(model, llama_reference):

@@ -16,6 +16,7 @@ import torch
 from swarmnode.client.generation import load_generation_config, plan_generation, prompt_positions
 from swarmnode.client.pinger import Pinger
 from swarmnode.client.session import InferenceSession
+from swarmnode.client.streaming import AheadStream
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
 from swarmnode.errors import ModelMismatch, NoServersForBlocks, RemoteError, SessionError
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 SHARED_TTL_S = 60.0  # shared observations outlive a client briefly, so later clients still benefit
 DEFAULT_RETRY_AFTER_S = 2.0  # a node at capacity that gave no hint is avoided this long
 MAX_RETRY_AFTER_S = 60.0
+STREAM_LOOKAHEAD = 2  # tokens stream_tokens may generate before the caller has taken the earlier ones
 
 
 class RemoteBlocks:
@@ -269,18 +271,26 @@ class DistributedModelForCausalLM:
         generator: torch.Generator | None = None,
         **options,
     ) -> Iterator[torch.Tensor]:
-        """Like ``generate``, but yields each new token ([batch] tensor) as soon as it exists."""
+        """Like ``generate``, but yields each new token ([batch] tensor) as soon as it exists.
+
+        Generation runs ahead of the caller by up to two tokens (the next step does not wait
+        for the caller to ask for it). A caller that stops early leaves ``session`` holding
+        exactly the tokens it took (any generated beyond them are rolled back); a ``streamer``
+        may have seen those too.
+        """
         steps = self._agenerate(input_ids, attention_mask, streamer, session, generator, options)
+        stream = AheadStream(self.connection.loop, steps, lookahead=STREAM_LOOKAHEAD)
         try:
-            self.connection.run(anext(steps))  # the prompt itself
+            stream.get()  # the prompt itself
             while True:
-                try:
-                    tokens = self.connection.run(anext(steps))
-                except StopAsyncIteration:
+                more, tokens = stream.get()
+                if not more:
                     return
                 yield tokens[:, -1]
         finally:
-            self.connection.run(steps.aclose())
+            unread = stream.close()
+            if unread and session is not None and session.token_ids is not None and not session.closed:
+                session.rollback(session.token_ids.shape[1] - unread)
 
     async def _agenerate(self, input_ids, attention_mask, streamer, session, generator, options):
         """Yields all tokens so far: once before generating, then after each new token.

@@ -155,6 +155,11 @@ class InferenceSession(SpotChecks, Forwarding):
         return [h.hop for h in self._hops]
 
     @property
+    def closed(self) -> bool:
+        """Whether the session has ended (closed, or failed for good)."""
+        return self._closed
+
+    @property
     def reported_prefix_lengths(self) -> list[int]:
         """The cached prefix length each hop reported for the last step."""
         return [h.cache_len_before for h in self._hops]
@@ -351,21 +356,17 @@ class InferenceSession(SpotChecks, Forwarding):
         dead, and we wait on, up to ``request_timeout`` in all; one that does not has failed."""
         cfg, peer = self.remote.config, state.hop.peer_id
         began = time.monotonic()
-        receiving = asyncio.ensure_future(state.stream.recv())
-        try:
-            while True:
-                done, _ = await asyncio.wait({receiving}, timeout=timeout)
-                if done:
-                    return receiving.result()
-                waited = time.monotonic() - began
-                probe = min(cfg.ping_timeout, max(PROBE_FLOOR_S, PROBE_PINGS * self.remote.pings.get(peer, 0.1)))
-                if waited + probe >= cfg.request_timeout or not await self.remote.pinger.alive(peer, probe):
-                    raise NodeUnavailable("the node did not answer within the step timeout", peer)
-                timeout = min(timeout, cfg.request_timeout - (time.monotonic() - began))
-                logger.info("hop %s is late (%.1f s) but alive: waiting on", state.hop, waited)
-        finally:
-            if not receiving.done():
-                receiving.cancel()
+        while True:
+            try:
+                return await state.stream.recv(timeout, cfg.request_timeout)
+            except TimeoutError:
+                pass  # nothing has come yet: is the node alive?
+            waited = time.monotonic() - began
+            probe = min(cfg.ping_timeout, max(PROBE_FLOOR_S, PROBE_PINGS * self.remote.pings.get(peer, 0.1)))
+            if waited + probe >= cfg.request_timeout or not await self.remote.pinger.alive(peer, probe):
+                raise NodeUnavailable("the node did not answer within the step timeout", peer)
+            timeout = min(timeout, cfg.request_timeout - (time.monotonic() - began))
+            logger.info("hop %s is late (%.1f s) but alive: waiting on", state.hop, waited)
 
     def _step_timeout(self, state: _HopState, tokens: int) -> float:
         """How long to wait for a hop: a floor plus a multiple of what this hop usually takes."""

@@ -37,7 +37,6 @@ from typing import Any
 import msgpack
 import torch
 from google.protobuf.message import DecodeError
-from hivemind.compression import deserialize_torch_tensor, serialize_torch_tensor
 from hivemind.p2p import P2P, P2PContext, ServicerBase
 from hivemind.proto import runtime_pb2
 from hivemind.proto.p2pd_pb2 import RPCError
@@ -90,14 +89,16 @@ INFERENCE_HANDLE = "SwarmNodeService.rpc_inference"
 MAX_RESPONSE_BYTES = 1 << 30  # what a client reads from a node at most: a sanity bound, not a budget
 
 
-async def receive_message(reader, message_type: type, limit: int):
-    """Read one framed protobuf message (hivemind's stream framing) of at most ``limit`` bytes.
+async def receive_message(reader, message_type: type, limit: int, marker: bytes | None = None):
+    """Read one framed protobuf message (hivemind's stream framing) of at most ``limit`` bytes;
+    ``marker``: its first byte, when the caller has read it already.
 
     The length is checked before any of the message is read, so a peer cannot make us buffer
     a frame of any size it declares. Returns ``(message, None)``, or ``(None, RPCError)`` for an
     error frame; raises InvalidRequest for an oversized or unknown frame (the stream cannot be
     trusted past it), IncompleteReadError when the stream ends."""
-    marker = await reader.readexactly(1)
+    if marker is None:
+        marker = await reader.readexactly(1)
     length = int.from_bytes(await reader.readexactly(P2P.HEADER_LEN), P2P.BYTEORDER)
     if length > limit:
         raise InvalidRequest(f"a message of {length} bytes exceeds this stream's limit of {limit} bytes")
@@ -144,19 +145,57 @@ def unpack_meta(raw: bytes) -> dict[str, Any]:
     return meta
 
 
+# The dtypes a tensor may have on the wire (hidden states, attention masks, position ids), by the
+# names hivemind's ``runtime_pb2.Tensor`` carries. Anything else is refused before a byte is copied.
+WIRE_DTYPES: dict[str, torch.dtype] = {
+    name: getattr(torch, name)
+    for name in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+}
+
+
 def tensor_to_proto(tensor: torch.Tensor) -> runtime_pb2.Tensor:
-    return serialize_torch_tensor(tensor.detach().contiguous())
+    """A tensor as hivemind's uncompressed ``runtime_pb2.Tensor``: its raw bytes, shape and dtype
+    name. Written here rather than through ``hivemind.compression`` because this runs on every
+    hop of every token, where each layer of calls costs (docs/token_budget.md); bfloat16 goes as
+    its own 2 bytes a value (hivemind's legacy mode widens it to 4)."""
+    tensor = tensor.detach()
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor  # numpy has no bfloat16
+    return runtime_pb2.Tensor(
+        buffer=raw.numpy().tobytes(),
+        size=tensor.shape,
+        dtype=str(tensor.dtype)[6:],  # "torch.float32" -> "float32"
+    )
 
 
 def tensor_from_proto(proto: runtime_pb2.Tensor) -> torch.Tensor:
-    """Deserialize one tensor; InvalidRequest on garbage. Only uncompressed tensors are accepted:
-    we never send compressed ones, and each decompressor is more code a peer could aim at."""
+    """Decode one tensor; InvalidRequest on garbage. Only uncompressed tensors of a known dtype
+    whose bytes match their shape are accepted (checked before anything is allocated): we never
+    send compressed ones, and each decompressor is more code a peer could aim at. A bfloat16
+    tensor of 4 bytes a value is hivemind's legacy form (float32 values)."""
     if proto.compression != runtime_pb2.CompressionType.NONE:
         raise InvalidRequest(f"compressed tensors are not accepted (compression {proto.compression})")
+    dtype = WIRE_DTYPES.get(proto.dtype)
+    if dtype is None:
+        raise InvalidRequest(f"cannot decode tensor: unknown dtype {proto.dtype[:32]!r}")
+    shape = tuple(proto.size)
+    count, size = math.prod(shape), len(proto.buffer)
+    if dtype == torch.bfloat16 and count and size == 4 * count:
+        return _from_bytes(proto.buffer, torch.float32, shape).to(torch.bfloat16)
+    if size != count * dtype.itemsize:
+        raise InvalidRequest(f"cannot decode tensor: {size} bytes for shape {shape[:8]} of {proto.dtype}")
+    return _from_bytes(proto.buffer, dtype, shape)
+
+
+def _from_bytes(buffer: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     try:
-        return deserialize_torch_tensor(proto)
-    except Exception as e:  # noqa: BLE001 - any decoding failure of remote bytes is the sender's fault
-        raise InvalidRequest(f"cannot decode tensor: {type(e).__name__}: {e}") from e
+        if not buffer:  # an empty tensor (some dimension is 0)
+            return torch.empty(shape, dtype=dtype)
+        # A writable copy: the message's bytes are immutable, and the tensor outlives the message.
+        return torch.frombuffer(bytearray(buffer), dtype=dtype).view(shape)
+    except (RuntimeError, ValueError) as e:  # e.g. dimensions whose strides overflow
+        raise InvalidRequest(f"cannot decode tensor: {e}") from e
 
 
 def step_tensors(tensors) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

@@ -42,9 +42,30 @@ class NodeStream:
             self.closed = True
             raise NodeUnavailable(f"the connection broke: {e}", self.peer_id) from e
 
-    async def recv(self) -> runtime_pb2.ExpertResponse:
+    async def recv(
+        self, timeout: float | None = None, frame_timeout: float | None = None
+    ) -> runtime_pb2.ExpertResponse:
+        """The next response. TimeoutError if none has begun within ``timeout`` seconds: nothing
+        was consumed and the stream stays usable (call again to wait on). A response that begins
+        but is not whole within ``frame_timeout`` breaks the stream (NodeUnavailable).
+
+        Waiting needs no task of its own: this runs on every hop of every token."""
         try:
-            response, error = await receive_message(self._reader, runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES)
+            async with asyncio.timeout(timeout):
+                marker = await self._reader.readexactly(1)  # cancelled while waiting: nothing is consumed
+        except TimeoutError:
+            raise  # (an OSError too, but not a broken stream)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
+            self.closed = True
+            raise NodeUnavailable("the node closed the stream", self.peer_id) from e
+        try:
+            async with asyncio.timeout(frame_timeout):
+                response, error = await receive_message(
+                    self._reader, runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES, marker
+                )
+        except TimeoutError as e:
+            self.closed = True
+            raise NodeUnavailable("the node sent part of a response and stalled", self.peer_id) from e
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
             self.closed = True
             raise NodeUnavailable("the node closed the stream", self.peer_id) from e

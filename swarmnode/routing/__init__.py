@@ -1,5 +1,7 @@
 """Pure path selection (no sockets): the router interface and its policies."""
 
+import dataclasses
+
 from swarmnode.routing.aco import AcoParams, AntColonyRouter, RandomRouter
 from swarmnode.routing.base import Hop, Router
 from swarmnode.routing.shortest import Bans, ShortestPathRouter, shortest_chain
@@ -25,7 +27,8 @@ def make_router(
     if policy == "shortest":
         return ShortestPathRouter(bans=bans, pings=pings)
     if policy == "shortest_load":  # the load term from session counts and best-of-two draws; no learning
-        return AntColonyRouter(params, learn=False, use_sharing=False, use_busy=False, bans=bans, pings=pings)
+        frozen = dataclasses.replace(params, herd_load=0.0)  # always best of two, as this baseline is defined
+        return AntColonyRouter(frozen, learn=False, use_sharing=False, use_busy=False, bans=bans, pings=pings)
     if policy == "random":
         return RandomRouter(bans=bans)
     raise ValueError(f"unknown routing policy {policy!r}; choose one of {POLICIES}")

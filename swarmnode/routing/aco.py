@@ -10,14 +10,17 @@ an end e within q's span, with probability ∝ τ[b][q]^α · η^β where
 
     η = 1 / (delay(q) + (e - b) · per_block(q) · load(q) + rest(e))
 
-``load(q)`` = 1 / (1 − busy(q)), with busy(q) the fraction of recent time the node spent
-computing (it reports it with every step and in its record; clients share what they heard),
-or 1 + penalty × active sessions where no busy fraction is known (``use_busy=False``: always).
-``rest(e)`` is the cheapest estimated cost from e to the end (a backward pass over the
-same cost model), so with τ constant and pure exploitation the selector *is*
-shortest-latency routing. With probability q0 it draws two candidates and keeps the
-better ("best of two": clients that share the same information do not all pile onto
-one node); otherwise it takes a single proportional draw (exploration).
+``load(q)`` is how much slower than idle a step on q runs: the slowdown q measured (its
+decoding steps' time in the node over their compute; it reports it with every step and in its
+record, and clients share what they heard), else 1 / (1 − busy(q)) with busy(q) the fraction of
+recent time it spent computing, else 1 + penalty × active sessions. ``rest(e)`` is the
+cheapest estimated cost from e to the end (a backward pass over the same cost model), so with
+τ constant and pure exploitation the selector *is* shortest-latency routing. With
+probability q0 it exploits: it takes the best candidate outright while that node's load is at
+most ``herd_load`` (its steps barely wait, so clients that all pick it cost each other
+nothing), else it draws two candidates and keeps the better ("best of two": clients that
+share the same information do not all pile onto one busy node); otherwise it takes a single
+proportional draw (exploration).
 
 Learning: every K tokens a hop's observed time per block is compared to the best recent
 time seen at that boundary; the ratio r ∈ (0, 1] is deposited: τ ← (1 − d)·τ + d·r.
@@ -61,7 +64,11 @@ class AcoParams:
 
     alpha: float = 1.0  # weight of pheromone: learned experience
     beta: float = 6.0  # weight of the latency heuristic: sharp, so exploring costs little at low load (sim)
-    q0: float = 0.9  # probability of a best-of-two draw; 1 - q0 explores with a single draw
+    q0: float = 0.9  # probability of exploiting (below); 1 - q0 explores with a single draw
+    # Exploiting takes the best candidate outright while its node's load is at most herd_load (its
+    # steps barely wait, so clients that all pick it cost each other nothing), else the better of
+    # two draws (clients sharing the same numbers do not all pile onto one busy node). < 1: never.
+    herd_load: float = 1.5
     tau0: float = 0.5  # neutral pheromone: new and recovered nodes start here
     tau_min: float = 0.05  # MAX-MIN bounds keep every node choosable, none dominant forever
     tau_max: float = 1.0
@@ -107,6 +114,7 @@ class AcoParams:
             "claim_ratio >= 1, claim_slack_s >= 0": self.claim_ratio >= 1 and self.claim_slack_s >= 0,
             "claim_windows >= 1, distrust_s >= 0": self.claim_windows >= 1 and self.distrust_s >= 0,
             "distrust_load >= 1": self.distrust_load >= 1,
+            "herd_load >= 0": self.herd_load >= 0,
         }
         broken = [rule for rule, ok in checks.items() if not ok]
         if broken:
@@ -311,6 +319,9 @@ class AntColonyRouter:
             best = max(range(len(options)), key=lambda i: (scores[i], options[i][1]))  # ties: fewer hops
             return options[best]
         if self.rng.random() < self.params.q0:
+            best = max(range(len(options)), key=lambda i: (scores[i], options[i][1]))
+            if self.load(options[best][0]) <= self.params.herd_load:
+                return options[best]
             first, second = self.rng.choices(range(len(options)), weights=scores, k=2)
             return options[first if scores[first] >= scores[second] else second]
         return options[self.rng.choices(range(len(options)), weights=scores, k=1)[0]]
