@@ -9,7 +9,10 @@ minus the node's handling, each node's queueing and compute, and what is left be
 the caller and the generation loop; the named parts must add up to the measured gap
 within 10%. The same for the first token (routing, stream opening, the prompt step).
 Local generation runs in the same process, before and after the swarm runs, with the
-same torch thread count as the nodes.
+same torch thread count as the nodes. The first line also gives the floors: a TCP and a bare
+libp2p round trip on 127.0.0.1, and what decoding one hop's answer costs hot and right after
+a 16 ms sleep (as long as a hop's compute: every process on the token path wakes from such a
+wait, and on this machine the same code then runs many times slower).
 
     python scripts/bench_token_budget.py [--models smollm2 tiny-llama] [--hops 1 2 3] [--tokens 48]
 """
@@ -267,6 +270,30 @@ def libp2p_rtt_ms(payload: int, rounds: int = 500) -> float:
         server.join()
 
 
+def idle_penalty_us(rounds: int = 40) -> tuple[float, float]:
+    """(hot, after 16 ms idle) median microseconds of decoding and checking one SmolLM2-sized hop
+    answer: what the same code costs right after it ran, and after the thread slept as long as a
+    hop's compute (every process on the token path wakes from such a wait)."""
+    from swarmnode.client.session import hop_output
+    from swarmnode.client.steps import StepInput
+    from swarmnode.net.protocol import make_response
+
+    hidden = torch.randn(1, 1, 576)
+    response, sent = make_response({"compute_ms": 15.0, "step": 3}, (hidden,)), StepInput(hidden)
+
+    def timed() -> float:
+        began = time.perf_counter()
+        hop_output(response, "peer", sent)
+        return 1e6 * (time.perf_counter() - began)
+
+    hot, cold = [], []
+    for _ in range(rounds):
+        time.sleep(0.016)
+        cold.append(timed())
+        hot.append(timed())
+    return statistics.median(hot), statistics.median(cold)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2", "tiny-llama"])
@@ -277,8 +304,10 @@ def main() -> int:
     args = parser.parse_args()
     rtt = tcp_loopback_rtt_ms()
     echo = ", ".join(f"{1000 * libp2p_rtt_ms(size):.0f} us at {size} B" for size in (4 * 64, 4 * 576))
+    hot, cold = idle_penalty_us()
     print(f"machine: {torch.get_num_threads()} torch threads available; TCP loopback round trip {rtt * 1000:.1f} us; "
-          f"libp2p stream round trip (two p2pd, no compute) {echo}")  # fmt: skip
+          f"libp2p stream round trip (two p2pd, no compute) {echo}; decoding one hop's answer {hot:.0f} us hot, "
+          f"{cold:.0f} us after 16 ms idle")  # fmt: skip
     for name in args.models:
         run_model(name, args.hops, args.tokens, args.repeats, args.threads, rtt)
     return 0

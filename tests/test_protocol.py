@@ -1,6 +1,9 @@
+import asyncio
+
 import msgpack
 import pytest
 import torch
+from hivemind.p2p import P2P
 from hivemind.proto import runtime_pb2
 
 from swarmnode.errors import CacheExhausted, InvalidRequest, NodeBusy, RemoteError
@@ -8,6 +11,8 @@ from swarmnode.net.protocol import (
     error_response,
     make_response,
     read_response,
+    receive_message,
+    send_message,
     step_tensors,
     tensor_from_proto,
     tensor_to_proto,
@@ -58,6 +63,31 @@ def test_hivemind_legacy_bfloat16_and_malformed_tensors():
         with pytest.raises(InvalidRequest, match="cannot decode"):
             tensor_from_proto(bad)
     assert tensor_from_proto(runtime_pb2.Tensor(size=[0, 4], dtype="float32")).shape == (0, 4)
+
+
+def test_a_message_goes_out_as_one_write_and_reads_back():
+    class Writer:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, data):
+            self.writes.append(bytes(data))
+
+        async def drain(self):
+            pass
+
+    async def scenario():
+        writer, sent = Writer(), make_response({"x": 1}, (torch.ones(3),))
+        await send_message(sent, writer)
+        await send_message(P2P.END_OF_STREAM, writer)
+        assert len(writer.writes) == 2  # marker, length and body together: one send per message
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"".join(writer.writes))
+        message, error = await receive_message(reader, runtime_pb2.ExpertResponse, 1 << 20)
+        assert message == sent and error is None
+        assert await receive_message(reader, runtime_pb2.ExpertResponse, 1 << 20) == (None, P2P.END_OF_STREAM)
+
+    asyncio.run(scenario())
 
 
 def test_errors_travel_as_codes():

@@ -72,7 +72,8 @@ class _HopState:
     """One open hop of the chain."""
 
     hop: Hop
-    stream: NodeStream | None = None  # opened on first use, so a dead node fails like any step
+    stream: NodeStream | None = None  # opened on first use, so a dead node fails like any step...
+    opening: asyncio.Task | None = None  # ...or ahead of it, while the hops before it compute
     history: list[StepInput] = field(default_factory=list)  # every input sent, for replay
     cache_len_before: int = 0  # what the node reported for the last step
     step_times: list[float] = field(default_factory=list)  # round trips, seconds
@@ -250,6 +251,8 @@ class InferenceSession(SpotChecks, Forwarding):
             began = time.perf_counter()
             self._hops = [self._new_state(hop) for hop in await self.remote.find_chain()]
             self.remote.router.hold(self.chain)
+            for state in self._hops[1:]:  # the first hop opens at once; the others meanwhile
+                state.opening = asyncio.ensure_future(NodeStream.open(self.remote.connection.p2p, state.hop.peer_id))
             if trace is not None:
                 trace.route_ms = ms_since(began)
                 self.traces.append(trace)
@@ -318,7 +321,11 @@ class InferenceSession(SpotChecks, Forwarding):
         trace = self.trace
         if state.stream is None:
             opening = time.perf_counter()
-            state.stream = await NodeStream.open(self.remote.connection.p2p, state.hop.peer_id)
+            if state.opening is not None:  # opened ahead: a failure to open shows here, as a step's
+                task, state.opening = state.opening, None
+                state.stream = await task
+            else:
+                state.stream = await NodeStream.open(self.remote.connection.p2p, state.hop.peer_id)
             if trace is not None:
                 trace.open_ms += ms_since(opening)
         began = time.perf_counter()
@@ -388,8 +395,7 @@ class InferenceSession(SpotChecks, Forwarding):
             self.remote.note_busy(error)
         elif error is not None:
             self._on_hop_failure(failed.hop, error)
-        if failed.stream is not None:
-            await failed.stream.close()
+        await self._close([failed])
         await self._drop_checker(failed)
         # A node at capacity is avoided through its hint (note_busy), so it can be used again later.
         exclude = set(self._distrusted) if loaded else {failed.hop.peer_id} | self._distrusted
@@ -488,6 +494,12 @@ class InferenceSession(SpotChecks, Forwarding):
     @staticmethod
     async def _close(states: list[_HopState]) -> None:
         for state in states:
+            if state.opening is not None:  # opened ahead, never used: close what it opened
+                task, state.opening = state.opening, None
+                task.cancel()
+                await asyncio.wait([task])  # (a cancellation of ours still propagates)
+                if not task.cancelled() and task.exception() is None:
+                    state.stream = task.result()
             if state.stream is not None:
                 await state.stream.close()
 

@@ -7,6 +7,7 @@ module-level functions (picklable) that touch only the DHT node.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import tempfile
 from collections.abc import Iterator
 from functools import partial
@@ -177,12 +178,56 @@ async def _store_records(_dht, node: DHTNode, items: list[tuple[str, str, Any]],
     return all(results.values())
 
 
-def store_records(dht: hivemind.DHT, identity: Identity, items: list[tuple[str, str, Any]], ttl: float):
+# The most bytes of records one call hands the DHT process. hivemind's DHT reads its command pipe
+# non-blocking (uvloop polls it), and multiprocessing writes a message of over 16 KiB as a header
+# and a body: a reader woken between the two fails with EAGAIN and the DHT process dies. A node
+# announcing 30 blocks sends ~21 KB of signed records (each carries its public key and
+# signature), so its DHT died on its first announce (found 2026-11-28). Chunks stay well below.
+MAX_STORE_MESSAGE_BYTES = 12 * 1024
+
+
+class StoreResult:
+    """The stores of one ``store_records`` call (one or more DHT calls): awaitable, or
+    ``result(timeout)`` from a thread; True when every record was stored."""
+
+    def __init__(self, futures: list):
+        self.futures = futures
+
+    def __await__(self):
+        return self._all().__await__()
+
+    async def _all(self) -> bool:
+        return all([await future for future in self.futures])
+
+    def result(self, timeout: float | None = None) -> bool:
+        return all([future.result(timeout) for future in self.futures])
+
+
+def store_records(dht: hivemind.DHT, identity: Identity, items: list[tuple[str, str, Any]], ttl: float) -> StoreResult:
     """Store (key, subkey, value) triples, each signed by ``identity``, expiring in ``ttl``
-    seconds; returns an awaitable MPFuture."""
+    seconds, in as many DHT calls as keep each under MAX_STORE_MESSAGE_BYTES."""
     expiration = get_dht_time() + ttl
     sealed = [(key, subkey, identity.seal(key, subkey, value)) for key, subkey, value in items]
-    return dht.run_coroutine(partial(_store_records, items=sealed, expiration=expiration), return_future=True)
+    return StoreResult(
+        [
+            dht.run_coroutine(partial(_store_records, items=chunk, expiration=expiration), return_future=True)
+            for chunk in _chunks(sealed, MAX_STORE_MESSAGE_BYTES)
+        ]
+    )
+
+
+def _chunks(items: list, limit: int) -> list[list]:
+    """``items`` in consecutive groups of at most ``limit`` pickled bytes (an item alone may exceed it)."""
+    chunks: list[list] = []
+    size = 0
+    for item in items:
+        item_size = len(pickle.dumps(item))
+        if not chunks or size + item_size > limit:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(item)
+        size += item_size
+    return chunks
 
 
 async def _get_subkeys(_dht, node: DHTNode, keys: list[str]) -> dict[str, dict[str, Any]]:

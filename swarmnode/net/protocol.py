@@ -113,6 +113,17 @@ async def receive_message(reader, message_type: type, limit: int, marker: bytes 
         raise InvalidRequest(f"undecodable message on the stream: {e}") from e
 
 
+async def send_message(message, writer: asyncio.StreamWriter) -> None:
+    """Write one protobuf message (or ``P2P.END_OF_STREAM``, an error frame) in hivemind's stream
+    framing, as one write. ``P2P.send_protobuf`` writes the marker, the length and the body
+    separately: three sends, which the daemons may relay as three frames and the reader then
+    wakes up for one by one — on every hop of every token."""
+    marker = P2P.ERROR_MARKER if isinstance(message, RPCError) else P2P.MESSAGE_MARKER
+    data = message.SerializeToString()
+    writer.write(marker + len(data).to_bytes(P2P.HEADER_LEN, P2P.BYTEORDER) + data)
+    await writer.drain()
+
+
 async def read_requests(reader, limit: int) -> AsyncIterator[runtime_pb2.ExpertRequest]:
     """Requests from a raw inference stream (each at most ``limit`` bytes) until the client
     ends it (or it breaks)."""

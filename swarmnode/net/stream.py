@@ -14,7 +14,7 @@ from hivemind.p2p import P2P, PeerID
 from hivemind.proto import runtime_pb2
 
 from swarmnode.errors import InvalidRequest, NodeUnavailable, RemoteError
-from swarmnode.net.protocol import INFERENCE_HANDLE, MAX_RESPONSE_BYTES, receive_message
+from swarmnode.net.protocol import INFERENCE_HANDLE, MAX_RESPONSE_BYTES, receive_message, send_message
 
 
 class NodeStream:
@@ -37,7 +37,7 @@ class NodeStream:
         if self.closed:
             raise NodeUnavailable("the stream is closed", self.peer_id)
         try:
-            await P2P.send_protobuf(request, self._writer)
+            await send_message(request, self._writer)
         except (ConnectionError, OSError, RuntimeError) as e:
             self.closed = True
             raise NodeUnavailable(f"the connection broke: {e}", self.peer_id) from e
@@ -82,7 +82,7 @@ class NodeStream:
             return
         self.closed = True
         try:
-            await P2P.send_protobuf(P2P.END_OF_STREAM, self._writer)
+            await send_message(P2P.END_OF_STREAM, self._writer)
         except (ConnectionError, OSError, RuntimeError):
             pass
         self._writer.close()

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from hivemind.p2p import P2P, P2PContext
+from hivemind.p2p import P2PContext
 from hivemind.proto import runtime_pb2
 
 from swarmnode.errors import (
@@ -35,6 +35,7 @@ from swarmnode.net.protocol import (
     error_response,
     make_response,
     read_requests,
+    send_message,
     step_tensors,
     unpack_meta,
 )
@@ -195,7 +196,7 @@ class NodeHandler:
             async for response in self.rpc_inference(requests, None, peer=str(stream_info.peer_id)):
                 if self.network_delay_s:
                     await asyncio.sleep(self.network_delay_s)
-                await P2P.send_protobuf(response, writer)
+                await send_message(response, writer)
         except (ConnectionError, OSError, RemoteError) as e:
             logger.debug("inference stream ended: %s", e)
         finally:
