@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 
 from swarmnode.errors import NoServersForBlocks
 from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
-from swarmnode.routing import AcoParams, AntColonyRouter, Bans, Hop, RandomRouter, ShortestPathRouter
+from swarmnode.routing import (
+    AcoParams,
+    AntColonyRouter,
+    Bans,
+    Hop,
+    RandomRouter,
+    ShortestPathRouter,
+    shortest_load_params,
+)
 from swarmnode.routing.shortest import BanFeedback, shortest_chain
 from swarmnode.server.block_selection import choose_span, plan_move, served_throughput
 from swarmnode.server.busy import BusyMeter, SlowdownMeter
@@ -237,8 +245,8 @@ class Simulation:
             return RandomRouter(rng, bans=Bans(clock=clock))
         if self.policy.startswith("shortest_load"):  # "-busy": given the records' busy fractions too
             use_busy = self.policy == "shortest_load-busy"
-            return AntColonyRouter(  # always best of two, as this baseline is defined (no herding rule)
-                AcoParams(herd_load=0.0),
+            return AntColonyRouter(
+                shortest_load_params(),
                 learn=False,
                 use_sharing=False,
                 use_busy=use_busy,

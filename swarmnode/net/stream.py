@@ -50,20 +50,17 @@ class NodeStream:
         but is not whole within ``frame_timeout`` breaks the stream (NodeUnavailable).
 
         Waiting needs no task of its own: this runs on every hop of every token."""
+        marker = None
         try:
             async with asyncio.timeout(timeout):
                 marker = await self._reader.readexactly(1)  # cancelled while waiting: nothing is consumed
-        except TimeoutError:
-            raise  # (an OSError too, but not a broken stream)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:
-            self.closed = True
-            raise NodeUnavailable("the node closed the stream", self.peer_id) from e
-        try:
             async with asyncio.timeout(frame_timeout):
                 response, error = await receive_message(
                     self._reader, runtime_pb2.ExpertResponse, MAX_RESPONSE_BYTES, marker
                 )
-        except TimeoutError as e:
+        except TimeoutError as e:  # (an OSError too: caught first)
+            if marker is None:
+                raise  # nothing has begun: the stream is intact
             self.closed = True
             raise NodeUnavailable("the node sent part of a response and stalled", self.peer_id) from e
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as e:

@@ -9,6 +9,12 @@ from swarmnode.routing.shortest import Bans, ShortestPathRouter, shortest_chain
 POLICIES = ("aco", "shortest", "shortest_load", "random")
 
 
+def shortest_load_params(params: AcoParams = AcoParams()) -> AcoParams:
+    """The parameters of the ``shortest_load`` baseline: best of two always (no herding rule),
+    as the baseline is defined (docs/routing.md)."""
+    return dataclasses.replace(params, herd_load=0.0)
+
+
 def make_router(
     policy: str,
     params: AcoParams = AcoParams(),
@@ -27,8 +33,9 @@ def make_router(
     if policy == "shortest":
         return ShortestPathRouter(bans=bans, pings=pings)
     if policy == "shortest_load":  # the load term from session counts and best-of-two draws; no learning
-        frozen = dataclasses.replace(params, herd_load=0.0)  # always best of two, as this baseline is defined
-        return AntColonyRouter(frozen, learn=False, use_sharing=False, use_busy=False, bans=bans, pings=pings)
+        return AntColonyRouter(
+            shortest_load_params(params), learn=False, use_sharing=False, use_busy=False, bans=bans, pings=pings
+        )
     if policy == "random":
         return RandomRouter(bans=bans)
     raise ValueError(f"unknown routing policy {policy!r}; choose one of {POLICIES}")
@@ -44,5 +51,6 @@ __all__ = [
     "Router",
     "ShortestPathRouter",
     "make_router",
+    "shortest_load_params",
     "shortest_chain",
 ]

@@ -315,11 +315,10 @@ class AntColonyRouter:
 
     def _pick(self, options, b: int, rest, greedy: bool):
         scores = [self._score(r, b, e, rest) for r, e in options]
+        best = max(range(len(options)), key=lambda i: (scores[i], options[i][1]))  # ties: fewer hops
         if greedy:
-            best = max(range(len(options)), key=lambda i: (scores[i], options[i][1]))  # ties: fewer hops
             return options[best]
         if self.rng.random() < self.params.q0:
-            best = max(range(len(options)), key=lambda i: (scores[i], options[i][1]))
             if self.load(options[best][0]) <= self.params.herd_load:
                 return options[best]
             first, second = self.rng.choices(range(len(options)), weights=scores, k=2)
