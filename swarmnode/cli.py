@@ -120,6 +120,7 @@ def cmd_join(args: argparse.Namespace) -> int:
             "device",
             "dtype",
             "quant",
+            "weight_layout",
             "max_memory",
             "cache_tokens",
             "max_session_length",
@@ -412,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="auto, float32, bfloat16 or float16")
     p.add_argument("--quant", default=None, choices=("none", "int8", "nf4"),
                    help="quantize the blocks' weights with bitsandbytes (default none)")  # fmt: skip
+    p.add_argument("--weight-layout", default=None, choices=("auto", "dense", "packed"),
+                   help="CPU weights in oneDNN's packed layout (faster) or as loaded; auto = packed "
+                        "for float32 CPU nodes where it works (default)")  # fmt: skip
     p.add_argument("--max-memory", default=None, help="budget for weights + KV cache, e.g. 6GB")
     p.add_argument("--cache-tokens", type=int, default=None,
                    help="KV-cache tokens per block (default: 4096, or the session limit if longer)")  # fmt: skip

@@ -54,6 +54,7 @@ class NodeConfig:
     device: str = "cpu"
     dtype: str = "auto"  # auto = the checkpoint's torch_dtype, float32 on CPU if it is half
     quant: str = "none"  # none, int8 or nf4: the blocks' Linear weights (models/quantize.py)
+    weight_layout: str = "auto"  # auto, dense or packed: how a CPU node stores them (models/layout.py)
     max_memory: int | None = None  # bytes for weights + KV cache; None = detect
     cache_tokens: int | None = None  # node-wide KV-cache budget in tokens; None = derive
     max_session_length: int = 8192
@@ -88,6 +89,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if self.quant not in QUANT_FORMATS:
             raise ConfigError(f"quant must be one of {', '.join(QUANT_FORMATS)}, got {self.quant!r}")
+        if self.weight_layout not in ("auto", "dense", "packed"):
+            raise ConfigError(f"weight_layout must be auto, dense or packed, got {self.weight_layout!r}")
         if self.max_sessions_per_peer < 1 or not 0 < self.max_cache_share_per_peer <= 1:
             raise ConfigError("max_sessions_per_peer must be >= 1 and max_cache_share_per_peer in (0, 1]")
         if self.session_idle_timeout <= 0 or self.max_requests_per_peer_s <= 0:

@@ -129,7 +129,7 @@ MAX_RATE = 1e9  # tokens/s per block: far above any device, finite
 MAX_SLOWDOWN = 1000.0  # a node's slowdown (time in node / compute per step) beyond this is nonsense, not load
 MAX_TEXT = {"peer_id": 128, "dtype": 32, "quantization": 32, "version": 64, "public_name": 64, "metrics_addr": 256,
             "model_id": 128, "family": 64, "repository": 256, "config_hash": 128, "reporter": 128,
-            "relay": 128}  # fmt: skip
+            "relay": 128, "layout": 16}  # fmt: skip
 
 
 def _int_in(value: Any, low: int, high: int) -> int:
@@ -173,6 +173,7 @@ class NodeRecord:
     slowdown: float = -1.0  # decoding steps' recent time in node / compute (>= 1); -1 = no recent step, or older nodes
     dtype: str = "float32"
     quantization: str = "none"
+    layout: str = "dense"  # how a CPU node stores its weights (models/layout.py): rounding-level differences
     version: str = ""
     public_name: str = ""
     metrics_addr: str = ""
@@ -222,9 +223,8 @@ class NodeRecord:
                     kwargs[name] = _float_in(kwargs[name], 0.0, MAX_RATE)
             if "timestamp" in kwargs:
                 kwargs["timestamp"] = _float_in(kwargs["timestamp"], 0.0, 1e12)
-            for name in ("peer_id", "dtype", "quantization", "version", "public_name", "metrics_addr", "relay"):
-                if name in kwargs:
-                    _text(name, kwargs[name])
+            for name in MAX_TEXT.keys() & kwargs.keys():  # every text field
+                _text(name, kwargs[name])
             if "busy" in kwargs:
                 busy = kwargs["busy"]
                 if isinstance(busy, bool) or not isinstance(busy, int | float):

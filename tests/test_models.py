@@ -59,12 +59,13 @@ def write(tmp_path, name):
     return str(path)
 
 
-def generate_through_spans(path, spans, prompt, new_tokens):
+def generate_through_spans(path, spans, prompt, new_tokens, layout="dense"):
     spec = load_model_spec(path)
     head, _ = load_client_head(spec)
     kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
     backends = [
-        BlockBackend(spec, load_blocks(spec, s, e, "cpu", torch.float32), "cpu", torch.float32) for s, e in spans
+        BlockBackend(spec, load_blocks(spec, s, e, "cpu", torch.float32, layout=layout), "cpu", torch.float32)
+        for s, e in spans
     ]
     caches = [SessionCache(s, e, 1, 64, kv_heads, head_dim, torch.float32, "cpu") for s, e in spans]
 
@@ -80,7 +81,7 @@ def generate_through_spans(path, spans, prompt, new_tokens):
     return tokens
 
 
-def generate_batched(path, prompts, new_tokens, pad=0):
+def generate_batched(path, prompts, new_tokens, pad=0, layout="dense"):
     """Greedy generation of several sessions at once: each prompt alone, then every decoding
     step of all sessions as one batched forward (BlockBackend.forward_batch, with ``pad``
     empty rows) over two spans.
@@ -91,7 +92,8 @@ def generate_batched(path, prompts, new_tokens, pad=0):
     kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
     spans = [(0, 2), (2, spec.num_blocks)]
     backends = [
-        BlockBackend(spec, load_blocks(spec, s, e, "cpu", torch.float32), "cpu", torch.float32) for s, e in spans
+        BlockBackend(spec, load_blocks(spec, s, e, "cpu", torch.float32, layout=layout), "cpu", torch.float32)
+        for s, e in spans
     ]
 
     def new_caches():
@@ -123,19 +125,22 @@ def generate_batched(path, prompts, new_tokens, pad=0):
     return tokens, worst
 
 
+@pytest.mark.parametrize("layout", ["dense", "packed"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_family_matches_transformers_token_for_token(tmp_path, name):
+def test_family_matches_transformers_token_for_token(tmp_path, name, layout):
+    """Both weight layouts (models/layout.py): packed differs from transformers by rounding only."""
     path = write(tmp_path, name)
     prompt = torch.tensor([[5, 17, 99, 3, 42, 7]])
-    ours = generate_through_spans(path, [(0, 1), (1, 3), (3, 4)], prompt, 24)  # 30 tokens > sliding window 16
+    ours = generate_through_spans(path, [(0, 1), (1, 3), (3, 4)], prompt, 24, layout)  # 30 tokens > window 16
     reference = AutoModelForCausalLM.from_pretrained(path).generate(prompt, max_new_tokens=24, do_sample=False)
     assert torch.equal(ours, reference)
     assert len(set(ours[0, 6:].tolist())) > 5, "random weights should give varied tokens"
 
 
+@pytest.mark.parametrize("layout", ["dense", "packed"])
 @pytest.mark.parametrize("pad", [0, 2], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_batched_decoding_matches_transformers_for_every_session(tmp_path, name, pad):
+def test_batched_decoding_matches_transformers_for_every_session(tmp_path, name, pad, layout):
     """Continuous batching: sessions of different lengths (past the sliding window) decode in
     one forward per block, each with its own cache and positions, with or without empty padding
     rows; each equals transformers' own generation of its prompt, and each batched step is
@@ -146,7 +151,7 @@ def test_batched_decoding_matches_transformers_for_every_session(tmp_path, name,
         torch.tensor([[8, 13]]),  # no token 1: OPT's pad id, which generate() would mask
         torch.tensor([[60, 61, 62, 9, 9, 4, 22, 31, 7, 3, 11]]),
     ]
-    ours, worst = generate_batched(path, prompts, 22, pad)
+    ours, worst = generate_batched(path, prompts, 22, pad, layout)
     reference = AutoModelForCausalLM.from_pretrained(path)
     for prompt, tokens in zip(prompts, ours, strict=True):
         assert torch.equal(tokens, reference.generate(prompt, max_new_tokens=22, do_sample=False))

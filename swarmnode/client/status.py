@@ -39,6 +39,7 @@ def snapshot_report(snapshot: SwarmSnapshot, family: str = "", repository: str =
                 "slowdown": round(r.slowdown, 2) if r.slowdown >= 1 else None,
                 "dtype": r.dtype,
                 "quantization": r.quantization,
+                "layout": r.layout,
                 "version": r.version,
                 "public_name": r.public_name,
                 "metrics_addr": r.metrics_addr,

@@ -26,6 +26,7 @@ from swarmnode.models.base import (
 )
 from swarmnode.models.checkpoint import Checkpoint, open_checkpoint
 from swarmnode.models.gguf import resolve_model
+from swarmnode.models.layout import check_layout, pack_block
 from swarmnode.models.llama import LlamaFamily
 from swarmnode.models.opt import OPTFamily
 from swarmnode.models.quantize import estimated_block_bytes, quantize_block
@@ -115,10 +116,13 @@ def load_blocks(
     dtype: torch.dtype,
     on_block: Callable[[int, int], None] | None = None,
     quant: str = "none",
+    layout: str = "dense",
 ) -> LoadedBlocks:
     """Build blocks [start, end) reading only their tensors from the checkpoint; ``on_block(done,
     total)`` is called after each block (progress). ``quant`` (int8, nf4) quantizes each
-    block's Linear layers as it is moved to ``device`` (:mod:`swarmnode.models.quantize`).
+    block's Linear layers as it is moved to ``device`` (:mod:`swarmnode.models.quantize`);
+    ``layout`` ``packed`` stores them in oneDNN's layout (:mod:`swarmnode.models.layout`; the
+    caller resolves ``auto`` first).
 
     Every tensor the span needs is checked before any is read, so one ModelLoadError names
     all that are missing; tensors the blocks do not use are ignored, as transformers does.
@@ -144,7 +148,8 @@ def load_blocks(
         state = {name.removeprefix(prefix): t for name, t in tensors.items()}
         block = load_into(block, state, f"block {index}")
         loaded += sum(t.numel() for t in block.state_dict().values())
-        blocks.append(quantize_block(block, quant, dtype).to(device).eval())
+        block = quantize_block(block, quant, dtype).to(device).eval()
+        blocks.append(pack_block(block) if check_layout(layout) == "packed" else block)
         if on_block is not None:
             on_block(len(blocks), len(shells))
     aux = spec.family.new_step_aux(spec.config)

@@ -24,6 +24,7 @@ from swarmnode.errors import ConfigError, ModelMismatch
 from swarmnode.membership.announcer import Announcer
 from swarmnode.membership.gossip import GossipConfig, SwimGossip
 from swarmnode.models import DTYPES, ModelSpec, block_bytes, dtype_name, load_blocks, load_model_spec
+from swarmnode.models.layout import resolve_layout
 from swarmnode.models.quantize import measured_block_bytes
 from swarmnode.net.dht import fetch_models, fetch_snapshot
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
@@ -107,6 +108,7 @@ class Node:
         self._kv_bytes_per_block_token = 0
         self.ledger: HostLedger | None = None  # this node's memory claim on its host
         self.weights_bytes = 0  # of the loaded blocks, as stored (quantized or not)
+        self.weight_layout = "dense"  # resolved at join (models/layout.py)
         self.max_blocks = 0  # blocks the memory budget holds, announced for planners
         self.connection: NodeConnection | None = None  # the DHT peer, direct or behind a relay
         self.served: ServedSpeed | None = None  # single-session iterations' speed, in service
@@ -197,6 +199,11 @@ class Node:
         choice = resolve_dtype(cfg, spec)
         self.dtype = choice.dtype
         logger.info("dtype %s: %s (%s)", cfg.dtype, dtype_name(self.dtype), choice.reason)
+        try:
+            self.weight_layout = resolve_layout(cfg.weight_layout, cfg.device, self.dtype, cfg.quant)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+        logger.info("weight layout %s: %s", cfg.weight_layout, self.weight_layout)
         model_id = validate_model_id(cfg.model_id) if cfg.model_id else model_id_from_name(spec.name)
         self.model_record = ModelRecord(
             model_id=model_id,
@@ -256,7 +263,14 @@ class Node:
         await self.announcer.announce(NodeState.JOINING)  # claim the span before the slow part
 
         loaded = load_blocks(
-            spec, self.start, self.end, cfg.device, self.dtype, on_block=self.load_progress, quant=cfg.quant
+            spec,
+            self.start,
+            self.end,
+            cfg.device,
+            self.dtype,
+            on_block=self.load_progress,
+            quant=cfg.quant,
+            layout=self.weight_layout,
         )
         self.loaded_parameters = loaded.loaded_parameters
         self.weights_bytes = sum(measured_block_bytes(block) for block in loaded.blocks)
@@ -330,6 +344,7 @@ class Node:
                 "device": device_descriptor(cfg.device, torch.get_num_threads()),
                 "dtype": dtype_name(self.dtype),
                 "quant": cfg.quant,
+                "layout": self.weight_layout,
                 "torch": torch.__version__,
                 "swarmnode": swarmnode.__version__,
                 "step_delay_s": self.step_delay_s,  # the testing aids stand for a slower device
@@ -467,6 +482,7 @@ class Node:
             **(self.handler.load_signals() if self.handler is not None else {}),
             dtype=dtype_name(self.dtype),
             quantization=self.config.quant,
+            layout=self.weight_layout,
             version=swarmnode.__version__,
             public_name=self.config.public_name,
             metrics_addr=self.metrics_addr,

@@ -120,7 +120,7 @@ class Rebalancer:
         )
         loaded = await asyncio.to_thread(
             load_blocks, node.spec, min(missing), max(missing) + 1, node.config.device, node.dtype,
-            quant=node.config.quant,
+            quant=node.config.quant, layout=node.weight_layout,
         )  # fmt: skip
         await node.scheduler.call(lambda: node.backend.add_blocks(loaded))
         loaded_s = time.monotonic() - began
