@@ -1,11 +1,13 @@
 """A node's blocks in the dense and the packed weight layout (swarmnode/models/layout.py), in one run.
 
 For each model, the blocks of one span are loaded twice (dense, packed) and measured
-alternately on the node's code path (``BlockBackend``): seconds per block of a decoding step of
-1, 2, 4 and 8 sessions (``profile_batch_sizes``: one session alone, more batched) and of a
-prompt, with 1 and 2 torch threads; each figure is the better of two alternating rounds (dense, packed,
-dense, packed), each round a median of ``--repeats``. Printed: both layouts and the dense/packed ratio (> 1 =
-packed faster), and the largest relative difference between the two layouts' outputs.
+alternately on the node's code path (``BlockBackend``), through the whole span as in service
+(so weights stream from memory as they do there, not from a cache one block fits in): seconds
+per block of a decoding step of 1, 2, 4 and 8 sessions (``forward`` alone, ``forward_batch``
+batched; 16 tokens cached each) and of a prompt, with 1 and 2 torch threads. Each figure is
+the better of two alternating rounds (dense, packed, dense, packed), each round a median of
+``--repeats``. Printed: both layouts, the dense/packed ratio (> 1 = packed faster), and the
+relative difference between the two layouts' outputs.
 
     python scripts/bench_weight_layout.py [--models wide-llama smollm2] [--prompt 40] [--repeats 7]
 """
@@ -22,6 +24,7 @@ from swarmnode.models import load_blocks, load_model_spec
 from swarmnode.models.gguf import SMOLLM2, converted_root, ensure_converted
 from swarmnode.models.tiny import tiny_checkpoint
 from swarmnode.server.backend import BlockBackend
+from swarmnode.server.cache import SessionCache
 
 ROWS = (1, 2, 4, 8)
 SPANS = {"wide-llama": (0, 4), "tiny-llama": (0, 4), "smollm2": (0, 15)}
@@ -33,16 +36,43 @@ def model_path(name: str) -> str:
     return str(tiny_checkpoint(name))
 
 
+def span_seconds(backend: BlockBackend, work, repeats: int) -> float:
+    """Median seconds per block of ``work()`` (after a warm-up)."""
+    work()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times) / (backend.end - backend.start)
+
+
+def decoding_seconds(backend: BlockBackend, rows: int, repeats: int) -> float:
+    """A decoding step of ``rows`` sessions through the span, each with 16 tokens cached."""
+    kv_heads, head_dim = backend.spec.family.kv_heads_and_dim(backend.spec.config)
+    start, end = backend.start, backend.end
+    caches = [SessionCache(start, end, 1, 32, kv_heads, head_dim, torch.float32, "cpu") for _ in range(rows)]
+    for cache in caches:
+        cache.allocate()
+        cache.length = 16
+    hiddens = [torch.randn(1, 1, backend.hidden_size) for _ in range(rows)]
+
+    def step():
+        if rows == 1:
+            backend.forward(hiddens[0], start, end, caches[0])
+        else:
+            backend.forward_batch(hiddens, start, end, caches)
+        for cache in caches:
+            cache.rollback(16)
+
+    with torch.inference_mode():
+        return span_seconds(backend, step, repeats)
+
+
 def prompt_seconds(backend: BlockBackend, tokens: int, repeats: int) -> float:
     hidden = torch.randn(1, tokens, backend.hidden_size)
     with torch.inference_mode():
-        backend.forward(hidden, backend.start, backend.end, None)
-        times = []
-        for _ in range(repeats):
-            began = time.perf_counter()
-            backend.forward(hidden, backend.start, backend.end, None)
-            times.append(time.perf_counter() - began)
-    return statistics.median(times) / (backend.end - backend.start)
+        return span_seconds(backend, lambda: backend.forward(hidden, backend.start, backend.end, None), repeats)
 
 
 def largest_difference(dense: BlockBackend, packed: BlockBackend, tokens: int) -> float:
@@ -72,8 +102,7 @@ def measure(name: str, prompt: int, repeats: int) -> None:
         results = {layout: ([0.0] * len(ROWS), 0.0) for layout in backends}
         for _ in range(2):  # alternate the layouts twice: machine noise hits both alike
             for layout, backend in backends.items():
-                costs = backend.profile_batch_sizes(max_rows=max(ROWS), repeats=repeats)
-                rows = [costs[r - 1] for r in ROWS]
+                rows = [decoding_seconds(backend, r, repeats) for r in ROWS]
                 kept, kept_prompt = results[layout]
                 best = [min(a, b) if a else b for a, b in zip(kept, rows, strict=True)]
                 seconds = prompt_seconds(backend, prompt, max(3, repeats // 2))

@@ -18,6 +18,7 @@ from transformers import (
 
 from swarmnode.errors import ModelLoadError
 from swarmnode.models import load_blocks, load_client_head, load_model_spec
+from swarmnode.models.layout import pack_block
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.cache import SessionCache
 
@@ -59,14 +60,21 @@ def write(tmp_path, name):
     return str(path)
 
 
+def blocks(spec, start, end, layout):
+    """Blocks start:end in ``layout``; packed here means every layer, however small (in service
+    layers under PACK_MIN_WEIGHTS stay dense, and these test models' layers all are)."""
+    loaded = load_blocks(spec, start, end, "cpu", torch.float32)
+    if layout == "packed":
+        for block in loaded.blocks:
+            pack_block(block, min_weights=0)
+    return loaded
+
+
 def generate_through_spans(path, spans, prompt, new_tokens, layout="dense"):
     spec = load_model_spec(path)
     head, _ = load_client_head(spec)
     kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
-    backends = [
-        BlockBackend(spec, load_blocks(spec, s, e, "cpu", torch.float32, layout=layout), "cpu", torch.float32)
-        for s, e in spans
-    ]
+    backends = [BlockBackend(spec, blocks(spec, s, e, layout), "cpu", torch.float32) for s, e in spans]
     caches = [SessionCache(s, e, 1, 64, kv_heads, head_dim, torch.float32, "cpu") for s, e in spans]
 
     tokens, new = prompt, prompt
@@ -91,10 +99,7 @@ def generate_batched(path, prompts, new_tokens, pad=0, layout="dense"):
     head, _ = load_client_head(spec)
     kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
     spans = [(0, 2), (2, spec.num_blocks)]
-    backends = [
-        BlockBackend(spec, load_blocks(spec, s, e, "cpu", torch.float32, layout=layout), "cpu", torch.float32)
-        for s, e in spans
-    ]
+    backends = [BlockBackend(spec, blocks(spec, s, e, layout), "cpu", torch.float32) for s, e in spans]
 
     def new_caches():
         return [SessionCache(s, e, 1, 64, kv_heads, head_dim, torch.float32, "cpu") for s, e in spans]

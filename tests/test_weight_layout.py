@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from swarmnode.config import NodeConfig
+from swarmnode.config import ClientConfig, NodeConfig
 from swarmnode.errors import ConfigError
-from swarmnode.models import load_blocks, load_model_spec
-from swarmnode.models.layout import PackedLinear, pack_block, packing_works, resolve_layout
+from swarmnode.models import load_blocks, load_client_head, load_model_spec
+from swarmnode.models.layout import PACK_MIN_WEIGHTS, PackedLinear, pack_block, packing_works, resolve_layout
 from swarmnode.models.quantize import measured_block_bytes
 from swarmnode.models.tiny import tiny_checkpoint
 from swarmnode.records import NodeRecord, NodeState
@@ -65,17 +65,25 @@ def test_auto_packs_only_float32_cpu_weights_without_quantization():
         NodeConfig(weight_layout="blocked")
 
 
-def test_a_packed_block_holds_its_weights_once_and_counts_them(llama_path):
-    spec = load_model_spec(llama_path)
-    dense = load_blocks(spec, 0, 2, "cpu", torch.float32)
-    packed = load_blocks(spec, 0, 2, "cpu", torch.float32, layout="packed")
+def test_a_packed_block_holds_its_weights_once_and_counts_them():
+    spec = load_model_spec(tiny_checkpoint("wide-llama"))
+    dense = load_blocks(spec, 0, 1, "cpu", torch.float32)
+    packed = load_blocks(spec, 0, 1, "cpu", torch.float32, layout="packed")
     for a, b in zip(dense.blocks, packed.blocks, strict=True):
         assert not any(isinstance(m, nn.Linear) for m in b.modules())
-        assert sum(isinstance(m, PackedLinear) for m in b.modules()) == sum(
-            isinstance(m, nn.Linear) for m in a.modules()
-        )
+        linears = sum(isinstance(m, nn.Linear) for m in a.modules())
+        assert sum(isinstance(m, PackedLinear) for m in b.modules()) == linears == 7
         assert measured_block_bytes(b) == measured_block_bytes(a)
     assert packed.loaded_parameters == dense.loaded_parameters
+
+
+def test_layers_too_small_to_gain_stay_dense(llama_path):
+    """tiny-llama's layers (hidden 64) are all under PACK_MIN_WEIGHTS: packed, they would be slower."""
+    spec = load_model_spec(llama_path)
+    block = load_blocks(spec, 0, 1, "cpu", torch.float32, layout="packed").blocks[0]
+    assert all(m.weight.numel() < PACK_MIN_WEIGHTS for m in block.modules() if isinstance(m, nn.Linear))
+    assert not any(isinstance(m, PackedLinear) for m in block.modules())
+    assert any(isinstance(m, PackedLinear) for m in pack_block(block, min_weights=0).modules())
     assert pack_block(nn.Sequential(nn.ReLU())) is not None  # nothing to pack is fine
 
 
@@ -120,3 +128,19 @@ def test_packed_is_faster_for_a_decoding_step_and_a_batch_on_a_wide_block():
                 )
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_packed_client_head_gives_the_dense_heads_logits():
+    spec = load_model_spec(tiny_checkpoint("wide-llama"))
+    dense, _ = load_client_head(spec)
+    packed, parameters = load_client_head(spec, layout="packed")
+    assert isinstance(packed.lm_head, PackedLinear) and isinstance(dense.lm_head, nn.Linear)
+    assert parameters == sum(p.numel() for p in dense.parameters())
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    with torch.inference_mode():
+        assert torch.equal(packed.embed(ids, None), dense.embed(ids, None))
+        hidden = torch.randn(1, 5, spec.hidden_size)
+        a, b = dense.logits(hidden), packed.logits(hidden)
+    assert relative(b, a) < 1e-5 and torch.equal(a.argmax(-1), b.argmax(-1))
+    with pytest.raises(ConfigError, match="head_layout"):
+        ClientConfig(head_layout="blocked")

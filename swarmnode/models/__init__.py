@@ -158,11 +158,17 @@ def load_blocks(
     return LoadedBlocks(start, end, nn.ModuleList(blocks), aux, loaded)
 
 
-def load_client_head(spec: ModelSpec, dtype: torch.dtype = torch.float32) -> tuple[ClientHead, int]:
-    """Build the client head (embeddings, final norm, LM head); returns it and its parameter count."""
+def load_client_head(
+    spec: ModelSpec, dtype: torch.dtype = torch.float32, layout: str = "dense"
+) -> tuple[ClientHead, int]:
+    """Build the client head (embeddings, final norm, LM head); returns it and its parameter
+    count. ``layout`` ``packed`` keeps its Linear layers in oneDNN's layout (models/layout.py);
+    an LM head tied to the embeddings then gets its own packed copy."""
     names = spec.family.head_tensor_names(spec.config, spec.checkpoint)
     tensors = spec.checkpoint.load_tensors(names, dtype)
     head = spec.family.new_head(spec.config, tensors).eval()
+    if check_layout(layout) == "packed":
+        pack_block(head)
     return head, sum(t.numel() for t in tensors.values())
 
 

@@ -10,7 +10,8 @@
   step instead of 2.91, 2.57 ms for 8 batched sessions instead of 6.35, and a 40-token prompt
   over 4 blocks 25.6 ms instead of 59.0 (``scripts/bench_weight_layout.py``).
 - ``auto``: packed where it applies — a CPU node, float32, no quantization, a torch build with
-  oneDNN whose packed linear passes a check at load — else dense.
+  oneDNN whose packed linear passes a check at load — else dense. Either way a layer smaller
+  than ``PACK_MIN_WEIGHTS`` stays dense (the packed kernel's fixed cost per call loses there).
 
 Results differ from the dense layout by float rounding only (~5e-7 relative in float32: the
 sums run in another order), the way batched steps already did. Every node with the same
@@ -32,6 +33,12 @@ import torch
 from torch import nn
 
 LAYOUTS = ("auto", "dense", "packed")
+# The smallest layer worth packing, in weight values (1 MiB in float32): oneDNN's linear costs
+# ~10 us more per call than torch's, which small layers never win back. Measured through whole
+# spans (scripts/bench_weight_layout.py, one decoding step, 1 thread): demo-llama (hidden 256,
+# layers of 16-131k values) 0.22 ms per block packed against 0.16 dense; SmolLM2 (hidden 576,
+# layers of 111-885k) 0.60 against 0.90; wide-llama (hidden 1024, 262k-4.2M) 1.81 against 3.02.
+PACK_MIN_WEIGHTS = 1 << 18
 _CHECK_TOLERANCE = 1e-4  # relative: float32 rounding of another summation order is ~1e-6
 
 
@@ -114,11 +121,12 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-def pack_block(block: nn.Module) -> nn.Module:
-    """Replace every ``nn.Linear`` of ``block`` by a :class:`PackedLinear` holding the same
-    weights (one layer at a time, so the block's memory grows by one layer's at most)."""
+def pack_block(block: nn.Module, min_weights: int = PACK_MIN_WEIGHTS) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``block`` with at least ``min_weights`` weight values by a
+    :class:`PackedLinear` holding the same weights (one layer at a time, so the block's memory
+    grows by one layer's at most); smaller layers stay as they are (see PACK_MIN_WEIGHTS)."""
     for module in list(block.modules()):
         for name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear):
+            if isinstance(child, nn.Linear) and child.weight.numel() >= min_weights:
                 setattr(module, name, PackedLinear(child))
     return block
