@@ -9,7 +9,10 @@ minus the node's handling, each node's queueing and compute, and what is left be
 the caller and the generation loop; the named parts must add up to the measured gap
 within 10%. The same for the first token (routing, stream opening, the prompt step).
 Local generation runs in the same process, before and after the swarm runs, with the
-same torch thread count as the nodes. The first line also gives the floors: a TCP and a bare
+same torch thread count as the nodes, twice over: transformers as loaded ("local"), and the
+same model with the packed weight layout our nodes and client use on CPU ("local, same
+kernels", swarmnode/models/layout.py), so that the gap to the second is what the swarm costs
+beyond compute. The first line also gives the floors: a TCP and a bare
 libp2p round trip on 127.0.0.1, and what decoding one hop's answer costs hot and right after
 a 16 ms sleep (as long as a hop's compute: every process on the token path wakes from such a
 wait, and on this machine the same code then runs many times slower).
@@ -40,6 +43,7 @@ from swarmnode.client.trace import ArrivalStamps  # noqa: E402
 from swarmnode.demo import even_spans  # noqa: E402
 from swarmnode.launcher import LocalSwarm  # noqa: E402
 from swarmnode.models import load_model_spec, load_tokenizer  # noqa: E402
+from swarmnode.models.layout import pack_block  # noqa: E402
 
 QUESTION = "Tell me about the history of Paris in detail."
 NODE_ENV = dict(kv.split("=", 1) for kv in os.environ.get("BENCH_NODE_ENV", "").split() if "=" in kv)
@@ -167,8 +171,14 @@ def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threa
     ids = prompt_ids(spec)
     torch.set_num_threads(threads)
     local_model = AutoModelForCausalLM.from_pretrained(spec.path).eval()
-    local_run(local_model, ids, 4)  # warm-up
-    local = [local_run(local_model, ids, tokens) for _ in range(repeats)]
+    # The same model with the kernels our nodes and client use (models/layout.py), so that
+    # "ours minus this" is what the swarm costs beyond compute, whatever the kernels.
+    same_kernels = pack_block(AutoModelForCausalLM.from_pretrained(spec.path).eval())
+    references = {"local": local_model, "local, same kernels": same_kernels}
+    local = {name: [] for name in references}
+    for name, model in references.items():
+        local_run(model, ids, 4)  # warm-up
+        local[name] += [local_run(model, ids, tokens) for _ in range(repeats)]
     print(f"\n== {spec.name}: {spec.num_blocks} blocks, hidden {spec.hidden_size}, prompt {ids.shape[1]} tokens, "
           f"{tokens} new tokens, torch threads {threads} (local and every node) ==")  # fmt: skip
     for hops in hop_counts:
@@ -181,22 +191,25 @@ def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threa
             with DistributedModelForCausalLM.from_pretrained(spec.path, initial_peers=swarm.initial_peers) as client:
                 swarm_run(client, ids, 4)  # warm-up: route cached, code paths hot
                 runs = [swarm_run(client, ids, tokens) for _ in range(repeats)]
-        local += [local_run(local_model, ids, tokens)]  # local again after, against drift
-        local_ttft = statistics.median(t for t, _ in local)
-        local_tok = statistics.median(g for _, g in local)
+        for name, model in references.items():
+            local[name] += [local_run(model, ids, tokens)]  # local again after, against drift
         ttft = statistics.median(r[0] for r in runs)
         per_token = statistics.median(statistics.median(r[1]) for r in runs)
         best = min(runs, key=lambda r: statistics.median(r[1]))
         spread = ", ".join(f"{statistics.median(r[1]):.2f}" for r in runs)
-        print(f"\n{hops} hop(s) {' '.join(spans)}: per token {per_token:.2f} ms vs local {local_tok:.2f} ms "
-              f"(+{per_token - local_tok:.2f} ms); first token {ttft:.2f} ms vs local {local_ttft:.2f} ms "
-              f"(+{ttft - local_ttft:.2f} ms); runs' per-token medians: {spread} ms")  # fmt: skip
-        if hops == 2:
-            target = local_tok + 2 * rtt + 2
-            print(f"  target per token <= local + 2 x loopback RTT + 2 ms = {target:.2f} ms: "
-                  f"{'MET' if per_token <= target else 'MISSED'}")  # fmt: skip
-        print(f"  target first token <= local + 10 ms = {local_ttft + 10:.2f} ms: "
-              f"{'MET' if ttft <= local_ttft + 10 else 'MISSED'}")  # fmt: skip
+        print(f"\n{hops} hop(s) {' '.join(spans)}: per token {per_token:.2f} ms, first token {ttft:.2f} ms; "
+              f"runs' per-token medians: {spread} ms")  # fmt: skip
+        for name, runs_of in local.items():
+            local_ttft = statistics.median(t for t, _ in runs_of)
+            local_tok = statistics.median(g for _, g in runs_of)
+            print(f"  vs {name}: per token {local_tok:.2f} ms ({per_token - local_tok:+.2f} ms), "
+                  f"first token {local_ttft:.2f} ms ({ttft - local_ttft:+.2f} ms)")  # fmt: skip
+            if hops == 2:
+                target = local_tok + 2 * rtt + 2
+                print(f"    target per token <= {name} + 2 x loopback RTT + 2 ms = {target:.2f} ms: "
+                      f"{'MET' if per_token <= target else 'MISSED'}")  # fmt: skip
+            print(f"    target first token <= {name} + 10 ms = {local_ttft + 10:.2f} ms: "
+                  f"{'MET' if ttft <= local_ttft + 10 else 'MISSED'}")  # fmt: skip
         _, gaps, traces, began = best
         print_table("one steady-state token (mean over tokens 2..n of the best run):",
                     steady_breakdown(gaps, traces, hops), statistics.fmean(gaps))  # fmt: skip
