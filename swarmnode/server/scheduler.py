@@ -49,7 +49,11 @@ DEFAULT_MAX_BATCH = 64  # decoding steps per iteration
 # blocks, 1 row: 16.4 vs 16.2 ms), prompts were (SmolLM2, 15 blocks, 40 tokens: 39 vs 61 ms;
 # hidden 1024, 256 tokens: 59 vs 102 ms per block) unless tiny (hidden 64, 40 tokens: 1.34 vs
 # 0.28 ms). So an iteration uses the node's threads only from PARALLEL_ROWS rows and
-# PARALLEL_WORK rows × hidden².
+# PARALLEL_WORK rows × hidden². With the packed weight layout (models/layout.py) a decoding step
+# does gain from 2 threads in-process (SmolLM2 0.47 against 0.62 ms per block), but two nodes
+# sharing this machine's 2 cores were slower with it (15 blocks: 12.6 against 9.95 ms a step,
+# scripts/bench_token_budget.py), so the rule stays; a node alone on a multi-core device would
+# gain from using its threads for decoding too (not built: it needs to know it is alone).
 PARALLEL_ROWS = 16
 PARALLEL_WORK = 1 << 22
 # The longest an iteration waits for predicted steps, in single decoding steps of the span.
