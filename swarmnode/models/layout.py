@@ -124,9 +124,18 @@ class PackedLinear(nn.Module):
 def pack_block(block: nn.Module, min_weights: int = PACK_MIN_WEIGHTS) -> nn.Module:
     """Replace every ``nn.Linear`` of ``block`` with at least ``min_weights`` weight values by a
     :class:`PackedLinear` holding the same weights (one layer at a time, so the block's memory
-    grows by one layer's at most); smaller layers stay as they are (see PACK_MIN_WEIGHTS)."""
+    grows by one layer's at most); smaller layers stay as they are (see PACK_MIN_WEIGHTS).
+
+    The other tensors are then copied into memory of their own: loaded from safetensors, they
+    are views of the checkpoint's memory-mapped file, and while any view lives the file stays
+    mapped with every page the packing read (the whole span's weights again, measured: 1.22
+    GB resident for wide-llama's 464 MB of weights instead of 0.85)."""
     for module in list(block.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and child.weight.numel() >= min_weights:
                 setattr(module, name, PackedLinear(child))
+    with torch.no_grad():
+        for tensor in (*block.parameters(), *block.buffers()):
+            if not tensor.is_mkldnn:
+                tensor.data = tensor.data.clone()
     return block
