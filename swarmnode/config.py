@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from swarmnode.errors import ConfigError
-from swarmnode.records import QUANT_FORMATS
+from swarmnode.records import QUANT_FORMATS, WEIGHT_LAYOUTS
 
 ENV_PREFIX = "SWARMNODE_"
 _SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
@@ -89,8 +89,8 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if self.quant not in QUANT_FORMATS:
             raise ConfigError(f"quant must be one of {', '.join(QUANT_FORMATS)}, got {self.quant!r}")
-        if self.weight_layout not in ("auto", "dense", "packed"):
-            raise ConfigError(f"weight_layout must be auto, dense or packed, got {self.weight_layout!r}")
+        if self.weight_layout not in WEIGHT_LAYOUTS:
+            raise ConfigError(f"weight_layout must be one of {', '.join(WEIGHT_LAYOUTS)}, got {self.weight_layout!r}")
         if self.max_sessions_per_peer < 1 or not 0 < self.max_cache_share_per_peer <= 1:
             raise ConfigError("max_sessions_per_peer must be >= 1 and max_cache_share_per_peer in (0, 1]")
         if self.session_idle_timeout <= 0 or self.max_requests_per_peer_s <= 0:
@@ -178,8 +178,8 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if self.min_precision not in QUANT_FORMATS:
             raise ConfigError(f"min_precision must be one of {', '.join(QUANT_FORMATS)}, got {self.min_precision!r}")
-        if self.head_layout not in ("auto", "dense", "packed"):
-            raise ConfigError(f"head_layout must be auto, dense or packed, got {self.head_layout!r}")
+        if self.head_layout not in WEIGHT_LAYOUTS:
+            raise ConfigError(f"head_layout must be one of {', '.join(WEIGHT_LAYOUTS)}, got {self.head_layout!r}")
         if self.wire_dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"wire_dtype must be float32, bfloat16 or float16, got {self.wire_dtype!r}")
         if self.exact and self.wire_dtype != "float32":

@@ -23,6 +23,9 @@ SCHEMA_VERSION = 1
 # precise. What ClientConfig(min_precision=...) and spot-checks' tolerances go by.
 QUANT_FORMATS = ("none", "int8", "nf4")
 PRECISION = {"nf4": 0, "int8": 1, "none": 2}
+# How a CPU node stores its Linear weights (swarmnode/models/layout.py); auto is resolved at join,
+# so a record (NodeRecord.layout) says dense or packed.
+WEIGHT_LAYOUTS = ("auto", "dense", "packed")
 
 
 def precise_enough(quant: str, minimum: str) -> bool:

@@ -19,7 +19,7 @@ from swarmnode.client.session import InferenceSession
 from swarmnode.client.streaming import AheadStream
 from swarmnode.client.swarm import SwarmConnection
 from swarmnode.config import ClientConfig, load_config
-from swarmnode.errors import ConfigError, ModelMismatch, NoServersForBlocks, RemoteError, SessionError
+from swarmnode.errors import ModelMismatch, NoServersForBlocks, RemoteError, SessionError
 from swarmnode.models import DTYPES, ModelSpec, load_client_head, load_model_spec
 from swarmnode.models.layout import resolve_layout
 from swarmnode.net.dht import store_records
@@ -176,10 +176,7 @@ class DistributedModelForCausalLM:
         self.config = spec.config  # the Hugging Face config, as in transformers
         self.client_config = config
         dtype = DTYPES.get(config.dtype, torch.float32)
-        try:
-            layout = resolve_layout(config.head_layout, "cpu", dtype, "none")
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+        layout = resolve_layout(config.head_layout, "cpu", dtype, "none")  # ConfigError if it cannot apply
         self.head, self.head_parameters = load_client_head(spec, dtype, layout)
         self.dtype = dtype
         folder = spec.checkpoint.local_dir

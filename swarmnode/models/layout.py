@@ -32,7 +32,9 @@ import functools
 import torch
 from torch import nn
 
-LAYOUTS = ("auto", "dense", "packed")
+from swarmnode.errors import ConfigError
+from swarmnode.records import WEIGHT_LAYOUTS
+
 # The smallest layer worth packing, in weight values (1 MiB in float32): oneDNN's linear costs
 # ~10 us more per call than torch's, which small layers never win back. Measured through whole
 # spans (scripts/bench_weight_layout.py, one decoding step, 1 thread): demo-llama (hidden 256,
@@ -43,20 +45,20 @@ _CHECK_TOLERANCE = 1e-4  # relative: float32 rounding of another summation order
 
 
 def check_layout(layout: str) -> str:
-    """``layout`` if it names one, else ValueError listing them."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"weight layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    """``layout`` if it names one, else ConfigError (a ValueError) listing them."""
+    if layout not in WEIGHT_LAYOUTS:
+        raise ConfigError(f"weight layout must be one of {', '.join(WEIGHT_LAYOUTS)}, got {layout!r}")
     return layout
 
 
 def resolve_layout(layout: str, device: str, dtype: torch.dtype, quant: str) -> str:
     """The layout a node's blocks get: ``dense`` or ``packed`` (see the module docstring).
-    ``packed`` asked for where it cannot apply is a ValueError saying why."""
+    ``packed`` asked for where it cannot apply is a ConfigError (a ValueError) saying why."""
     why_not = _why_not_packed(device, dtype, quant)
     if check_layout(layout) == "auto":
         return "dense" if why_not else "packed"
     if layout == "packed" and why_not:
-        raise ValueError(f"weight layout packed is not available here: {why_not}")
+        raise ConfigError(f"weight layout packed is not available here: {why_not}")
     return layout
 
 

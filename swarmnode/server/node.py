@@ -199,10 +199,7 @@ class Node:
         choice = resolve_dtype(cfg, spec)
         self.dtype = choice.dtype
         logger.info("dtype %s: %s (%s)", cfg.dtype, dtype_name(self.dtype), choice.reason)
-        try:
-            self.weight_layout = resolve_layout(cfg.weight_layout, cfg.device, self.dtype, cfg.quant)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
+        self.weight_layout = resolve_layout(cfg.weight_layout, cfg.device, self.dtype, cfg.quant)
         logger.info("weight layout %s: %s", cfg.weight_layout, self.weight_layout)
         model_id = validate_model_id(cfg.model_id) if cfg.model_id else model_id_from_name(spec.name)
         self.model_record = ModelRecord(
