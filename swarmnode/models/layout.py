@@ -6,9 +6,9 @@
   twice one row (docs/throughput.md).
 - ``packed``: each weight is reordered once, at load, into oneDNN's blocked layout for
   matmuls (:class:`PackedLinear`), and every call runs oneDNN's linear on it: on this project's
-  2-core CPU, one wide-llama block (hidden 1024) on one thread took 1.66 ms for one decoding
-  step instead of 2.91, 2.57 ms for 8 batched sessions instead of 6.35, and a 40-token prompt
-  over 4 blocks 25.6 ms instead of 59.0 (``scripts/bench_weight_layout.py``).
+  2-core CPU, a wide-llama block (hidden 1024) on one thread took 1.81 ms for one decoding step
+  instead of 3.02, 2.58 ms for 8 batched sessions instead of 6.47, and 6.01 ms for a 40-token
+  prompt instead of 14.61 (``scripts/bench_weight_layout.py``).
 - ``auto``: packed where it applies — a CPU node, float32, no quantization, a torch build with
   oneDNN whose packed linear passes a check at load — else dense. Either way a layer smaller
   than ``PACK_MIN_WEIGHTS`` stays dense (the packed kernel's fixed cost per call loses there).
@@ -131,7 +131,7 @@ def pack_block(block: nn.Module, min_weights: int = PACK_MIN_WEIGHTS) -> nn.Modu
     The other tensors are then copied into memory of their own: loaded from safetensors, they
     are views of the checkpoint's memory-mapped file, and while any view lives the file stays
     mapped with every page the packing read (the whole span's weights again, measured: 1.22
-    GB resident for wide-llama's 464 MB of weights instead of 0.85)."""
+    GB resident for wide-llama's 464 MB of weights instead of 0.87)."""
     for module in list(block.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and child.weight.numel() >= min_weights:
