@@ -170,11 +170,10 @@ def cmd_join(args: argparse.Namespace) -> int:
     def ready(node):
         if args.debug_step_delay_ms:  # TESTING AID: a gray failure on demand (scripts/bench_routing_live.py)
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, node.slow_down)
-        metrics = f" metrics={node.metrics_addr}" if node.metrics_addr else ""
-        metrics += f" relay={node.relay}" if node.relay else ""
-        _say(
-            f"ONLINE peer_id={node.peer_id} blocks={node.start}:{node.end} model={node.model_record.model_id}{metrics}"
-        )
+        extras = f" metrics={node.metrics_addr}" if node.metrics_addr else ""
+        extras += f" relay={node.relay}" if node.relay else ""
+        extras += f" batching={'on' if node.batching else 'off'}"
+        _say(f"ONLINE peer_id={node.peer_id} blocks={node.start}:{node.end} model={node.model_record.model_id}{extras}")
         node.on_move = lambda old, new, seconds: _say(
             f"MOVED peer_id={node.peer_id} from={old[0]}:{old[1]} blocks={new[0]}:{new[1]} seconds={seconds:.2f}"
         )

@@ -11,8 +11,10 @@ from swarmnode.client.verify import tolerance
 from swarmnode.errors import NoServersForBlocks
 from swarmnode.launcher import LocalSwarm
 from swarmnode.models import block_bytes, load_blocks, load_model_spec
-from swarmnode.models.quantize import measured_block_bytes, quantize_block
+from swarmnode.models.quantize import batching_allowed, measured_block_bytes, quantize_block
 from swarmnode.records import precise_enough
+from swarmnode.server.backend import BlockBackend
+from swarmnode.server.cache import SessionCache
 from tests.conftest import status_cli
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about autumn leaves."]
@@ -91,11 +93,11 @@ def test_a_client_that_requires_full_precision_never_uses_a_quantized_node(tmp_p
     expected = AutoModelForCausalLM.from_pretrained(llama_path).generate(prompt, max_new_tokens=8, do_sample=False)
     with LocalSwarm(tmp_path) as swarm:
         swarm.start_bootstrap()
-        quantized = swarm.start_node(llama_path, "0:8", "--quant", "nf4")
+        quantized = swarm.start_node(llama_path, "0:8", "--quant", "int8")
         with DistributedModelForCausalLM.from_pretrained(
             llama_path, initial_peers=swarm.initial_peers, min_precision="none", wait_for_servers=2
         ) as strict:
-            with pytest.raises(NoServersForBlocks):  # the only node is nf4
+            with pytest.raises(NoServersForBlocks):  # the only node is int8
                 strict.generate(prompt, max_new_tokens=2)
             full = swarm.start_node(llama_path, "0:8")
             with strict.inference_session(max_length=32) as session:
@@ -104,8 +106,30 @@ def test_a_client_that_requires_full_precision_never_uses_a_quantized_node(tmp_p
         assert torch.equal(out, expected)
         with DistributedModelForCausalLM.from_pretrained(
             llama_path, initial_peers=swarm.initial_peers, routing="shortest"
-        ) as anyone:  # accepts nf4: generates through whichever node
+        ) as anyone:  # accepts every format: generates through whichever node
             assert anyone.generate(prompt, max_new_tokens=8).shape == expected.shape
         nodes = {n["peer_id"]: n for n in status_cli(swarm.initial_peers)["nodes"]}
-        assert nodes[quantized.info["peer_id"]]["quantization"] == "nf4"
+        assert nodes[quantized.info["peer_id"]]["quantization"] == "int8"
+        # int8 rows interact (LLM.int8's outlier columns): that node never batches sessions
+        assert (quantized.info["batching"], full.info["batching"]) == ("off", "on")
         assert nodes[full.info["peer_id"]]["quantization"] == "none"
+
+
+@pytest.mark.parametrize("quant", ["none", "int8", "nf4"])
+def test_only_row_coupled_formats_turn_batching_off(llama_path, quant):
+    """Why int8 nodes never batch sessions: LLM.int8 picks outlier features over all rows of a
+    matmul, so a session's step batched with another's differs from the same step alone by far
+    more than rounding; nf4 (dequantized, then a dense matmul) and none do not."""
+    spec = load_model_spec(llama_path)
+    backend = BlockBackend(spec, load_blocks(spec, 0, 4, "cpu", torch.float32, quant=quant), "cpu", torch.float32)
+    kv_heads, head_dim = spec.family.kv_heads_and_dim(spec.config)
+    caches = [SessionCache(0, 4, 1, 16, kv_heads, head_dim, torch.float32, "cpu") for _ in range(2)]
+    torch.manual_seed(0)
+    steps = [torch.randn(1, 1, spec.hidden_size), 8 * torch.randn(1, 1, spec.hidden_size)]  # the second has outliers
+    with torch.inference_mode():
+        alone = backend.forward(steps[0], 0, 4, caches[0])
+        caches[0].rollback(0)
+        together = backend.forward_batch(steps, 0, 4, caches)[0]
+    change = float((alone - together).norm() / alone.norm())
+    assert batching_allowed(quant) == (quant != "int8")
+    assert (change > 1e-3) == (not batching_allowed(quant)), f"{quant}: batched vs alone {change:.1e}"

@@ -19,6 +19,13 @@ from torch import nn
 from swarmnode.records import QUANT_FORMATS
 
 FORMATS = QUANT_FORMATS
+# LLM.int8 computes every input feature (column) that exceeds the outlier threshold in *any* row
+# of a matmul in 16 bit, and the rest in int8: a row's result depends on the other rows, so
+# decoding steps of several sessions batched together change each other's outputs (measured on
+# SmolLM2 through all 30 blocks: 7.2e-2 relative on an H200, enough to change tokens; 0 for nf4,
+# whose weights are dequantized and multiplied as dense ones). Nodes in these formats never merge
+# sessions' steps (batching_allowed).
+ROW_COUPLED_FORMATS = ("int8",)
 NF4_BLOCK = 64  # values per absmax in bitsandbytes' 4-bit formats
 NF4_NESTED = 256  # absmax values per float scale: bitsandbytes quantizes the absmax too (8 bit)
 
@@ -41,6 +48,12 @@ def quantize_block(block: nn.Module, quant: str, compute_dtype: torch.dtype) -> 
             if isinstance(child, nn.Linear):
                 setattr(module, name, _quantized_linear(child, quant, compute_dtype))
     return block
+
+
+def batching_allowed(quant: str) -> bool:
+    """Whether sessions' decoding steps may share a batched forward on blocks in format ``quant``
+    without changing each other's results beyond float rounding (see ROW_COUPLED_FORMATS)."""
+    return check_format(quant) not in ROW_COUPLED_FORMATS
 
 
 def _quantized_linear(linear: nn.Linear, quant: str, compute_dtype: torch.dtype) -> nn.Module:

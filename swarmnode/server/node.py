@@ -25,7 +25,7 @@ from swarmnode.membership.announcer import Announcer
 from swarmnode.membership.gossip import GossipConfig, SwimGossip
 from swarmnode.models import DTYPES, ModelSpec, block_bytes, dtype_name, load_blocks, load_model_spec
 from swarmnode.models.layout import resolve_layout
-from swarmnode.models.quantize import measured_block_bytes
+from swarmnode.models.quantize import batching_allowed, measured_block_bytes
 from swarmnode.net.dht import fetch_models, fetch_snapshot
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
 from swarmnode.net.push import PUSH_HANDLE, Pusher
@@ -109,6 +109,7 @@ class Node:
         self.ledger: HostLedger | None = None  # this node's memory claim on its host
         self.weights_bytes = 0  # of the loaded blocks, as stored (quantized or not)
         self.weight_layout = "dense"  # resolved at join (models/layout.py)
+        self.batching = config.batching  # at join: off for formats whose rows interact (models/quantize.py)
         self.max_blocks = 0  # blocks the memory budget holds, announced for planners
         self.connection: NodeConnection | None = None  # the DHT peer, direct or behind a relay
         self.served: ServedSpeed | None = None  # single-session iterations' speed, in service
@@ -155,9 +156,9 @@ class Node:
         """The step-time check (and the scheduler's padding plan), from the decoding step costs of 1-16 sessions."""
         batch = 8
         self.scheduler.calibrate(costs, gather=self.config.gather)
-        if self.config.batching:
+        if self.batching:
             logger.info("decoding batches of 1..%d sessions run with %s rows", len(costs), list(self.scheduler.padding))
-        cost = StepCost.from_profile(costs[0], costs[batch - 1], batch, self.config.batching)
+        cost = StepCost.from_profile(costs[0], costs[batch - 1], batch, self.batching)
         blocks = self.end - self.start
         if self.config.max_step_ms:
             max_step_s = self.config.max_step_ms / 1000
@@ -201,6 +202,9 @@ class Node:
         logger.info("dtype %s: %s (%s)", cfg.dtype, dtype_name(self.dtype), choice.reason)
         self.weight_layout = resolve_layout(cfg.weight_layout, cfg.device, self.dtype, cfg.quant)
         logger.info("weight layout %s: %s", cfg.weight_layout, self.weight_layout)
+        self.batching = cfg.batching and batching_allowed(cfg.quant)
+        if cfg.batching and not self.batching:
+            logger.info("batching off: in %s, batched sessions would change each other's results", cfg.quant)
         model_id = validate_model_id(cfg.model_id) if cfg.model_id else model_id_from_name(spec.name)
         self.model_record = ModelRecord(
             model_id=model_id,
@@ -280,7 +284,7 @@ class Node:
             cache_tokens * (self.end - self.start), session_limit, kv_heads, head_dim, self.dtype, cfg.device
         )
         self.scheduler = StepScheduler(
-            self.backend, cfg.prefill_chunk, cfg.max_batch, cfg.batching, on_iteration=self._observe_iteration
+            self.backend, cfg.prefill_chunk, cfg.max_batch, self.batching, on_iteration=self._observe_iteration
         )
         self.profiles = ProfileCache(profile_dir())
         self.profile_key = self._profile_key()
@@ -547,6 +551,7 @@ class Node:
             cache_budget=self.caches.budget,
             cache_used=self.caches.used,
             inference_rps=record.inference_rps,
+            batching=self.batching,
             version=record.version,
             maddrs=self.maddrs,
             incarnation=self.incarnation,
