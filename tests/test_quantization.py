@@ -133,3 +133,22 @@ def test_only_row_coupled_formats_turn_batching_off(llama_path, quant):
     change = float((alone - together).norm() / alone.norm())
     assert batching_allowed(quant) == (quant != "int8")
     assert (change > 1e-3) == (not batching_allowed(quant)), f"{quant}: batched vs alone {change:.1e}"
+
+
+@pytest.mark.parametrize("quant", ["int8", "nf4"])
+def test_a_quantized_layer_keeps_the_mode_of_the_layer_it_replaces(llama_path, quant):
+    """bitsandbytes computes differently in training mode: a block quantized after .eval() (as
+    the scripts' references are) must compute exactly what a node's loaded block computes."""
+    spec = load_model_spec(llama_path)
+    served = load_blocks(spec, 0, 1, "cpu", torch.float32, quant=quant).blocks[0]
+    model = AutoModelForCausalLM.from_pretrained(llama_path, dtype=torch.float32).eval()
+    rebuilt = quantize_block(model.model.layers[0], quant, torch.float32).to("cpu")
+    assert not any(m.training for m in rebuilt.modules())
+    hidden = 3 * torch.randn(1, 5, spec.hidden_size)
+    positions = torch.arange(5)[None]
+    with torch.inference_mode():
+        rotary = model.model.rotary_emb(hidden, positions)
+        ours = served(hidden, position_embeddings=rotary, position_ids=positions)
+        theirs = rebuilt(hidden, position_embeddings=rotary, position_ids=positions)
+    ours, theirs = (o[0] if isinstance(o, tuple) else o for o in (ours, theirs))
+    assert torch.equal(ours, theirs)

@@ -73,7 +73,10 @@ def _quantized_linear(linear: nn.Linear, quant: str, compute_dtype: torch.dtype)
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type="nf4")
     if bias:
         layer.bias = nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
-    return layer
+    # A new module starts in training mode; bitsandbytes computes differently there (on CPU an
+    # nf4 block's logits moved by 0.7 on the test model), so it takes the mode of the layer it
+    # replaces: a block quantized after .eval() runs as nodes run it.
+    return layer.train(linear.training)
 
 
 def linear_and_other_parameters(block: nn.Module) -> tuple[int, int]:
