@@ -23,8 +23,11 @@ TEXT = (
     "experimented with two-wheeled machines that riders pushed along with their feet."
 )
 # Bounds for this test's 2 prompts x 32 greedy steps and its text (scripts/bench_quantization.py
-# measures 256 steps: int8 95.7%, nf4 78.9% agreement; perplexity +0.1% and +6.7%).
-BOUNDS = {"int8": (0.90, 1.03), "nf4": (0.65, 1.15)}  # (least top-1 agreement, most perplexity ratio)
+# measures 256 steps: int8 93.4%, nf4 78.5% agreement; perplexity -0.1% and +6.7%; this sample:
+# int8 89.1%). Until 2026-11-28 the quantized layers ran in training mode here, which bitsandbytes
+# computes differently (int8 then agreed 95.7%, and the int8 bound was 0.90); nodes run them in
+# eval mode, as now measured.
+BOUNDS = {"int8": (0.85, 1.03), "nf4": (0.65, 1.15)}  # (least top-1 agreement, most perplexity ratio)
 
 
 def test_precision_order_and_unknown_formats():
