@@ -36,7 +36,7 @@ def test_join_progress_is_log_lines_in_a_log(caplog):
 NODE = {
     "peer_id": "12D3KooWBtjV8nfPvAAUxeJyyaa71u83UBYBXfSrruM8oicssgVJ", "public_name": "alice", "state": "ONLINE",
     "start": 0, "end": 3, "inference_rps": 123.4, "active_sessions": 2, "busy": 0.25, "cache_tokens_left": 100,
-    "dtype": "float32", "quantization": "nf4", "version": "0.1.0", "metrics_addr": "127.0.0.1:9156",
+    "dtype": "float32", "quantization": "nf4", "layout": "packed", "version": "0.1.0", "metrics_addr": "127.0.0.1:9156",
 }  # fmt: skip
 
 
@@ -50,12 +50,14 @@ def test_status_prints_a_table_with_one_row_per_node():
     assert lines[1] == "replicas per block: 1 1 1 0"
     header = next(line for line in lines if "PEER ID" in line)
     assert header.split() == ["PEER", "ID", "NAME", "STATE", "BLOCKS", "TOK/S/BLOCK", "SESSIONS", "BUSY",
-                              "CACHE", "LEFT", "DTYPE", "QUANT", "VERSION", "METRICS", "REACHED"]  # fmt: skip
+                              "CACHE", "LEFT", "DTYPE", "QUANT", "LAYOUT", "VERSION", "METRICS", "REACHED"]  # fmt: skip
     row = next(line for line in lines if NODE["peer_id"] in line).split()
-    assert row == [NODE["peer_id"], "alice", "ONLINE", "0:3", "123", "2", "25%", "100", "float32", "nf4", "0.1.0",
-                   "127.0.0.1:9156", "direct"]  # fmt: skip
+    assert row == [NODE["peer_id"], "alice", "ONLINE", "0:3", "123", "2", "25%", "100", "float32", "nf4", "packed",
+                   "0.1.0", "127.0.0.1:9156", "direct"]  # fmt: skip
     relayed = format_status({"models": [{**report["models"][0], "nodes": [{**NODE, "relay": "QmRelayPeer12345678"}]}]})
     assert "via 12345678" in relayed
+    older = {k: v for k, v in NODE.items() if k != "layout"}  # a report from before layouts existed
+    assert "dense" in format_status({"models": [{**report["models"][0], "nodes": [older]}]}, width=200).split()
     assert next(line for line in lines if "12D3KooWother" in line).split()[2:7] == ["DEAD", "0:3", "123", "2", "-"]
     assert all(line == line.rstrip() for line in lines)
     assert format_status({"models": []}) == "no models are served in this swarm yet"

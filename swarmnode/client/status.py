@@ -98,7 +98,8 @@ def format_status(report: dict, width: int | None = None) -> str:
             table.add_row(
                 n["peer_id"], n["public_name"] or "-", n["state"], f"{n['start']}:{n['end']}",
                 f"{n['inference_rps']:.0f}", str(n["active_sessions"]), busy, str(n["cache_tokens_left"]),
-                n["dtype"], n.get("quantization", "none"), n["version"] or "-", n["metrics_addr"] or "-",
+                n["dtype"], n.get("quantization", "none"), n.get("layout", "dense"), n["version"] or "-",
+                n["metrics_addr"] or "-",
                 f"via {n['relay'][-8:]}" if n.get("relay") else "direct",
             )  # fmt: skip
         console.print(table)
@@ -108,6 +109,6 @@ def format_status(report: dict, width: int | None = None) -> str:
 _COLUMNS = (
     ("PEER ID", "left"), ("NAME", "left"), ("STATE", "left"), ("BLOCKS", "right"), ("TOK/S/BLOCK", "right"),
     ("SESSIONS", "right"), ("BUSY", "right"), ("CACHE LEFT", "right"), ("DTYPE", "left"), ("QUANT", "left"),
-    ("VERSION", "left"),
+    ("LAYOUT", "left"), ("VERSION", "left"),
     ("METRICS", "left"), ("REACHED", "left"),
 )  # fmt: skip
