@@ -56,9 +56,11 @@ def load(path: str, quant: str, device: str = "cpu", dtype: torch.dtype = torch.
 
 
 def chat_ids(tokenizer, prompt: str) -> torch.Tensor:
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)  # fmt: skip
-    return tokenizer(text, return_tensors="pt").input_ids
+    """``prompt`` as one user turn in the tokenizer's chat template (plain text if it has none)."""
+    if tokenizer.chat_template:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True)  # fmt: skip
+    return tokenizer(prompt, return_tensors="pt").input_ids
 
 
 @torch.inference_mode()
@@ -88,15 +90,15 @@ def step_ms(model, repeats: int = 20) -> float:
     model.model(token)  # warm-up
     times = []
     for _ in range(repeats):
-        _synchronize(model.device)
+        synchronize(model.device)
         began = time.perf_counter()
         model.model(token)
-        _synchronize(model.device)
+        synchronize(model.device)
         times.append(time.perf_counter() - began)
     return 1000 * statistics.median(times)
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

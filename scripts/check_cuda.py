@@ -28,18 +28,8 @@ import statistics
 import time
 
 import torch
-
-PROMPTS = [
-    "What is the capital of France, and why is it famous?",
-    "Write a short poem about the sea at night.",
-    "Explain in simple words how a bicycle stays upright.",
-    "Give me three tips for learning a new language.",
-]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from bench_quantization import PROMPTS, chat_ids, load
+from bench_quantization import synchronize as sync
 
 
 class NodePath:
@@ -150,14 +140,7 @@ class NodePath:
 
 def reference_generate(path: str, quant: str, device: str, dtype: torch.dtype, prompts, new_tokens: int):
     """transformers' own greedy generation of each prompt, its blocks quantized as a node does."""
-    from transformers import AutoModelForCausalLM
-
-    from swarmnode.models.quantize import quantize_block
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-    for i, layer in enumerate(model.model.layers):
-        model.model.layers[i] = quantize_block(layer, quant, dtype).to(device)
-    model = model.to(device)
+    model = load(path, quant, device, dtype)
     with torch.inference_mode():  # min_new_tokens: no early stop (end-of-text forbidden, as NodePath does)
         return [
             model.generate(p.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False).cpu()
@@ -192,12 +175,7 @@ def main() -> None:
     path = resolved.path
     spec = load_model_spec(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    prompts = []
-    for text in PROMPTS:
-        if tokenizer.chat_template:
-            turn = [{"role": "user", "content": text}]
-            text = tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
-        prompts.append(tokenizer(text, return_tensors="pt").input_ids)
+    prompts = [chat_ids(tokenizer, text) for text in PROMPTS]
     if args.device.startswith("cuda"):
         from swarmnode.server.host_memory import detect_memory
 

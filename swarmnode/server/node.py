@@ -109,7 +109,8 @@ class Node:
         self.ledger: HostLedger | None = None  # this node's memory claim on its host
         self.weights_bytes = 0  # of the loaded blocks, as stored (quantized or not)
         self.weight_layout = "dense"  # resolved at join (models/layout.py)
-        self.batching = config.batching  # at join: off for formats whose rows interact (models/quantize.py)
+        # Off for formats whose rows interact, whatever the configuration (models/quantize.py).
+        self.batching = config.batching and batching_allowed(config.quant)
         self.max_blocks = 0  # blocks the memory budget holds, announced for planners
         self.connection: NodeConnection | None = None  # the DHT peer, direct or behind a relay
         self.served: ServedSpeed | None = None  # single-session iterations' speed, in service
@@ -202,7 +203,6 @@ class Node:
         logger.info("dtype %s: %s (%s)", cfg.dtype, dtype_name(self.dtype), choice.reason)
         self.weight_layout = resolve_layout(cfg.weight_layout, cfg.device, self.dtype, cfg.quant)
         logger.info("weight layout %s: %s", cfg.weight_layout, self.weight_layout)
-        self.batching = cfg.batching and batching_allowed(cfg.quant)
         if cfg.batching and not self.batching:
             logger.info("batching off: in %s, batched sessions would change each other's results", cfg.quant)
         model_id = validate_model_id(cfg.model_id) if cfg.model_id else model_id_from_name(spec.name)
