@@ -419,15 +419,17 @@ class Simulation:
         slowdowns = self.slowdown_meter(x)
         if decoding:
             slowdowns.add(self.now - arrived, service)
-        load = (meter.fraction(), slowdowns.mean())
+        load = (meter.fraction(), slowdowns.mean(), self.now - arrived)
         self.at(self.now + x.delay_s / 2, self.answered, session, hop, sent_at, service, load)
 
     def answered(self, session: Session, hop: Hop, sent_at: float, service: float, load: tuple) -> None:
         if session.chain[session.hop_index] != hop:
             return
         tokens = self.step_tokens(session)
-        busy, slowdown = load
-        self.routers[session.client].report_step(hop, self.now - sent_at, tokens, service, busy, slowdown)
+        busy, slowdown, in_node = load
+        self.routers[session.client].report_step(
+            hop, self.now - sent_at, tokens, service, busy, slowdown, node_seconds=in_node
+        )
         session.hop_index += 1
         if session.hop_index < len(session.chain):
             self.send(session)

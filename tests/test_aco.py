@@ -231,6 +231,39 @@ def test_prompt_steps_do_not_feed_the_ants():
     assert router.estimates["x"].delay_s == pytest.approx(0.002)
 
 
+def test_a_nodes_queueing_is_priced_once_by_load_not_again_as_distance():
+    """Where the node reports its own time per step, a hop's distance is the round trip
+    minus that time: the wait behind other sessions is in its load already."""
+    router = AntColonyRouter(AcoParams(reinforce_every=2), clock=Clock(1000.0), pings={"x": 0.002})
+    hop = Hop("x", 0, 4)
+    for _ in range(2):  # 8 ms compute, 12 ms waiting for the batch in progress, 3 ms outside the node
+        router.report_step(hop, 0.023, 1, compute_seconds=0.008, slowdown=2.5, node_seconds=0.020)
+    assert router.estimates["x"].delay_s == pytest.approx(0.003)
+    assert router.hop_cost(node("x", 0, 4), 0, 4) == pytest.approx(0.003 + 0.008 * 2.5)
+    liar = AntColonyRouter(AcoParams(reinforce_every=1), clock=Clock(1000.0), pings={"x": 0.002})
+    liar.report_step(hop, 0.023, 1, compute_seconds=0.008, node_seconds=0.023)  # "all of it was in me"
+    assert liar.estimates["x"].delay_s == pytest.approx(0.002)  # never nearer than our ping of it
+    old = AntColonyRouter(AcoParams(reinforce_every=1), clock=Clock(1000.0))
+    old.report_step(hop, 0.023, 1, compute_seconds=0.008, node_seconds="soon")  # remote nonsense: as unreported
+    assert old.estimates["x"].delay_s == pytest.approx(0.015)
+
+
+def test_an_untried_node_costs_its_ping_plus_what_hops_cost_us_beyond_their_pings():
+    """On a loaded client host every hop costs more than its ping; an unmeasured node (or a
+    chain of more hops) must not look cheaper than the hops we have measured for that."""
+    pings = {"a": 0.002, "b": 0.004, "c": 0.010, "new": 0.002}
+    router = AntColonyRouter(AcoParams(reinforce_every=1), clock=Clock(1000.0), pings=pings)
+    assert router.delay_s(node("new", 0, 8)) == pytest.approx(0.002)  # nothing measured yet
+    for peer, beyond in (("a", 0.010), ("b", 0.020), ("c", 0.030)):
+        rtt = pings[peer] + beyond + 0.008
+        router.report_step(Hop(peer, 0, 8), rtt, 1, compute_seconds=0.008, node_seconds=0.008)
+    assert router.overhead_beyond_ping_s() == pytest.approx(0.020)  # the median
+    assert router.delay_s(node("new", 0, 8)) == pytest.approx(0.022)
+    assert router.delay_s(node("a", 0, 8)) == pytest.approx(0.012)  # measured: its own figure
+    two_hops = router.choose_chain(snap(node("a", 0, 8, rps=90), node("p", 0, 4), node("q", 4, 8)), 0, 8, greedy=True)
+    assert two_hops == [Hop("a", 0, 8)]
+
+
 def test_the_frozen_variant_does_not_learn():
     router = AntColonyRouter(AcoParams(reinforce_every=1), learn=False, clock=Clock(1000.0))
     router.report_step(Hop("x", 0, 4), 1.0, 1, compute_seconds=0.9)

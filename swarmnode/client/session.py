@@ -354,8 +354,11 @@ class InferenceSession(SpotChecks, Forwarding):
         state.step_times.append(elapsed)
         state.compute_times.append(float(meta.get("compute_ms", 0.0)) / 1000)
         state.draining = bool(meta.get("draining", False))
-        busy, slowdown = meta.get("busy"), meta.get("slowdown")
-        self.remote.router.report_step(state.hop, elapsed, step.tokens, state.compute_times[-1], busy, slowdown)
+        busy, slowdown, node_ms = meta.get("busy"), meta.get("slowdown"), meta.get("node_ms")
+        node_s = float(node_ms) / 1000 if isinstance(node_ms, (int, float)) and not isinstance(node_ms, bool) else None
+        self.remote.router.report_step(
+            state.hop, elapsed, step.tokens, state.compute_times[-1], busy, slowdown, node_seconds=node_s
+        )
 
     async def _answer(self, state: _HopState, timeout: float):
         """The hop's answer to the step just sent. Each time ``timeout`` passes without it, the

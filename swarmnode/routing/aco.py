@@ -124,9 +124,12 @@ class AcoParams:
 @dataclass
 class _Pending:
     tokens: int = 0
+    steps: int = 0
     seconds: float = 0.0
     compute: float = 0.0
     claimed: float = 0.0  # Σ compute / (1 − busy): the in-node time the node's reports imply
+    in_node: float = 0.0  # Σ the node's own time per step (request decoded → answer built), where reported
+    in_node_steps: int = 0
 
 
 class AntColonyRouter:
@@ -164,6 +167,7 @@ class AntColonyRouter:
         self._backups: dict[Hop, list[Hop]] = {}
         self._claims: dict[str, deque] = {}  # peer → recent (measured in-node s, claimed s) per window
         self._last_choice: tuple[list[Hop], list[NodeRecord]] | None = None
+        self._overhead_s: float | None = None  # cache of overhead_beyond_ping_s(), until a delay changes
 
     # ---- pheromone -------------------------------------------------------------------------------
     def tau(self, boundary: int, peer_id: str) -> float:
@@ -195,19 +199,36 @@ class AntColonyRouter:
         return advertised if value is None else value
 
     def delay_s(self, record: NodeRecord) -> float:
-        """What a step costs beyond the node's compute: the part of our step times its reported
-        compute time does not explain (network and queueing, as we saw them), else our own ping of
-        it, else other clients' figure. (Ping first made contention p95 2 % worse in the simulator:
-        the queueing seen in step times is information.)"""
+        """What a step through this node costs beyond its time in the node: what we measured
+        (our step times minus the node's own reported time per step: network, serialization and
+        the CPU a hop costs the client's host; its queueing is priced once, by :meth:`load`; for
+        a node that reports no such time, minus its compute time, queueing included); else our
+        ping of it plus what hops have cost us beyond their pings (:meth:`overhead_beyond_ping_s`,
+        so that an untried node is not cheaper than it will be); else other clients' figure;
+        else a default plus that overhead."""
         own = self.estimates.get(record.peer_id)
         if own is not None and own.delay_s is not None:
             return own.delay_s
         if record.peer_id in self.pings:
-            return self.pings[record.peer_id]
+            return self.pings[record.peer_id] + self.overhead_beyond_ping_s()
         shared = self.shared.estimates.get(record.peer_id)
         if shared is not None and shared.delay_s is not None:
             return shared.delay_s
-        return unmeasured_delay_s(record, self.hop_overhead_s)
+        return unmeasured_delay_s(record, self.hop_overhead_s) + self.overhead_beyond_ping_s()
+
+    def overhead_beyond_ping_s(self) -> float:
+        """What a step through a hop has cost us beyond the hop's ping, over the nodes we have
+        measured (median): serialization, daemons and the client's own work, which grow when the
+        client's host is loaded. Added to the ping of nodes we have not measured yet, so that an
+        untried node, or a chain with more hops, is not taken for cheaper than the hops we know."""
+        if self._overhead_s is None:
+            extra = [
+                max(0.0, e.delay_s - self.pings[q])
+                for q, e in self.estimates.items()
+                if e.delay_s is not None and q in self.pings
+            ]
+            self._overhead_s = statistics.median(extra) if extra else 0.0
+        return self._overhead_s
 
     def sessions_on(self, record: NodeRecord) -> int:
         """Sessions through a node: what it last announced, or, if more, what clients report now
@@ -370,6 +391,7 @@ class AntColonyRouter:
         compute_seconds: float | None = None,
         busy: float | None = None,
         slowdown: float | None = None,
+        node_seconds: float | None = None,
     ) -> None:
         """A hop answered a step; every K decoding steps become a backward ant.
 
@@ -390,18 +412,26 @@ class AntColonyRouter:
             return
         pending = self._pending[hop]
         pending.tokens += tokens
+        pending.steps += 1
         pending.seconds += seconds
         pending.compute += compute_seconds if compute_seconds is not None else 0.0
         if compute_seconds is not None:  # what the node's own reports say this step took in it
             pending.claimed += _claimed_in_node(compute_seconds, busy, slowdown)
+        if is_number(node_seconds) and 0.0 <= node_seconds <= seconds:  # remote input
+            pending.in_node += node_seconds
+            pending.in_node_steps += 1
         if pending.tokens >= self.params.reinforce_every:
             steps = max(1, pending.tokens)
             compute = (pending.compute / steps) if compute_seconds else None
+            # The node's own time, if every step reported it: what the round trip spent outside it.
+            in_node = pending.in_node / steps if pending.in_node_steps == pending.steps else None
             self._check_claims(hop, pending.seconds / steps, pending.claimed / steps if compute_seconds else None)
-            self._reinforce(hop, pending.seconds / steps, compute)
+            self._reinforce(hop, pending.seconds / steps, compute, in_node)
             del self._pending[hop]
 
-    def _reinforce(self, hop: Hop, seconds_per_token: float, compute_per_token: float | None) -> None:
+    def _reinforce(
+        self, hop: Hop, seconds_per_token: float, compute_per_token: float | None, in_node_per_token: float | None
+    ) -> None:
         blocks = hop.end - hop.start
         estimate = self.estimates[hop.peer_id]
         decay = self.params.estimate_decay
@@ -409,7 +439,13 @@ class AntColonyRouter:
         per_block = max(1e-9, compute / blocks)
         estimate.per_block_s = ewma(estimate.per_block_s, per_block, decay)
         if compute_per_token is not None:
-            estimate.delay_s = ewma(estimate.delay_s, max(0.0, seconds_per_token - compute_per_token), decay)
+            # Outside the node where it reports its own time (its queueing is priced by load()),
+            # else outside its compute. Never below our own ping of it: a node that overstates
+            # its time cannot hide its distance.
+            inside = compute_per_token if in_node_per_token is None else max(compute_per_token, in_node_per_token)
+            outside = max(0.0, seconds_per_token - inside, self.pings.get(hop.peer_id, 0.0))
+            estimate.delay_s = ewma(estimate.delay_s, outside, decay)
+            self._overhead_s = None
         estimate.samples += 1
         normalized = seconds_per_token / blocks
         window = self._boundary_times[hop.start]

@@ -52,10 +52,12 @@ class Router(Protocol):
         compute_seconds: float | None = None,
         busy: float | None = None,
         slowdown: float | None = None,
+        node_seconds: float | None = None,
     ) -> None:
         """A hop answered a step of ``tokens`` tokens in ``seconds`` (round trip; the node's own
-        compute time, busy fraction and slowdown, when it reported them, in ``compute_seconds``,
-        ``busy`` and ``slowdown``)."""
+        compute time, busy fraction, slowdown and time in the node (request decoded to answer
+        built), when it reported them, in ``compute_seconds``, ``busy``, ``slowdown`` and
+        ``node_seconds``)."""
         ...
 
     def report_failure(self, hop: Hop, error: BaseException) -> None:

@@ -102,6 +102,7 @@ class BanFeedback:
         compute_seconds: float | None = None,
         busy: float | None = None,
         slowdown: float | None = None,
+        node_seconds: float | None = None,
     ) -> None:
         self.bans.clear(hop.peer_id)
 
