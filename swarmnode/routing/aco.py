@@ -167,7 +167,7 @@ class AntColonyRouter:
         self._backups: dict[Hop, list[Hop]] = {}
         self._claims: dict[str, deque] = {}  # peer → recent (measured in-node s, claimed s) per window
         self._last_choice: tuple[list[Hop], list[NodeRecord]] | None = None
-        self._overhead_s: float | None = None  # cache of overhead_beyond_ping_s(), until a delay changes
+        self._overhead_s: float | None = None  # overhead_beyond_ping_s(), until a delay or a ping changes
 
     # ---- pheromone -------------------------------------------------------------------------------
     def tau(self, boundary: int, peer_id: str) -> float:
@@ -313,6 +313,7 @@ class AntColonyRouter:
         """A chain over [start, end); ``greedy`` = pure exploitation (argmax, no draws)."""
         if self.use_sharing:
             self.absorb_shared(snapshot.shared)
+        self._overhead_s = None  # pings may have been refreshed since
         excluded = exclude | self.bans.banned()
         nodes = [r for r in snapshot.live() if r.peer_id not in excluded]
         rest = self._rest_costs(nodes, start, end)
@@ -421,12 +422,12 @@ class AntColonyRouter:
             pending.in_node += node_seconds
             pending.in_node_steps += 1
         if pending.tokens >= self.params.reinforce_every:
-            steps = max(1, pending.tokens)
-            compute = (pending.compute / steps) if compute_seconds else None
+            per = max(1, pending.tokens)  # everything below is per token
+            compute = (pending.compute / per) if compute_seconds else None
             # The node's own time, if every step reported it: what the round trip spent outside it.
-            in_node = pending.in_node / steps if pending.in_node_steps == pending.steps else None
-            self._check_claims(hop, pending.seconds / steps, pending.claimed / steps if compute_seconds else None)
-            self._reinforce(hop, pending.seconds / steps, compute, in_node)
+            in_node = pending.in_node / per if pending.in_node_steps == pending.steps else None
+            self._check_claims(hop, pending.seconds / per, pending.claimed / per if compute_seconds else None)
+            self._reinforce(hop, pending.seconds / per, compute, in_node)
             del self._pending[hop]
 
     def _reinforce(
