@@ -51,6 +51,7 @@ from swarmnode.server.profile_cache import ProfileCache, ServedSpeed, device_des
 from swarmnode.server.progress import LoadProgress
 from swarmnode.server.rebalancer import Rebalancer
 from swarmnode.server.scheduler import StepScheduler
+from swarmnode.server.threads import confine_to_one_thread, node_threads, run_in_passing_thread
 
 logger = logging.getLogger(__name__)
 DEFAULT_CACHE_TOKENS = 4096  # per block, when --cache-tokens is not given (raised to the session limit)
@@ -95,6 +96,7 @@ class Node:
         self.p2p = None
         self.backend: BlockBackend | None = None
         self.scheduler: StepScheduler | None = None
+        self.threads = 0  # intra-op threads of the compute thread, decided at join (server/threads.py)
         self.caches: CacheManager | None = None
         self.handler: NodeHandler | None = None
         self.announcer: Announcer | None = None
@@ -194,8 +196,8 @@ class Node:
 
     async def _join(self) -> None:
         cfg = self.config
-        if cfg.num_threads > 0:
-            torch.set_num_threads(cfg.num_threads)
+        self.threads = node_threads(cfg.num_threads)
+        confine_to_one_thread()  # torch work with threads runs on the compute thread only (server/threads.py)
         spec = load_model_spec(cfg.model)
         self.spec = spec
         choice = resolve_dtype(cfg, spec)
@@ -263,15 +265,18 @@ class Node:
         )
         await self.announcer.announce(NodeState.JOINING)  # claim the span before the slow part
 
-        loaded = load_blocks(
-            spec,
-            self.start,
-            self.end,
-            cfg.device,
-            self.dtype,
-            on_block=self.load_progress,
-            quant=cfg.quant,
-            layout=self.weight_layout,
+        loaded = await run_in_passing_thread(
+            lambda: load_blocks(
+                spec,
+                self.start,
+                self.end,
+                cfg.device,
+                self.dtype,
+                on_block=self.load_progress,
+                quant=cfg.quant,
+                layout=self.weight_layout,
+            ),
+            self.threads,
         )
         self.loaded_parameters = loaded.loaded_parameters
         self.weights_bytes = sum(measured_block_bytes(block) for block in loaded.blocks)
@@ -284,7 +289,12 @@ class Node:
             cache_tokens * (self.end - self.start), session_limit, kv_heads, head_dim, self.dtype, cfg.device
         )
         self.scheduler = StepScheduler(
-            self.backend, cfg.prefill_chunk, cfg.max_batch, self.batching, on_iteration=self._observe_iteration
+            self.backend,
+            cfg.prefill_chunk,
+            cfg.max_batch,
+            self.batching,
+            on_iteration=self._observe_iteration,
+            threads=self.threads,
         )
         self.profiles = ProfileCache(profile_dir())
         self.profile_key = self._profile_key()
@@ -342,7 +352,7 @@ class Node:
             {
                 "model": self.model_record.config_hash,
                 "span": [self.start, self.end],
-                "device": device_descriptor(cfg.device, torch.get_num_threads()),
+                "device": device_descriptor(cfg.device, self.threads),
                 "dtype": dtype_name(self.dtype),
                 "quant": cfg.quant,
                 "layout": self.weight_layout,

@@ -29,6 +29,7 @@ from swarmnode.net.dht import fetch_snapshot
 from swarmnode.records import NodeState, SwarmSnapshot
 from swarmnode.server.block_selection import Move, plan_move
 from swarmnode.server.host_memory import detect_memory
+from swarmnode.server.threads import run_in_passing_thread
 
 if TYPE_CHECKING:
     from swarmnode.server.node import Node
@@ -118,9 +119,12 @@ class Rebalancer:
             move.weakest_before,
             move.weakest_after,
         )
-        loaded = await asyncio.to_thread(
-            load_blocks, node.spec, min(missing), max(missing) + 1, node.config.device, node.dtype,
-            quant=node.config.quant, layout=node.weight_layout,
+        loaded = await run_in_passing_thread(  # not a pool thread: it would keep an OpenMP team (server/threads.py)
+            lambda: load_blocks(
+                node.spec, min(missing), max(missing) + 1, node.config.device, node.dtype,
+                quant=node.config.quant, layout=node.weight_layout,
+            ),
+            node.threads,
         )  # fmt: skip
         await node.scheduler.call(lambda: node.backend.add_blocks(loaded))
         loaded_s = time.monotonic() - began

@@ -17,8 +17,9 @@ Once the node has measured its step costs (:meth:`StepScheduler.calibrate`), a b
 padded to a cheaper size, and an iteration may wait briefly for steps about to arrive when the
 bigger batch serves more tokens per second (:mod:`swarmnode.server.batch_policy`).
 
-Why one thread: two threads running torch ops each get an OpenMP team whose idle workers
-spin and slow the other; one owner also makes the order of work a decision in one place.
+Why one thread: two threads running torch ops each get an OpenMP team, and with more team
+workers than CPUs every team's workers sleep between parallel regions (server/threads.py);
+one owner also makes the order of work a decision in one place.
 """
 
 from __future__ import annotations
@@ -121,9 +122,10 @@ class StepScheduler:
         max_batch: int = DEFAULT_MAX_BATCH,
         batching: bool = True,
         on_iteration: Callable[[int, int, float], None] | None = None,
+        threads: int | None = None,
     ):
-        if prefill_chunk < 1 or max_batch < 1:
-            raise ValueError("prefill_chunk and max_batch must be positive")
+        if prefill_chunk < 1 or max_batch < 1 or (threads is not None and threads < 1):
+            raise ValueError("prefill_chunk, max_batch and threads must be positive")
         self.backend = backend
         self.prefill_chunk, self.max_batch, self.batching = prefill_chunk, max_batch, batching
         self.on_iteration = on_iteration  # (decode steps, prompt tokens, seconds), from the thread
@@ -132,7 +134,7 @@ class StepScheduler:
         self._calls: deque[tuple[Callable[[], Any], asyncio.Future, asyncio.AbstractEventLoop]] = deque()
         self._wake = threading.Condition()
         self._closing = False
-        self.threads = torch.get_num_threads()  # the node's setting: the most an iteration uses
+        self.threads = threads or torch.get_num_threads()  # the node's setting: the most an iteration uses
         self._threads_now = 0
         self.padding: tuple[int, ...] = ()  # padding_plan of the node's measured step costs; () = none
         self.gather = False  # wait for predicted steps (calibrate turns it on)
