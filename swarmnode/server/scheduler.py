@@ -54,7 +54,9 @@ DEFAULT_MAX_BATCH = 64  # decoding steps per iteration
 # does gain from 2 threads in-process (SmolLM2 0.47 against 0.62 ms per block), but two nodes
 # sharing this machine's 2 cores were slower with it (15 blocks: 12.6 against 9.95 ms a step,
 # scripts/bench_token_budget.py), so the rule stays; a node alone on a multi-core device would
-# gain from using its threads for decoding too (not built: it needs to know it is alone).
+# gain from using its threads for decoding too (not built: it needs to know it is alone). The
+# figures above were taken while the node's main thread still had an OpenMP team (threads.py);
+# without it, two co-located nodes decoding on 2 threads were still slower (12.3, 14.6 vs 10.7 ms).
 PARALLEL_ROWS = 16
 PARALLEL_WORK = 1 << 22
 # The longest an iteration waits for predicted steps, in single decoding steps of the span.
