@@ -41,3 +41,29 @@ def test_the_event_loop_thread_is_confined_to_one_torch_thread():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_caller_that_gives_up_does_not_break_the_work_thread():
+    release, finished = threading.Event(), threading.Event()
+
+    def slow():
+        release.wait(5)
+        finished.set()
+        return 1
+
+    async def give_up():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(run_in_passing_thread(slow, 1), 0.05)
+
+    errors = []
+    previous, threading.excepthook = threading.excepthook, errors.append
+    try:
+        asyncio.run(give_up())  # the loop is closed now
+        release.set()
+        assert finished.wait(5)
+        for thread in threading.enumerate():
+            if thread.name == "swarmnode-load":
+                thread.join(5)
+    finally:
+        threading.excepthook = previous
+    assert errors == []  # delivering to the closed loop raised nothing

@@ -18,6 +18,7 @@ a thread that exits when the work is done, which frees that thread's team.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -53,11 +54,11 @@ async def run_in_passing_thread(fn: Callable[[], T], threads: int, name: str = "
     def work() -> None:
         torch.set_num_threads(threads)
         try:
-            result = fn()
+            outcome = (fn(), None)
         except BaseException as e:  # noqa: BLE001 - handed to the awaiting caller, who decides
-            loop.call_soon_threadsafe(deliver, None, e)
-        else:
-            loop.call_soon_threadsafe(deliver, result, None)
+            outcome = (None, e)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile (the node was stopped): nobody waits
+            loop.call_soon_threadsafe(deliver, *outcome)
 
     thread = threading.Thread(target=work, name=name, daemon=True)
     thread.start()
