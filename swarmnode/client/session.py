@@ -39,6 +39,7 @@ from swarmnode.models import DTYPES
 from swarmnode.net.protocol import make_request, read_response
 from swarmnode.net.stream import NodeStream
 from swarmnode.routing import Hop
+from swarmnode.routing.stigmergy import is_number
 
 if TYPE_CHECKING:
     from swarmnode.client.model import RemoteBlocks
@@ -355,7 +356,7 @@ class InferenceSession(SpotChecks, Forwarding):
         state.compute_times.append(float(meta.get("compute_ms", 0.0)) / 1000)
         state.draining = bool(meta.get("draining", False))
         busy, slowdown, node_ms = meta.get("busy"), meta.get("slowdown"), meta.get("node_ms")
-        node_s = float(node_ms) / 1000 if isinstance(node_ms, (int, float)) and not isinstance(node_ms, bool) else None
+        node_s = node_ms / 1000 if is_number(node_ms) else None  # remote input: the router checks the rest
         self.remote.router.report_step(
             state.hop, elapsed, step.tokens, state.compute_times[-1], busy, slowdown, node_seconds=node_s
         )
