@@ -163,6 +163,10 @@ class ClientConfig:
     step_timeout_floor: float = 1.0
     step_timeout_factor: float = 10.0
     swarm_refresh_period: float = 2.0  # seconds between re-reads of the DHT records
+    # A model's swarm view is kept fresh in the background for this long after its last use, so
+    # that a session opened after a pause (a chat's next message) finds its route cached instead
+    # of waiting for the DHT. 0: never (a view older than 5 refresh periods is then read anew).
+    keep_fresh_for: float = 300.0
     # Spot-checks: this fraction of each hop's steps is recomputed by an independent replica
     # chain of the same span and compared (client/verify.py). 0 = off.
     verify_fraction: float = 0.0
@@ -188,6 +192,8 @@ class ClientConfig:
             raise ConfigError("debug_network_delay_ms must be >= 0")
         if self.wait_for_servers < 0 or self.busy_wait < 0:
             raise ConfigError("wait_for_servers and busy_wait must be >= 0")
+        if self.swarm_refresh_period <= 0 or self.keep_fresh_for < 0:
+            raise ConfigError("need swarm_refresh_period > 0 and keep_fresh_for >= 0")
         if self.request_timeout <= 0:
             raise ConfigError("request_timeout must be positive")
         if not 0.0 <= self.verify_fraction <= 1.0:

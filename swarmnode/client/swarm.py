@@ -54,6 +54,8 @@ class SwarmConnection:
         self._snapshots: dict[str, tuple[float, SwarmSnapshot]] = {}
         self._refreshing: dict[str, asyncio.Task] = {}  # model id → its background re-read
         self._background: set[asyncio.Task] = set()  # fire-and-forget work (publishing observations)
+        self._used: dict[str, tuple[float, int]] = {}  # model id → (last asked for, its block count)
+        self._keeper: asyncio.Task | None = None  # keeps the views of models in use fresh
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the client loop and wait for its result."""
@@ -67,10 +69,13 @@ class SwarmConnection:
 
         Stale-while-revalidate: a snapshot older than ``max_age`` (but younger than
         ``STALE_LIMIT`` refresh periods) is returned at once while a background task re-reads
-        the DHT, so opening a session never waits for the DHT once the swarm has been seen.
-        ``max_age=0`` always reads the DHT now.
+        the DHT, so opening a session never waits for the DHT once the swarm has been seen; and
+        while the model is in use, the keeper (:meth:`_keep_fresh`) re-reads it before it gets
+        that old. ``max_age=0`` always reads the DHT now.
         """
         max_age = self.config.swarm_refresh_period if max_age is None else max_age
+        if max_age > 0:  # a caller that always reads anew (status, the monitor) gains nothing from the keeper
+            self._note_use(model_id, num_blocks)
         cached = self._snapshots.get(model_id)
         if cached is not None:
             age = time.monotonic() - cached[0]
@@ -88,6 +93,32 @@ class SwarmConnection:
             raise SwarmUnavailable(f"cannot read the swarm's records: {e}") from e
         self._snapshots[model_id] = (time.monotonic(), snapshot)
         return snapshot
+
+    def view_age(self, model_id: str) -> float | None:
+        """Seconds since this client last read ``model_id``'s records from the DHT (None: never)."""
+        cached = self._snapshots.get(model_id)
+        return None if cached is None else time.monotonic() - cached[0]
+
+    def _note_use(self, model_id: str, num_blocks: int) -> None:
+        self._used[model_id] = (time.monotonic(), num_blocks)
+        if self._keeper is None and self.config.keep_fresh_for > 0:
+            self._keeper = asyncio.create_task(self._keep_fresh())
+
+    async def _keep_fresh(self) -> None:
+        """Re-read the views of models in use before they expire (see :func:`keeper_action`),
+        so that a session opened after a pause still finds its route cached. One DHT read per
+        model every few refresh periods while it is in use; nothing once it is not."""
+        period = self.config.swarm_refresh_period
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for model_id, (used_at, num_blocks) in list(self._used.items()):
+                fetched_at = self._snapshots[model_id][0] if model_id in self._snapshots else None
+                action = keeper_action(now, used_at, fetched_at, period, self.config.keep_fresh_for)
+                if action == "forget":
+                    del self._used[model_id]
+                elif action == "refresh":
+                    self._refresh_in_background(model_id, num_blocks)
 
     def _refresh_in_background(self, model_id: str, num_blocks: int) -> None:
         if model_id in self._refreshing:
@@ -118,7 +149,7 @@ class SwarmConnection:
 
     def close(self) -> None:
         if self.loop.is_running():
-            for task in [*self._refreshing.values(), *self._background]:
+            for task in [*self._refreshing.values(), *self._background, *filter(None, [self._keeper])]:
                 self.loop.call_soon_threadsafe(task.cancel)
         if self.dht is not None:
             p2p = getattr(self.dht, "_p2p_replica", None)
@@ -134,3 +165,15 @@ class SwarmConnection:
         if self.loop.is_running():
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=5)
+
+
+def keeper_action(now: float, used_at: float, fetched_at: float | None, period: float, keep_for: float) -> str:
+    """What the client does, at ``now``, about one model's cached view of the swarm, looking
+    again every ``period`` seconds: ``"forget"`` it (nobody asked for it in ``keep_for``
+    seconds), ``"refresh"`` it (missing, or it would be too old to serve, ``STALE_LIMIT``
+    periods, before the next look), or ``"wait"``."""
+    if now - used_at > keep_for:
+        return "forget"
+    if fetched_at is None or now - fetched_at >= (STALE_LIMIT - 1) * period:
+        return "refresh"
+    return "wait"
