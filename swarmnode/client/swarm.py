@@ -170,10 +170,11 @@ class SwarmConnection:
 def keeper_action(now: float, used_at: float, fetched_at: float | None, period: float, keep_for: float) -> str:
     """What the client does, at ``now``, about one model's cached view of the swarm, looking
     again every ``period`` seconds: ``"forget"`` it (nobody asked for it in ``keep_for``
-    seconds), ``"refresh"`` it (missing, or it would be too old to serve, ``STALE_LIMIT``
-    periods, before the next look), or ``"wait"``."""
+    seconds), ``"refresh"`` it (missing, or two looks from being too old to serve, at
+    ``STALE_LIMIT`` periods: the DHT read then has a whole period to finish before the view
+    would expire), or ``"wait"``."""
     if now - used_at > keep_for:
         return "forget"
-    if fetched_at is None or now - fetched_at >= (STALE_LIMIT - 1) * period:
+    if fetched_at is None or now - fetched_at >= (STALE_LIMIT - 2) * period:
         return "refresh"
     return "wait"
