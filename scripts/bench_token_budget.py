@@ -12,12 +12,17 @@ Local generation runs in the same process, before and after the swarm runs, with
 same torch thread count as the nodes, twice over: transformers as loaded ("local"), and the
 same model with the packed weight layout our nodes and client use on CPU ("local, same
 kernels", swarmnode/models/layout.py), so that the gap to the second is what the swarm costs
-beyond compute. The first line also gives the floors: a TCP and a bare
-libp2p round trip on 127.0.0.1, and what decoding one hop's answer costs hot and right after
-a 16 ms sleep (as long as a hop's compute: every process on the token path wakes from such a
-wait, and on this machine the same code then runs many times slower).
+beyond compute; and a third time, the same kernels on one torch thread, as each node decodes
+("local, same kernels, 1 thread"). The first line also gives the floors: a TCP and a bare
+libp2p round trip on 127.0.0.1, back to back and each after 10 ms idle, and what decoding one
+hop's answer costs hot and right after a 16 ms sleep (as long as a hop's compute: every
+process on the token path wakes from such a wait, and on this machine the same code then runs
+many times slower).
 
-    python scripts/bench_token_budget.py [--models smollm2 tiny-llama] [--hops 1 2 3] [--tokens 48]
+With ``--pause S``, it also times the first token of requests that each come S seconds after
+the last (a chat user typing): ours against local transformers after the same pauses.
+
+    python scripts/bench_token_budget.py [--models smollm2 tiny-llama] [--hops 1 2 3] [--tokens 48] [--pause 12]
 """
 
 from __future__ import annotations
@@ -64,6 +69,17 @@ def local_run(model, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
                        streamer=stamps)  # fmt: skip
     return 1000 * (stamps.times[1] - began), 1000 * statistics.median(stamps.token_gaps())
+
+
+def local_run_as(reference: tuple, ids: torch.Tensor, tokens: int) -> tuple[float, float]:
+    """``local_run`` of a (model, torch threads) reference; the thread count is restored after."""
+    model, threads = reference
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return local_run(model, ids, tokens)
+    finally:
+        torch.set_num_threads(before)
 
 
 def swarm_run(client, ids: torch.Tensor, tokens: int):
@@ -164,7 +180,25 @@ def print_table(title: str, rows: list[tuple[str, float]], measured: float) -> f
     return share
 
 
-def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threads: int, rtt: float) -> None:
+def after_pauses(first_token, pause_s: float, times: int) -> list:
+    """``first_token()`` called ``times`` times, each after ``pause_s`` seconds of nothing: the
+    first token a chat or API user sees when a request comes a while after the last."""
+    results = []
+    for _ in range(times):
+        time.sleep(pause_s)
+        results.append(first_token())
+    return results
+
+
+def print_pauses(name: str, ours: list[float], theirs: list[float], pause_s: float) -> None:
+    mine, local = statistics.median(ours), statistics.median(theirs)
+    print(f"  first token after a {pause_s:g} s pause (median of {len(ours)}): ours {mine:.2f} ms, {name} "
+          f"{local:.2f} ms ({mine - local:+.2f} ms); ours: {', '.join(f'{t:.2f}' for t in ours)} ms")  # fmt: skip
+
+
+def run_model(
+    name: str, hop_counts: list[int], tokens: int, repeats: int, threads: int, rtt: float, pause: float = 0.0
+) -> None:
     from transformers import AutoModelForCausalLM
 
     spec = load_model_spec(name)
@@ -174,11 +208,15 @@ def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threa
     # The same model with the kernels our nodes and client use (models/layout.py), so that
     # "ours minus this" is what the swarm costs beyond compute, whatever the kernels.
     same_kernels = pack_block(AutoModelForCausalLM.from_pretrained(spec.path).eval())
-    references = {"local": local_model, "local, same kernels": same_kernels}
+    # The nodes decode on one torch thread each (docs/architecture.md, "The step scheduler"): the
+    # third reference runs the same kernels locally on one thread, so that the swarm's cost beyond
+    # compute can be told from the thread count co-located nodes are held to.
+    references = {"local": (local_model, threads), "local, same kernels": (same_kernels, threads),
+                  "local, same kernels, 1 thread": (same_kernels, 1)}  # fmt: skip
     local = {name: [] for name in references}
-    for name, model in references.items():
-        local_run(model, ids, 4)  # warm-up
-        local[name] += [local_run(model, ids, tokens) for _ in range(repeats)]
+    for name in references:
+        local_run_as(references[name], ids, 4)  # warm-up
+        local[name] += [local_run_as(references[name], ids, tokens) for _ in range(repeats)]
     print(f"\n== {spec.name}: {spec.num_blocks} blocks, hidden {spec.hidden_size}, prompt {ids.shape[1]} tokens, "
           f"{tokens} new tokens, torch threads {threads} (local and every node) ==")  # fmt: skip
     for hops in hop_counts:
@@ -191,8 +229,12 @@ def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threa
             with DistributedModelForCausalLM.from_pretrained(spec.path, initial_peers=swarm.initial_peers) as client:
                 swarm_run(client, ids, 4)  # warm-up: route cached, code paths hot
                 runs = [swarm_run(client, ids, tokens) for _ in range(repeats)]
-        for name, model in references.items():
-            local[name] += [local_run(model, ids, tokens)]  # local again after, against drift
+                if pause:
+                    paused = after_pauses(lambda: swarm_run(client, ids, 2), pause, repeats)
+        for name in references:
+            local[name] += [local_run_as(references[name], ids, tokens)]  # local again after, against drift
+        if pause:  # local transformers after the same pauses (the kernels' own wake-up cost)
+            local_paused = after_pauses(lambda: local_run_as(references["local"], ids, 2)[0], pause, repeats)
         ttft = statistics.median(r[0] for r in runs)
         per_token = statistics.median(statistics.median(r[1]) for r in runs)
         best = min(runs, key=lambda r: statistics.median(r[1]))
@@ -214,28 +256,35 @@ def run_model(name: str, hop_counts: list[int], tokens: int, repeats: int, threa
         print_table("one steady-state token (mean over tokens 2..n of the best run):",
                     steady_breakdown(gaps, traces, hops), statistics.fmean(gaps))  # fmt: skip
         print_table("the first token (best run):", first_breakdown(best[0], traces[0], began, hops), best[0])
+        if pause:
+            print_pauses("local", [r[0] for r in paused], local_paused, pause)
+            middle = sorted(paused, key=lambda r: r[0])[len(paused) // 2]
+            print_table("the first token after the pause (the median run):",
+                        first_breakdown(middle[0], middle[2][0], middle[3], hops), middle[0])  # fmt: skip
 
 
 ECHO_HANDLE = "bench_token_budget.echo"
+
+
+async def _echo(reader, writer) -> None:
+    """Answer each length-prefixed message with itself until the stream ends."""
+    while True:
+        try:
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            data = await reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        writer.write(size.to_bytes(4, "big") + data)
+        await writer.drain()
 
 
 async def _echo_server(ready) -> None:
     from hivemind.p2p import P2P
 
     p2p = await P2P.create(host_maddrs=["/ip4/127.0.0.1/tcp/0"])
-
-    async def echo(_, reader, writer) -> None:
-        while True:
-            try:
-                size = int.from_bytes(await reader.readexactly(4), "big")
-                data = await reader.readexactly(size)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return
-            writer.write(size.to_bytes(4, "big") + data)
-            await writer.drain()
-
-    await p2p.add_binary_stream_handler(ECHO_HANDLE, echo)
-    ready.put([str(a) for a in await p2p.get_visible_maddrs()])
+    await p2p.add_binary_stream_handler(ECHO_HANDLE, lambda _, reader, writer: _echo(reader, writer))
+    tcp = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    ready.put(([str(a) for a in await p2p.get_visible_maddrs()], tcp.sockets[0].getsockname()[1]))
     await asyncio.Event().wait()
 
 
@@ -245,39 +294,47 @@ def _run_echo_server(ready) -> None:
     uvloop.run(_echo_server(ready))
 
 
-def libp2p_rtt_ms(payload: int, rounds: int = 500) -> float:
-    """Median round trip of a ``payload``-byte message over a hivemind libp2p stream between two
-    processes on 127.0.0.1 (each with its own p2pd): the transport every hop uses, without our
-    framing, validation or compute."""
+def echo_rtts_ms(payload: int, idle_s: float, rounds: int = 300) -> tuple[float, float]:
+    """(TCP, libp2p) median round trips of a ``payload``-byte message to another process on
+    127.0.0.1: over a bare asyncio TCP connection, and over a hivemind libp2p stream (a p2pd
+    daemon on each side: the transport every hop uses), each message sent ``idle_s`` after the
+    last answer came (0: back to back; a hop's compute long: as on the token path, where every
+    process of the hop has gone to sleep by the time the next message comes)."""
     import multiprocessing
 
     import uvloop
     from hivemind.p2p import P2P, PeerID
 
-    ready = multiprocessing.get_context("spawn").Queue()
-    server = multiprocessing.get_context("spawn").Process(target=_run_echo_server, args=(ready,), daemon=True)
+    spawn = multiprocessing.get_context("spawn")
+    ready = spawn.Queue()
+    server = spawn.Process(target=_run_echo_server, args=(ready,), daemon=True)
     server.start()
+
+    async def rounds_over(reader, writer) -> float:
+        message, times = payload.to_bytes(4, "big") + bytes(payload), []
+        for _ in range(rounds):
+            if idle_s:
+                time.sleep(idle_s)  # the whole process sleeps, as a client waiting on a hop does
+            began = time.perf_counter()
+            writer.write(message)
+            await writer.drain()
+            await reader.readexactly(4 + payload)
+            times.append(time.perf_counter() - began)
+        writer.close()
+        return 1000 * statistics.median(times)
+
+    async def measure(addresses: list[str], port: int) -> tuple[float, float]:
+        tcp = await rounds_over(*await asyncio.open_connection("127.0.0.1", port))
+        p2p = await P2P.create(initial_peers=addresses)
+        try:
+            peer = PeerID.from_base58(addresses[0].rsplit("/p2p/", 1)[1])
+            _, reader, writer = await p2p.call_binary_stream_handler(peer, ECHO_HANDLE)
+            return tcp, await rounds_over(reader, writer)
+        finally:
+            await p2p.shutdown()
+
     try:
-        address = ready.get(timeout=60)[0]
-
-        async def measure() -> float:
-            p2p = await P2P.create(initial_peers=[address])
-            try:
-                peer = PeerID.from_base58(address.rsplit("/p2p/", 1)[1])
-                _, reader, writer = await p2p.call_binary_stream_handler(peer, ECHO_HANDLE)
-                message, times = payload.to_bytes(4, "big") + bytes(payload), []
-                for _ in range(rounds):
-                    began = time.perf_counter()
-                    writer.write(message)
-                    await writer.drain()
-                    await reader.readexactly(4 + payload)
-                    times.append(time.perf_counter() - began)
-                writer.close()
-                return 1000 * statistics.median(times)
-            finally:
-                await p2p.shutdown()
-
-        return uvloop.run(measure())
+        return uvloop.run(measure(*ready.get(timeout=60)))
     finally:
         server.kill()
         server.join()
@@ -314,15 +371,21 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--pause", type=float, default=0.0, help="also time first tokens after this long idle (s)")
     args = parser.parse_args()
     rtt = tcp_loopback_rtt_ms()
-    echo = ", ".join(f"{1000 * libp2p_rtt_ms(size):.0f} us at {size} B" for size in (4 * 64, 4 * 576))
+    hop_bytes = 4 * 576  # one SmolLM2 token's hidden states in float32
+    floors = {idle: echo_rtts_ms(hop_bytes, idle) for idle in (0.0, 0.010)}
     hot, cold = idle_penalty_us()
-    print(f"machine: {torch.get_num_threads()} torch threads available; TCP loopback round trip {rtt * 1000:.1f} us; "
-          f"libp2p stream round trip (two p2pd, no compute) {echo}; decoding one hop's answer {hot:.0f} us hot, "
-          f"{cold:.0f} us after 16 ms idle")  # fmt: skip
+    echoes = "; ".join(
+        f"{1000 * t:.0f} / {1000 * p:.0f} us " + (f"after {1000 * idle:.0f} ms idle" if idle else "back to back")
+        for idle, (t, p) in floors.items()
+    )
+    print(f"machine: {torch.get_num_threads()} torch threads available; TCP loopback round trip {rtt * 1000:.1f} us "
+          f"(1 byte, one process); {hop_bytes} B to another process and back, TCP / libp2p (two p2pd): {echoes}; "
+          f"decoding one hop's answer {hot:.0f} us hot, {cold:.0f} us after 16 ms idle")  # fmt: skip
     for name in args.models:
-        run_model(name, args.hops, args.tokens, args.repeats, args.threads, rtt)
+        run_model(name, args.hops, args.tokens, args.repeats, args.threads, rtt, args.pause)
     return 0
 
 
