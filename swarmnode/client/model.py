@@ -84,8 +84,8 @@ class RemoteBlocks:
         if measured:
             item = (observations_key(self.model_id), self.client_id, measured)
             ttl = max(SHARED_TTL_S, 3 * self.config.share_period)
-            work = store_records(self.connection.dht, self.connection.identity, [item], ttl=ttl)
-            self.connection.background(work, "sharing observations")
+            dht, identity = self.connection.dht, self.connection.identity
+            self.connection.background(lambda: store_records(dht, identity, [item], ttl=ttl), "sharing observations")
 
     async def _check_model_record(self) -> None:
         """Refuse a swarm that announces another checkpoint under this model id."""

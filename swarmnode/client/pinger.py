@@ -56,7 +56,7 @@ class Pinger:
         known = [p for p in due if p in self.pings]
         self._in_flight.update(due)
         if known:
-            self.connection.background(self._ping_all(known), "pinging nodes")
+            self.connection.background(lambda: self._ping_all(known), "pinging nodes")
         if unknown:
             await self._ping_all(unknown)
 

@@ -247,6 +247,19 @@ class InferenceSession(SpotChecks, Forwarding):
 
     # ---- one step ---------------------------------------------------------------------------------
     async def _step_async(self, step: StepInput) -> torch.Tensor:
+        if self._hops and step.tokens <= 1:
+            return await self._run_step(step)
+        # A prompt (the first step, or any of several tokens) runs with the client's background
+        # work held back: a DHT read beside it costs every process on the machines it reaches,
+        # and the prompt uses every core of its nodes (client/background.py).
+        work = self.remote.connection.work
+        work.hold()
+        try:
+            return await self._run_step(step)
+        finally:
+            work.release()
+
+    async def _run_step(self, step: StepInput) -> torch.Tensor:
         trace = self.trace = StepTrace(step.tokens) if self.tracing else None
         if not self._hops:
             began = time.perf_counter()

@@ -7,12 +7,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import uvloop
 from hivemind.p2p import PeerID
 
+from swarmnode.client.background import BackgroundWork
 from swarmnode.config import ClientConfig
 from swarmnode.errors import ConfigError, SwarmUnavailable
 from swarmnode.net.dht import fetch_models, fetch_snapshot, start_dht
@@ -52,8 +53,9 @@ class SwarmConnection:
             self.close()
             raise
         self._snapshots: dict[str, tuple[float, SwarmSnapshot]] = {}
-        self._refreshing: dict[str, asyncio.Task] = {}  # model id → its background re-read
-        self._background: set[asyncio.Task] = set()  # fire-and-forget work (publishing observations)
+        self._refreshing: set[str] = set()  # model ids whose re-read is waiting or running
+        # Fire-and-forget work (re-reads, pings, publishing observations), kept off first steps.
+        self.work = BackgroundWork()
         self._used: dict[str, tuple[float, int]] = {}  # model id → (last asked for, its block count)
         self._keeper: asyncio.Task | None = None  # keeps the views of models in use fresh
 
@@ -123,34 +125,29 @@ class SwarmConnection:
     def _refresh_in_background(self, model_id: str, num_blocks: int) -> None:
         if model_id in self._refreshing:
             return
-        task = asyncio.create_task(self._fetch_snapshot(model_id, num_blocks))
-        self._refreshing[model_id] = task
-        task.add_done_callback(lambda done: self._refresh_done(model_id, done))
+        self._refreshing.add(model_id)
 
-    def _refresh_done(self, model_id: str, task: asyncio.Task) -> None:
-        self._refreshing.pop(model_id, None)
-        if not task.cancelled() and task.exception() is not None:
-            logger.debug("background refresh of %s failed: %s", model_id, task.exception())
+        async def refresh() -> None:
+            try:
+                await self._fetch_snapshot(model_id, num_blocks)
+            finally:
+                self._refreshing.discard(model_id)
 
-    def background(self, work: Awaitable[Any], what: str) -> None:
-        """Run ``work`` on the client loop without waiting for it (best effort; failures are logged)."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
+        self.work.start(refresh, f"background refresh of {model_id}")
 
-        def done(finished: asyncio.Task) -> None:
-            self._background.discard(finished)
-            if not finished.cancelled() and finished.exception() is not None:
-                logger.debug("%s failed: %s", what, finished.exception())
-
-        task.add_done_callback(done)
+    def background(self, work: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Run ``work()`` on the client loop without waiting for it (best effort; failures are
+        logged), held back while a session's first step is in flight (see client/background.py)."""
+        self.work.start(work, what)
 
     async def models(self) -> dict[str, ModelRecord]:
         return await fetch_models(self.dht, self.identity.swarm_key)
 
     def close(self) -> None:
         if self.loop.is_running():
-            for task in [*self._refreshing.values(), *self._background, *filter(None, [self._keeper])]:
-                self.loop.call_soon_threadsafe(task.cancel)
+            self.loop.call_soon_threadsafe(self.work.cancel_all)
+            if self._keeper is not None:
+                self.loop.call_soon_threadsafe(self._keeper.cancel)
         if self.dht is not None:
             p2p = getattr(self.dht, "_p2p_replica", None)
             if p2p is not None and self.loop.is_running():
