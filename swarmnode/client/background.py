@@ -1,16 +1,17 @@
-"""A client's background work, kept off its sessions' first steps.
+"""A client's background work, kept off its sessions' prompt steps.
 
 What a client does in the background — re-reading the swarm's records, pinging nodes, sharing
 what it measured — costs CPU in every process it reaches, not only its own: one read of a
-30-block model's records took ~24 ms and ~64 ms of CPU across the client's DHT peer, the
+30-block model's records took ~24 ms and 52-64 ms of CPU across the client's DHT peer, the
 daemons and the nodes' DHT peers on the development machine (docs/token_budget.md). Started
 as a session opens (a stale view is re-read right when it is served), that work ran beside
 the session's first step, the prompt, which is the step a user waits for most and the one
 that uses every core of its nodes.
 
-So work asked for while a first step is in flight waits until that step has its answer
-(:meth:`BackgroundWork.release`), or ``quiet_limit`` seconds at most: a client with sessions
-always opening still refreshes its view. Work asked for at other times starts at once.
+So work asked for while a prompt step is in flight (a session's first step, or any step of
+several tokens: ``InferenceSession`` holds and releases) waits until that step has its
+answer (:meth:`BackgroundWork.release`), or ``quiet_limit`` seconds at most: a client with
+sessions always opening still refreshes its view. Work asked for at other times starts at once.
 """
 
 from __future__ import annotations
@@ -21,29 +22,29 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
-QUIET_LIMIT_S = 2.0  # the longest background work waits for first steps in flight
+QUIET_LIMIT_S = 2.0  # the longest background work waits for prompt steps in flight
 
 
 class BackgroundWork:
     """Fire-and-forget work on the client's event loop (best effort: failures are logged),
-    held back while any session's first step is in flight. Every method runs on that loop."""
+    held back while any session's prompt step is in flight. Every method runs on that loop."""
 
     def __init__(self, quiet_limit: float = QUIET_LIMIT_S):
         if quiet_limit < 0:
             raise ValueError(f"quiet_limit must be >= 0, got {quiet_limit}")
         self.quiet_limit = quiet_limit
         self.tasks: set[asyncio.Task] = set()
-        self._holds = 0  # first steps in flight
+        self._holds = 0  # prompt steps in flight
         self._waiting: list[tuple[Callable[[], Awaitable[Any]], str]] = []
         self._timer: asyncio.TimerHandle | None = None
 
     @property
     def waiting(self) -> int:
-        """How many pieces of work wait for first steps to finish."""
+        """How many pieces of work wait for prompt steps to finish."""
         return len(self._waiting)
 
     def start(self, work: Callable[[], Awaitable[Any]], what: str) -> None:
-        """Run ``work()`` now, or once no first step is in flight (``quiet_limit`` at most).
+        """Run ``work()`` now, or once no prompt step is in flight (``quiet_limit`` at most).
         ``work`` is a factory, so that work that never starts leaves no coroutine behind."""
         if not self._holds:
             self._run(work, what)
@@ -53,11 +54,11 @@ class BackgroundWork:
             self._timer = asyncio.get_running_loop().call_later(self.quiet_limit, self._start_waiting)
 
     def hold(self) -> None:
-        """A session's first step is on its way: work asked for from now on waits."""
+        """A session's prompt step is on its way: work asked for from now on waits."""
         self._holds += 1
 
     def release(self) -> None:
-        """That first step has its answer (or failed): waiting work starts once none is left."""
+        """That prompt step has its answer (or failed): waiting work starts once none is left."""
         if self._holds == 0:
             raise RuntimeError("release() without a matching hold()")
         self._holds -= 1
