@@ -7,8 +7,15 @@ fields are ignored, and a record that cannot be parsed makes ``from_wire`` retur
 
 Keys (see DESIGN.md, "Records in the DHT"):
 
-- ``{model}.blocks.{i}`` → subkey peer id → :class:`NodeRecord`
+- ``{model}.servers`` → subkey peer id → :class:`NodeRecord` (its span inside)
 - ``_swarm.models`` → subkey model id → :class:`ModelRecord`
+- ``{model}.dead`` → subkey reporter-and-subject → :class:`DeadVerdict`
+- ``{model}.observations`` → subkey client peer id → that client's measurements
+
+DESIGN.md keys node records per block (``{model}.blocks.{i}``); they live under one key per
+model here because every reader (clients, gossip seeding, the rebalancer, the monitor) reads
+the whole model, and a read costs per key in every DHT peer it reaches: 32 keys for a
+30-block model against 3 (docs/token_budget.md, "Eighth round").
 """
 
 from __future__ import annotations
@@ -49,9 +56,10 @@ class NodeState(enum.IntEnum):
     ONLINE = 3
 
 
-def block_key(model_id: str, block: int) -> str:
-    """DHT key under which nodes serving ``block`` of ``model_id`` announce themselves."""
-    return f"{model_id}.blocks.{block}"
+def servers_key(model_id: str) -> str:
+    """DHT key under which the nodes serving ``model_id`` announce themselves (subkey: peer id;
+    the record names the node's span)."""
+    return f"{model_id}.servers"
 
 
 def dead_key(model_id: str) -> str:

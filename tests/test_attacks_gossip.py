@@ -12,7 +12,7 @@ from swarmnode.config import ClientConfig
 from swarmnode.launcher import LocalSwarm
 from swarmnode.net.dht import store_records
 from swarmnode.net.protocol import GossipService, make_request
-from swarmnode.records import NodeRecord, NodeState, block_key
+from swarmnode.records import NodeRecord, NodeState, servers_key
 from tests.conftest import status_cli
 from tests.test_swarm_gossip import views, wait_until
 
@@ -63,10 +63,10 @@ def test_forged_suspicions_and_verdicts_do_not_take_a_live_node_out(tmp_path, ll
             assert wait_until(healthy, 20), views(connection, nodes)
 
             attack(connection, nodes, victim, bystander, as_member=False)  # an outsider
-            # the attacker makes itself a member: a record of its own under a block key
+            # the attacker makes itself a member: a record of its own among the model's servers
             record = NodeRecord(str(connection.p2p.peer_id), NodeState.ONLINE, 0, 1, timestamp=time.time(),
                                 incarnation=int(time.time() * 1000))  # fmt: skip
-            item = (block_key(nodes[0].info["model"], 0), record.peer_id, record.to_wire())
+            item = (servers_key(nodes[0].info["model"]), record.peer_id, record.to_wire())
             store_records(connection.dht, connection.identity, [item], ttl=30).result(10)
             time.sleep(3)  # the nodes' seed loops (2 s) read it
             for _ in range(3):

@@ -15,7 +15,7 @@ from swarmnode.config import ClientConfig
 from swarmnode.launcher import LocalSwarm
 from swarmnode.monitor.health import verdict_subjects
 from swarmnode.net.dht import _store_records, get_dht_time, store_records
-from swarmnode.records import DeadVerdict, NodeRecord, NodeState, block_key, dead_key, verdict_subkey
+from swarmnode.records import DeadVerdict, NodeRecord, NodeState, dead_key, servers_key, verdict_subkey
 from tests.conftest import status_cli, swarm_client
 
 pytestmark = pytest.mark.swarm
@@ -42,8 +42,8 @@ def test_forged_records_and_verdicts_are_ignored(tmp_path, llama_path):
                                 incarnation=int(now * 1000) + 1)  # fmt: skip
             greedy = NodeRecord(me, NodeState.ONLINE, 0, 8, timestamp=now).to_wire() | {"inference_rps": float("inf")}
             signed = [
-                *((block_key(model_id, b), victim, hijack.to_wire()) for b in range(8)),  # signed by us, about them
-                *((block_key(model_id, b), me, greedy) for b in range(8)),  # our own, with infinite speed
+                (servers_key(model_id), victim, hijack.to_wire()),  # signed by us, about them
+                (servers_key(model_id), me, greedy),  # our own, with infinite speed
                 (dead_key(model_id), verdict_subkey(victim, me), DeadVerdict(victim, 1 << 40, me).to_wire()),
                 (
                     dead_key(model_id),
@@ -52,7 +52,7 @@ def test_forged_records_and_verdicts_are_ignored(tmp_path, llama_path):
                 ),  # fmt: skip
             ]
             store_records(attacker.dht, attacker.identity, signed, ttl=30).result(10)
-            unsigned = [(block_key(model_id, 0), victim, hijack.to_wire()),
+            unsigned = [(servers_key(model_id), victim, hijack.to_wire()),
                         (dead_key(model_id), verdict_subkey(victim, bystander),
                          DeadVerdict(victim, 1 << 40, bystander).to_wire())]  # fmt: skip
             store_unsigned(attacker, unsigned)

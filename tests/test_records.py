@@ -8,8 +8,8 @@ from swarmnode.records import (
     NodeRecord,
     NodeState,
     SwarmSnapshot,
-    block_key,
     model_id_from_name,
+    servers_key,
     validate_model_id,
 )
 
@@ -98,7 +98,7 @@ def test_model_record_round_trip_and_rejects_nonsense():
 def test_model_ids_are_dht_safe():
     assert model_id_from_name("meta-llama/Llama-2-7b-hf") == "meta-llama--Llama-2-7b-hf"
     assert model_id_from_name("/data/models/My Model 7B/") == "My-Model-7B"
-    assert block_key("m", 3) == "m.blocks.3"
+    assert servers_key("m") == "m.servers"
     with pytest.raises(ValueError):
         validate_model_id("bad/id")
 

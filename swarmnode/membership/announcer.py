@@ -17,7 +17,7 @@ from hivemind.utils import get_dht_time
 
 from swarmnode.net.dht import store_records
 from swarmnode.net.identity import Identity
-from swarmnode.records import MODELS_KEY, ModelRecord, NodeRecord, NodeState, block_key
+from swarmnode.records import MODELS_KEY, ModelRecord, NodeRecord, NodeState, servers_key
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ class Announcer:
         if state is not None:
             record = dataclasses.replace(record, state=state)
         record = dataclasses.replace(record, timestamp=get_dht_time())
-        wire = record.to_wire()
-        items = [(block_key(self.model.model_id, b), record.peer_id, wire) for b in range(record.start, record.end)]
+        items = [(servers_key(self.model.model_id), record.peer_id, record.to_wire())]
         if record.state != NodeState.OFFLINE:
             items.append((MODELS_KEY, self.model.model_id, self.model.to_wire()))
         try:

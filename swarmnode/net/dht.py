@@ -30,10 +30,10 @@ from swarmnode.records import (
     ModelRecord,
     NodeRecord,
     SwarmSnapshot,
-    block_key,
     corroborated_dead,
     dead_key,
     observations_key,
+    servers_key,
     verdict_subkey,
 )
 
@@ -272,9 +272,10 @@ async def fetch_models(dht: hivemind.DHT, swarm_key: SwarmKey | None = None) -> 
 async def fetch_snapshot(
     dht: hivemind.DHT, model_id: str, num_blocks: int, swarm_key: SwarmKey | None = None
 ) -> SwarmSnapshot:
-    """Read every block's records and the dead verdicts of ``model_id`` (bad records are skipped)."""
-    keys = [block_key(model_id, i) for i in range(num_blocks)]
-    found = await get_subkeys(dht, [*keys, dead_key(model_id), observations_key(model_id)])
+    """Read the node records, dead verdicts and shared observations of ``model_id`` (three
+    keys, whatever its block count; bad records are skipped)."""
+    key = servers_key(model_id)
+    found = await get_subkeys(dht, [key, dead_key(model_id), observations_key(model_id)])
     shared = {
         publisher: value
         for publisher, signer, value in signed_values(found, observations_key(model_id), swarm_key)
@@ -285,16 +286,13 @@ async def fetch_snapshot(
     }
     latest = get_dht_time() + MAX_CLOCK_SKEW_S  # a record from the future would win every comparison
     nodes: dict[str, NodeRecord] = {}
-    for key in keys:
-        for peer_id, signer, value in signed_values(found, key, swarm_key):
-            record = NodeRecord.from_wire(value)
-            if record is None or signer != peer_id or record.peer_id != peer_id:
-                continue  # a record about a node counts only when that node signed it
-            if record.end > num_blocks or record.timestamp > latest:
-                continue
-            current = nodes.get(peer_id)
-            if current is None or record.timestamp > current.timestamp:
-                nodes[peer_id] = record
+    for peer_id, signer, value in signed_values(found, key, swarm_key):
+        record = NodeRecord.from_wire(value)
+        if record is None or signer != peer_id or record.peer_id != peer_id:
+            continue  # a record about a node counts only when that node signed it
+        if record.end > num_blocks or record.timestamp > latest:
+            continue
+        nodes[peer_id] = record
     verdicts = []
     for subkey, signer, value in signed_values(found, dead_key(model_id), swarm_key):
         verdict = DeadVerdict.from_wire(value)
