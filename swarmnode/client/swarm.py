@@ -54,7 +54,7 @@ class SwarmConnection:
             raise
         self._snapshots: dict[str, tuple[float, SwarmSnapshot]] = {}
         self._refreshing: set[str] = set()  # model ids whose re-read is waiting or running
-        # Fire-and-forget work (re-reads, pings, publishing observations), kept off first steps.
+        # Fire-and-forget work (re-reads, pings, publishing observations), kept off prompt steps.
         self.work = BackgroundWork()
         self._used: dict[str, tuple[float, int]] = {}  # model id → (last asked for, its block count)
         self._keeper: asyncio.Task | None = None  # keeps the views of models in use fresh
@@ -137,7 +137,7 @@ class SwarmConnection:
 
     def background(self, work: Callable[[], Awaitable[Any]], what: str) -> None:
         """Run ``work()`` on the client loop without waiting for it (best effort; failures are
-        logged), held back while a session's first step is in flight (see client/background.py)."""
+        logged), held back while a session's prompt step is in flight (see client/background.py)."""
         self.work.start(work, what)
 
     async def models(self) -> dict[str, ModelRecord]:
