@@ -9,7 +9,7 @@ Keys (see DESIGN.md, "Records in the DHT"):
 
 - ``{model}.servers`` → subkey peer id → :class:`NodeRecord` (its span inside)
 - ``_swarm.models`` → subkey model id → :class:`ModelRecord`
-- ``{model}.dead`` → subkey reporter-and-subject → :class:`DeadVerdict`
+- ``{model}.dead`` → subkey ``subject@reporter`` → :class:`DeadVerdict`
 - ``{model}.observations`` → subkey client peer id → that client's measurements
 
 DESIGN.md keys node records per block (``{model}.blocks.{i}``); they live under one key per

@@ -4,10 +4,9 @@ What a client does in the background — re-reading the swarm's records, pinging
 what it measured — costs CPU in every process it reaches, not only its own: one read of a
 30-block model's records takes ~9 ms and ~19 ms of CPU across the client's DHT peer, the
 daemons and the nodes' DHT peers on the development machine (it was ~24 and 52-64 ms with
-one DHT key per block; docs/token_budget.md). Started
-as a session opens (a stale view is re-read right when it is served), that work ran beside
-the session's first step, the prompt, which is the step a user waits for most and the one
-that uses every core of its nodes.
+one DHT key per block; docs/token_budget.md). Started as a session opens (a stale view is
+re-read right when it is served), that work ran beside the session's first step, the prompt,
+which is the step a user waits for most and the one that uses every core of its nodes.
 
 So work asked for while a prompt step is in flight (a session's first step, or any step of
 several tokens: ``InferenceSession`` holds and releases) waits until that step has its

@@ -98,8 +98,12 @@ class SwarmConnection:
 
     def view_age(self, model_id: str) -> float | None:
         """Seconds since this client last read ``model_id``'s records from the DHT (None: never)."""
+        fetched_at = self._fetched_at(model_id)
+        return None if fetched_at is None else time.monotonic() - fetched_at
+
+    def _fetched_at(self, model_id: str) -> float | None:
         cached = self._snapshots.get(model_id)
-        return None if cached is None else time.monotonic() - cached[0]
+        return None if cached is None else cached[0]
 
     def _note_use(self, model_id: str, num_blocks: int) -> None:
         self._used[model_id] = (time.monotonic(), num_blocks)
@@ -115,8 +119,7 @@ class SwarmConnection:
             await asyncio.sleep(period)
             now = time.monotonic()
             for model_id, (used_at, num_blocks) in list(self._used.items()):
-                fetched_at = self._snapshots[model_id][0] if model_id in self._snapshots else None
-                action = keeper_action(now, used_at, fetched_at, period, self.config.keep_fresh_for)
+                action = keeper_action(now, used_at, self._fetched_at(model_id), period, self.config.keep_fresh_for)
                 if action == "forget":
                     del self._used[model_id]
                 elif action == "refresh":
