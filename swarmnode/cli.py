@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="TESTING AID: report busy 0 and ~0 ms compute with every step, whatever the truth (a node lying "
         "for traffic); off by default",
     )
-    p.set_defaults(func=cmd_join)
+    p.set_defaults(func=cmd_join, short_spin=True)
 
     p = sub.add_parser("plan", help="place a model's blocks on given devices (EdgeShard's dynamic program)")
     p.add_argument("file", nargs="?", default=None, help="a devices file (TOML; see swarmnode/server/planner.py)")
@@ -531,14 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
     _client_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--top-k", type=int, default=None)
-    p.set_defaults(func=cmd_generate)
+    p.set_defaults(func=cmd_generate, short_spin=True)
 
     p = sub.add_parser("chat", help="an interactive chat through the swarm (one session across turns)")
     _client_arguments(p)
     p.add_argument("--max-length", type=int, default=2048, help="tokens the session (whole conversation) may hold")
     p.add_argument("--max-new-tokens", type=int, default=512, help="longest answer")
     p.add_argument("--system", default=None, help="a system message")
-    p.set_defaults(func=cmd_chat)
+    p.set_defaults(func=cmd_chat, short_spin=True)
 
     p = sub.add_parser("api", help="an OpenAI-compatible HTTP API backed by the swarm")
     _client_arguments(p)
@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-context", type=int, default=None, help="prompt + answer tokens (default: the model's)")
     p.add_argument("--wait-for-servers", type=float, default=10.0, help="seconds to wait for missing blocks (503)")
-    p.set_defaults(func=cmd_api)
+    p.set_defaults(func=cmd_api, short_spin=True)
 
     p = sub.add_parser("convert", help="convert a GGUF file into a sharded safetensors checkpoint")
     p.add_argument("source", help="the .gguf file")
@@ -573,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "short_spin", False):  # a node, or a client beside nodes: before torch loads
+        from swarmnode.server.openmp_env import shorten_openmp_spin
+
+        shorten_openmp_spin()
     _setup_logging(args.log_level)
     try:
         return args.func(args)
