@@ -7,8 +7,8 @@ core after every parallel operation (CPU time during 50 ms idle right after one)
 process that is cheap; in a swarm it lands on the next process of the chain. A node runs its
 prompts on all its threads, then hands the hidden states on, and its worker spins for those
 8.7 ms on one of the cores the next node's prompt needs: on SmolLM2 over 2 nodes, the second
-node's prompt compute took 26-30 ms (median of 20 first tokens) against 21 ms for the first
-node's 15 blocks, and 20.3-21.0 ms once the spin was short.
+node's prompt compute took 25-30 ms (median of 20 first tokens) against 21-25 ms for the first
+node's 15 blocks, and 21-22 ms once the spin was short (docs/token_budget.md, "Ninth round").
 
 So ``swarmnode join`` spins about a millisecond, and so do the CLI's client commands
 (``generate``, ``chat``, ``api``), whose LM head runs on all threads beside nodes on a shared
