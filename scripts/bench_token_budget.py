@@ -305,10 +305,14 @@ def echo_rtts_ms(payload: int, idle_s: float, rounds: int = 300) -> tuple[float,
     import uvloop
     from hivemind.p2p import P2P, PeerID
 
+    from swarmnode.net.lifeline import start_lifeline, stop_lifeline
+
     spawn = multiprocessing.get_context("spawn")
     ready = spawn.Queue()
     server = spawn.Process(target=_run_echo_server, args=(ready,), daemon=True)
     server.start()
+    # A bench stopped by a signal skips the cleanup below: the echo server and its p2pd go with it anyway.
+    lifeline = start_lifeline([server.pid])
 
     async def rounds_over(reader, writer) -> float:
         message, times = payload.to_bytes(4, "big") + bytes(payload), []
@@ -338,6 +342,7 @@ def echo_rtts_ms(payload: int, idle_s: float, rounds: int = 300) -> tuple[float,
     finally:
         server.kill()
         server.join()
+        stop_lifeline(lifeline)
 
 
 def idle_penalty_us(rounds: int = 40) -> tuple[float, float]:
