@@ -198,6 +198,12 @@ def main() -> None:
     parser.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--loads", nargs="*", default=list(LOADS), choices=list(LOADS), help="arrival rates to run")
     parser.add_argument("--no-gray", action="store_true", help="skip the gray-failure run")
+    parser.add_argument(
+        "--node-flags",
+        default="",
+        help="extra `swarmnode join` flags for every node, one string (e.g. --node-flags=--no-batching: "
+        "nodes that queue sessions' steps instead of batching them)",
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--policy", help=argparse.SUPPRESS)
@@ -220,14 +226,15 @@ def main() -> None:
         swarm.start_bootstrap()
         procs = [
             swarm.start_node(str(model), span, "--debug-step-delay-ms", str(step), "--debug-network-delay-ms",
-                             str(net), wait=False, name=f"n{i}")
+                             str(net), *args.node_flags.split(), wait=False, name=f"n{i}")
             for i, (span, step, net) in enumerate(NODES)
         ]  # fmt: skip
         for proc in procs:
             swarm.wait_online(proc)
         names = {proc.info["peer_id"]: f"n{i}" for i, proc in enumerate(procs)}
         advertised = advertised_throughput(swarm.initial_peers, [proc.info["peer_id"] for proc in procs])
-        print("swarm: " + ", ".join(f"n{i} {s} step {d} ms net {n} ms" for i, (s, d, n) in enumerate(NODES)))
+        print("swarm: " + ", ".join(f"n{i} {s} step {d} ms net {n} ms" for i, (s, d, n) in enumerate(NODES))
+              + (f"; node flags: {args.node_flags}" if args.node_flags else ""))  # fmt: skip
         print("advertised tokens/s per block: " + ", ".join(f"n{i} {a:.0f}" for i, a in enumerate(advertised)))
         report = {
             "nodes": [
@@ -235,6 +242,7 @@ def main() -> None:
                 for (s, d, n), a in zip(NODES, advertised, strict=True)
             ],
             "num_blocks": 12,
+            "node_flags": args.node_flags,
             "clients": CLIENTS,
             "prompt": PROMPT,
             "tokens": NEW_TOKENS,

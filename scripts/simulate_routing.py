@@ -17,7 +17,11 @@ use common random numbers: every policy sees the same swarm, arrivals and faults
 ``oracle`` is a reference no client can run and that shares nothing with the selector's cost
 model: an exact search over all chains for the earliest return of one token on the true state
 (true speeds, round trips and queues) at the instant a session starts. ``bound_ms`` is a lower
-bound no policy can beat: the fastest chain with every node idle.
+bound no policy can beat: the fastest chain with every node idle. ``--admission``: nodes run the
+real admission rule (``swarmnode.server.admission``: a session past the node's step-time target
+is refused with a retry-after hint, and the client routes around the node until it expires), as
+real nodes always do; it is always on for ``--live`` worlds and off by default for the synthetic
+scenarios, whose documented figures (docs/routing.md) were measured without it.
 
     python scripts/simulate_routing.py --scenario contention --seeds 10 --json out.json
     python scripts/simulate_routing.py --sweep load --seeds 10 --plot docs/routing_p95_vs_load.png
@@ -34,7 +38,7 @@ import random
 import statistics
 from dataclasses import dataclass, field
 
-from swarmnode.errors import NoServersForBlocks
+from swarmnode.errors import NodeAtCapacity, NoServersForBlocks
 from swarmnode.records import NodeRecord, NodeState, SwarmSnapshot
 from swarmnode.routing import (
     AcoParams,
@@ -46,6 +50,7 @@ from swarmnode.routing import (
     shortest_load_params,
 )
 from swarmnode.routing.shortest import BanFeedback, shortest_chain
+from swarmnode.server.admission import Admission, StepCost, default_max_step_s
 from swarmnode.server.block_selection import choose_span, plan_move, served_throughput
 from swarmnode.server.busy import BusyMeter, SlowdownMeter
 
@@ -116,6 +121,7 @@ class SimNode:
     batching: bool = False
     waiting: list = field(default_factory=list)  # steps for the next iteration (batching nodes)
     running: bool = False
+    admission: Admission | None = None  # the real step-time check (server/admission.py), if modelled
 
 
 @dataclass
@@ -144,6 +150,7 @@ class Simulation:
         live: dict | None = None,
         rebalance: bool | None = None,
         batching: bool = False,
+        admission: bool | None = None,
     ):
         self.scenario, self.policy, self.seed, self.duration = scenario, policy, seed, duration
         self.live = live  # a swarm measured by scripts/bench_routing_live.py: see live_world()
@@ -157,6 +164,10 @@ class Simulation:
         self.clients = live["clients"] if live else CLIENTS
         self.profile_error = profile_error
         self.batching = batching  # synthetic nodes batch decoding steps (live nodes: as measured)
+        # Nodes refuse sessions past their step-time target (NodeBusy) and clients avoid them until
+        # the hint expires, as the real ones do; on by default for live worlds only (see the docstring).
+        self.admission = live is not None if admission is None else admission
+        self.busy: list[dict[str, float]] = []  # per client: refusing node -> when its hint expires
         self.now = 0.0
         self.events: list = []
         self._seq = 0
@@ -167,6 +178,12 @@ class Simulation:
         self.faults = random.Random(seed * 7919 + 2)
         self.phases = random.Random(seed * 7919 + 3)  # when each node announces, each client shares
         self.routers = [self._router(random.Random(seed * 1000 + c), f"c{c}") for c in range(self.clients)]
+        self.busy = [{} for _ in range(self.clients)]
+        self.refusals = 0  # NodeBusy answers to sessions opening
+        self.open_waits: list[float] = []  # arrival -> chain accepted (refusals and waits for a hint)
+        if self.admission:
+            for x in self.nodes:
+                x.admission = self._admission_of(x)
         self.snapshots: list[SwarmSnapshot | None] = [None] * self.clients
         self.token_latencies: list[float] = []
         self.stalls: list[float] = []
@@ -214,6 +231,15 @@ class Simulation:
                 )
             )
         return nodes
+
+    def _admission_of(self, x: SimNode) -> Admission:
+        """The node's real admission rule, from its true costs (a node profiles itself at join):
+        a step is its fixed cost plus compute; a batched row adds BATCH_GROWTH of the compute,
+        an unbatched session a whole step."""
+        blocks = x.end - x.start
+        single = x.step_s / blocks + x.per_block_s
+        cost = StepCost(single, BATCH_GROWTH * x.per_block_s if x.batching else single)
+        return Admission(cost, blocks, default_max_step_s(blocks, self.num_blocks, cost))
 
     def _uncovered(self, nodes: list[SimNode]) -> bool:
         return any(not any(x.start <= b < x.end for x in nodes) for b in range(self.num_blocks))
@@ -321,13 +347,26 @@ class Simulation:
         self.start_session(session)
 
     def start_session(self, session: Session) -> None:
+        busy = {peer: until for peer, until in self.busy[session.client].items() if until > self.now}
+        self.busy[session.client] = busy
         try:
             session.chain = self.routers[session.client].choose_chain(
-                self.snapshots[session.client], 0, self.num_blocks
+                self.snapshots[session.client], 0, self.num_blocks, exclude=frozenset(busy)
             )
-        except NoServersForBlocks:
-            self.at(self.now + 1.0, self.start_session, session)
+        except NoServersForBlocks:  # every candidate at capacity: wait for the first hint to expire
+            self.at(min(busy.values()) if busy else self.now + 1.0, self.start_session, session)
             return
+        for hop in session.chain:  # a refusal comes back after a round trip; the client routes again
+            x = self.node(hop.peer_id)
+            try:
+                if x.admission is not None and x.alive:
+                    x.admission.check(x.sessions)
+            except NodeAtCapacity as e:
+                self.refusals += 1
+                self.busy[session.client][hop.peer_id] = self.now + e.retry_after
+                self.at(self.now + x.delay_s, self.start_session, session)
+                return
+        self.open_waits.append(self.now - session.began)
         self.session_log.append((self.now, [h.peer_id for h in session.chain]))
         self.routers[session.client].hold(session.chain)
         for hop in session.chain:
@@ -589,6 +628,8 @@ class Simulation:
             "bound_ms": 1000 * self.idle_bound_s(),
             "gap_s": self.gap_s,
             "moves": len(self.moves),
+            "refusals": self.refusals,
+            "open_wait_ms": 1000 * statistics.fmean(self.open_waits) if self.open_waits else 0.0,
         }
         if self.gray_peer is not None:
             after = [chain for t, chain in self.session_log if self.cfg["gray_at"] + 30 <= t]
@@ -657,7 +698,9 @@ def live_world(
     """The simulator's world for a swarm measured by scripts/bench_routing_live.py: the same
     spans, step delays (a fixed cost per forward, + LIVE_STEP_OVERHEAD_S of compute), network
     delays (+ ``hop_overhead_s``), advertised throughputs, clients, session shape and arrival
-    rate; its nodes batch, as the live ones do."""
+    rate; its nodes batch, as the live ones do (unless the run's nodes were started with
+    ``--no-batching``: then they serve one step after another, first in first out)."""
+    batching = "--no-batching" not in report.get("node_flags", "").split()
     nodes = []
     for x in report["nodes"]:
         start, end = (int(v) for v in x["span"].split(":"))
@@ -668,7 +711,7 @@ def live_world(
                 end=end,
                 step_s=x["step_ms"] / 1000,
                 compute_s=LIVE_STEP_OVERHEAD_S,
-                batching=True,
+                batching=batching,
                 delay_s=delay_s,
                 advertised_rps=x["advertised_rps"],
             )
@@ -703,6 +746,9 @@ def compare_with_live(path: str, seeds: int) -> None:
         for overhead in HOP_OVERHEAD_CANDIDATES_S
     }
     overhead = min(misfit, key=misfit.get)
+    flags = report.get("node_flags", "")
+    served = "batching" if live_world(report, 0.0, 0.0)["nodes"][0]["batching"] else "first in, first out"
+    print(f"live nodes {'started with ' + flags if flags else 'with default flags'}: simulated as {served}")
     print(f"calibrated per-hop overhead: {1000 * overhead:.0f} ms (fitted to the live low-load p50s; "
           f"candidates {[round(1000 * c) for c in HOP_OVERHEAD_CANDIDATES_S]} ms)")  # fmt: skip
     print(f"simulator ({seeds} seeds) vs live ({len(repeats)} repeat(s)), per-token latency in ms")
@@ -740,8 +786,9 @@ def run_scenario(
     load: float | None = None,
     profile_error: float = PROFILE_ERROR,
     batching: bool = False,
+    admission: bool = False,
 ) -> dict:
-    options = dict(profile_error=profile_error, batching=batching)
+    options = dict(profile_error=profile_error, batching=batching, admission=admission)
     return {p: summarize([Simulation(scenario, p, s, load, **options).run() for s in range(seeds)]) for p in policies}
 
 
@@ -791,6 +838,7 @@ def print_results(results: dict[str, dict]) -> None:
             f"{policy:14s} mean {m['mean_ms']:8.1f} ms  p50 {m['p50_ms']:8.1f}  p95 {m['p95_ms']:8.1f}  "
             f"recovery {m['recovery_s']:.2f} s  jain {m['jain']:.2f}  {m['tokens_per_s']:.1f} tok/s  "
             f"(idle bound {m['bound_ms']:.0f} ms){extra}"
+            + (f"  refusals {m['refusals']:.0f}, open wait {m['open_wait_ms']:.0f} ms" if m["refusals"] else "")
         )
 
 
@@ -805,6 +853,11 @@ def main() -> None:
     parser.add_argument("--policies", nargs="*", default=list(POLICIES), choices=POLICIES)
     parser.add_argument("--live", default=None, help="compare with a run of scripts/bench_routing_live.py --json")
     parser.add_argument("--batching", action="store_true", help="nodes batch decoding steps instead of serving FIFO")
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="synthetic nodes refuse sessions past their step-time target, as real ones do (live worlds: always)",
+    )
     parser.add_argument(
         "--profile-error",
         type=float,
@@ -828,10 +881,11 @@ def main() -> None:
         summary = {"sweep": args.sweep, "seeds": args.seeds, "profile_error": args.profile_error, "points": results}
     else:
         results = run_scenario(
-            args.scenario, args.seeds, policies=args.policies, profile_error=args.profile_error, batching=args.batching
+            args.scenario, args.seeds, args.policies, None, args.profile_error, args.batching, args.admission
         )
+        options = (", batching nodes" if args.batching else "") + (", admission control" if args.admission else "")
         print(f"scenario {args.scenario}, {args.seeds} seeds (means over seeds), profile error {args.profile_error}"
-              f"{', batching nodes' if args.batching else ''}")  # fmt: skip
+              f"{options}")  # fmt: skip
         print_results(results)
         summary = {"scenario": args.scenario, "seeds": args.seeds, "profile_error": args.profile_error}
         summary["policies"] = results

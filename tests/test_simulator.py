@@ -91,3 +91,26 @@ def test_a_batching_node_serves_concurrent_sessions_in_one_step():
     idle = {b: sim.Simulation("live", "shortest", 0, duration=40.0, live=_one_node_world(b, 0.2)).run() for b in (0, 1)}
     for result in idle.values():
         assert 20 <= result["p50_ms"] < 30, idle
+
+
+def test_a_live_run_without_batching_is_simulated_first_in_first_out():
+    """`bench_routing_live.py --node-flags=--no-batching` records its flags; the calibrated
+    simulator then serves that run's nodes one step after another, as the live ones did."""
+    node = dict(span="0:4", step_ms=20, net_ms=1, advertised_rps=190.0)
+    report = dict(nodes=[node], num_blocks=4, clients=3, prompt=6, tokens=16, gray={"node": 0})
+    assert sim.live_world(report, 1.0, 20.0)["nodes"][0]["batching"]  # older runs: no flags recorded
+    assert not sim.live_world({**report, "node_flags": "--no-batching"}, 1.0, 20.0)["nodes"][0]["batching"]
+    assert sim.live_world({**report, "node_flags": "--batching"}, 1.0, 20.0)["nodes"][0]["batching"]
+
+
+def test_admission_caps_a_first_in_first_out_nodes_queue_as_the_real_rule_does():
+    """A live node refuses sessions past its step-time target (server/admission.py): its
+    queue, and so a token's wait, stays under that target (here 1 s: 10 steps of 100 ms),
+    the refused sessions wait for the hint instead; without the rule the queue grows unbounded."""
+    world = _one_node_world(False, 2.0)
+    world["nodes"][0]["step_s"] = 0.1
+    capped = sim.Simulation("live", "shortest", 0, duration=60.0, live=world).run()
+    unbounded = sim.Simulation("live", "shortest", 0, duration=60.0, live=world, admission=False).run()
+    assert capped["refusals"] > 0 and capped["open_wait_ms"] > 1000, capped
+    assert capped["p95_ms"] <= 1000 * 1.05, capped  # 10 sessions x (100 ms + 1 ms of compute)
+    assert unbounded["refusals"] == 0 and unbounded["p95_ms"] > 2000, unbounded
