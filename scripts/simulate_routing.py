@@ -181,6 +181,7 @@ class Simulation:
         self.busy = [{} for _ in range(self.clients)]
         self.refusals = 0  # NodeBusy answers to sessions opening
         self.open_waits: list[float] = []  # arrival -> chain accepted (refusals and waits for a hint)
+        self.session_times: list[float] = []  # arrival -> last token: what a refusal's wait costs a user
         if self.admission:
             for x in self.nodes:
                 x.admission = self._admission_of(x)
@@ -483,6 +484,7 @@ class Simulation:
         session.hop_index = 0
         session.step_began = session.last_token_at = self.now
         if session.step > self.new_tokens:
+            self.session_times.append(self.now - session.began)
             self.routers[session.client].release(session.chain)
             for h in session.chain:
                 self.node(h.peer_id).sessions -= 1
@@ -630,6 +632,9 @@ class Simulation:
             "moves": len(self.moves),
             "refusals": self.refusals,
             "open_wait_ms": 1000 * statistics.fmean(self.open_waits) if self.open_waits else 0.0,
+            "session_p95_s": sorted(self.session_times)[int(0.95 * (len(self.session_times) - 1))]
+            if self.session_times
+            else math.nan,
         }
         if self.gray_peer is not None:
             after = [chain for t, chain in self.session_log if self.cfg["gray_at"] + 30 <= t]
@@ -839,6 +844,7 @@ def print_results(results: dict[str, dict]) -> None:
             f"recovery {m['recovery_s']:.2f} s  jain {m['jain']:.2f}  {m['tokens_per_s']:.1f} tok/s  "
             f"(idle bound {m['bound_ms']:.0f} ms){extra}"
             + (f"  refusals {m['refusals']:.0f}, open wait {m['open_wait_ms']:.0f} ms" if m["refusals"] else "")
+            + f"  session p95 {m['session_p95_s']:.1f} s"
         )
 
 
