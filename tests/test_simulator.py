@@ -52,7 +52,7 @@ def test_the_routing_claims_hold_on_the_documented_seeds():
 def test_the_claims_about_the_real_defaults_hold_on_the_documented_seeds():
     """docs/routing.md, "Admission control in the simulator": with nodes that batch and refuse
     sessions past their target, as ours do, aco is no worse than shortest on contended p95, its
-    sessions wait less to be admitted, and it leaves a slowed node that shortest keeps (~25 s)."""
+    sessions wait less to be admitted, and it leaves a slowed node that shortest keeps."""
     contention = sim.run_scenario("contention", 10, ("aco", "shortest"), batching=True, admission=True)
     aco, shortest = contention["aco"], contention["shortest"]
     print({p: (round(m["p95_ms"]), round(m["open_wait_ms"])) for p, m in contention.items()})
