@@ -167,7 +167,8 @@ class Simulation:
         # Nodes refuse sessions past their step-time target (NodeBusy) and clients avoid them until
         # the hint expires, as the real ones do; on by default for live worlds only (see the docstring).
         self.admission = live is not None if admission is None else admission
-        self.busy: list[dict[str, float]] = []  # per client: refusing node -> when its hint expires
+        # Per client: refusing node -> when its hint expires.
+        self.busy: list[dict[str, float]] = [{} for _ in range(self.clients)]
         self.now = 0.0
         self.events: list = []
         self._seq = 0
@@ -178,7 +179,6 @@ class Simulation:
         self.faults = random.Random(seed * 7919 + 2)
         self.phases = random.Random(seed * 7919 + 3)  # when each node announces, each client shares
         self.routers = [self._router(random.Random(seed * 1000 + c), f"c{c}") for c in range(self.clients)]
-        self.busy = [{} for _ in range(self.clients)]
         self.refusals = 0  # NodeBusy answers to sessions opening
         self.open_waits: list[float] = []  # arrival -> chain accepted (refusals and waits for a hint)
         self.session_times: list[float] = []  # arrival -> last token: what a refusal's wait costs a user
@@ -621,7 +621,7 @@ class Simulation:
         result = {
             "mean_ms": 1000 * statistics.fmean(lat) if lat else math.nan,
             "p50_ms": 1000 * lat[len(lat) // 2] if lat else math.nan,
-            "p95_ms": 1000 * lat[int(0.95 * (len(lat) - 1))] if lat else math.nan,
+            "p95_ms": 1000 * p95(lat),
             "recovery_s": statistics.fmean(self.stalls) if self.stalls else 0.0,
             "failovers": len(self.stalls),
             "jain": jain,
@@ -632,9 +632,7 @@ class Simulation:
             "moves": len(self.moves),
             "refusals": self.refusals,
             "open_wait_ms": 1000 * statistics.fmean(self.open_waits) if self.open_waits else 0.0,
-            "session_p95_s": sorted(self.session_times)[int(0.95 * (len(self.session_times) - 1))]
-            if self.session_times
-            else math.nan,
+            "session_p95_s": p95(sorted(self.session_times)),
         }
         if self.gray_peer is not None:
             after = [chain for t, chain in self.session_log if self.cfg["gray_at"] + 30 <= t]
@@ -642,6 +640,11 @@ class Simulation:
             result["gray_share_before"] = sum(self.gray_peer in c for c in before) / max(1, len(before))
             result["gray_share_after_30s"] = sum(self.gray_peer in c for c in after) / max(1, len(after))
         return result
+
+
+def p95(ordered: list[float]) -> float:
+    """The 95th percentile of a sorted list (nearest rank below), NaN if empty."""
+    return ordered[int(0.95 * (len(ordered) - 1))] if ordered else math.nan
 
 
 class OracleRouter(BanFeedback):
@@ -697,6 +700,12 @@ BATCH_GROWTH = 0.1
 HOP_OVERHEAD_CANDIDATES_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.06, 0.08)
 
 
+def live_nodes_batch(report: dict) -> bool:
+    """Whether a live run's nodes batched: unless they were started with ``--no-batching``
+    (runs from before ``--node-flags`` recorded no flags: their nodes batched)."""
+    return "--no-batching" not in report.get("node_flags", "").split()
+
+
 def live_world(
     report: dict, rate: float, arrivals_s: float, gray_at: float | None = None, hop_overhead_s: float = 0.002
 ) -> dict:
@@ -705,7 +714,7 @@ def live_world(
     delays (+ ``hop_overhead_s``), advertised throughputs, clients, session shape and arrival
     rate; its nodes batch, as the live ones do (unless the run's nodes were started with
     ``--no-batching``: then they serve one step after another, first in first out)."""
-    batching = "--no-batching" not in report.get("node_flags", "").split()
+    batching = live_nodes_batch(report)
     nodes = []
     for x in report["nodes"]:
         start, end = (int(v) for v in x["span"].split(":"))
@@ -752,7 +761,7 @@ def compare_with_live(path: str, seeds: int) -> None:
     }
     overhead = min(misfit, key=misfit.get)
     flags = report.get("node_flags", "")
-    served = "batching" if live_world(report, 0.0, 0.0)["nodes"][0]["batching"] else "first in, first out"
+    served = "batching" if live_nodes_batch(report) else "first in, first out"
     print(f"live nodes {'started with ' + flags if flags else 'with default flags'}: simulated as {served}")
     print(f"calibrated per-hop overhead: {1000 * overhead:.0f} ms (fitted to the live low-load p50s; "
           f"candidates {[round(1000 * c) for c in HOP_OVERHEAD_CANDIDATES_S]} ms)")  # fmt: skip
