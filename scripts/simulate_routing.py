@@ -50,7 +50,7 @@ from swarmnode.routing import (
     shortest_load_params,
 )
 from swarmnode.routing.shortest import BanFeedback, shortest_chain
-from swarmnode.server.admission import Admission, StepCost, default_max_step_s
+from swarmnode.server.admission import Admission, Load, Returns, StepCost, default_max_step_s
 from swarmnode.server.block_selection import choose_span, plan_move, served_throughput
 from swarmnode.server.busy import BusyMeter, SlowdownMeter
 
@@ -122,6 +122,7 @@ class SimNode:
     waiting: list = field(default_factory=list)  # steps for the next iteration (batching nodes)
     running: bool = False
     admission: Admission | None = None  # the real step-time check (server/admission.py), if modelled
+    returns: dict = field(default_factory=dict)  # session id -> its Returns here (admission's load)
 
 
 @dataclass
@@ -240,7 +241,11 @@ class Simulation:
         blocks = x.end - x.start
         single = x.step_s / blocks + x.per_block_s
         cost = StepCost(single, BATCH_GROWTH * x.per_block_s if x.batching else single)
-        return Admission(cost, blocks, default_max_step_s(blocks, self.num_blocks, cost))
+        return Admission(cost, blocks, default_max_step_s(blocks, self.num_blocks, cost), queued=not x.batching)
+
+    def _load_of(self, x: SimNode) -> Load:
+        """What the node's admission sees (server/handler.py): how long each session it holds stays away."""
+        return Load(tuple(r.away_s(self.now) for r in x.returns.values()))  # the rest: not measured yet
 
     def _uncovered(self, nodes: list[SimNode]) -> bool:
         return any(not any(x.start <= b < x.end for x in nodes) for b in range(self.num_blocks))
@@ -361,7 +366,7 @@ class Simulation:
             x = self.node(hop.peer_id)
             try:
                 if x.admission is not None and x.alive:
-                    x.admission.check(x.sessions)
+                    x.admission.check(x.sessions, self._load_of(x))
             except NodeAtCapacity as e:
                 self.refusals += 1
                 self.busy[session.client][hop.peer_id] = self.now + e.retry_after
@@ -392,6 +397,8 @@ class Simulation:
         if not x.alive:  # the connection is refused: the client learns after the way back
             self.at(self.now + x.delay_s / 2, self.failed, session, hop)
             return
+        if session.sid in x.returns:
+            x.returns[session.sid].arrived(self.now)
         tokens = self.step_tokens(session)
         replay = session.history_tokens.pop(-hop.start - 1, 0)  # tokens to rebuild after a failover
         work = (tokens if session.step > 0 else tokens / PREFILL_SPEEDUP) + replay / PREFILL_SPEEDUP
@@ -456,6 +463,7 @@ class Simulation:
             return
         meter = self.meter(x)
         meter.add(began, self.now)
+        x.returns.setdefault(session.sid, Returns()).answered(self.now)
         slowdowns = self.slowdown_meter(x)
         if decoding:
             slowdowns.add(self.now - arrived, service)
@@ -488,6 +496,7 @@ class Simulation:
             self.routers[session.client].release(session.chain)
             for h in session.chain:
                 self.node(h.peer_id).sessions -= 1
+                self.node(h.peer_id).returns.pop(session.sid, None)
             return
         self.send(session)
 
@@ -497,6 +506,7 @@ class Simulation:
         if session.stalled_since is None:
             session.stalled_since = session.last_token_at
         self.node(hop.peer_id).sessions -= 1
+        self.node(hop.peer_id).returns.pop(session.sid, None)
         planned = getattr(router, "backup", lambda h: None)(hop)
         replacement = planned if planned and all(self.node(h.peer_id).alive or True for h in planned) else None
         if replacement is None:
@@ -599,7 +609,7 @@ class Simulation:
 
     def rejoin(self, x: SimNode) -> None:
         x.alive, x.sessions, x.announced_sessions, x.announced_busy, x.meter = True, 0, 0, 0.0, None
-        x.announced_slowdown, x.slowdowns = None, None
+        x.announced_slowdown, x.slowdowns, x.returns = None, None, {}
 
     # ---- results -------------------------------------------------------------------------------
     def idle_bound_s(self) -> float:

@@ -1,4 +1,5 @@
-"""Admission control's decisions, pure: projected step times, the default target, refusals."""
+"""Admission control's decisions, pure: projected step times (batched, and queued from how long
+sessions stay away), the default target, refusals."""
 
 import pytest
 
@@ -6,7 +7,10 @@ from swarmnode.errors import NodeAtCapacity, NodeBusy
 from swarmnode.server.admission import (
     MAX_RETRY_AFTER_S,
     Admission,
+    Load,
+    Returns,
     StepCost,
+    closed_queue_step_s,
     default_max_step_s,
     kv_budget,
     peer_share,
@@ -61,3 +65,59 @@ def test_a_peers_share_is_never_below_one_session_of_the_maximum_length():
     assert peer_share(budget=16384 * 3, fraction=0.5, longest_session=8192 * 3) == 8192 * 3
     assert peer_share(budget=40_000, fraction=0.75, longest_session=1_000) == 30_000
     assert peer_share(budget=500, fraction=0.5, longest_session=1_000) == 500, "capped by the budget"
+
+
+def _exact_closed_queue_s(service_s: float, away_s: float, sessions: int) -> float:
+    """Exact mean value analysis of a closed queue of identical sessions (the reference)."""
+    waiting = 0.0
+    for n in range(1, sessions + 1):
+        step = service_s * (1 + waiting)
+        waiting = n * step / (step + away_s)
+    return step
+
+
+def test_the_closed_queue_gives_the_worst_case_and_the_idle_case_at_its_extremes():
+    assert closed_queue_step_s(0.1, [0.0] * 5)[-1] == pytest.approx(0.5)  # never away: wait for all the others
+    assert closed_queue_step_s(0.1, [1e6] * 5)[-1] == pytest.approx(0.1, rel=1e-3)  # always away: never wait
+    steps = [closed_queue_step_s(0.1, [0.3] * n)[-1] for n in range(1, 12)]
+    assert steps == sorted(steps) and steps[0] == pytest.approx(0.1, rel=0.01), "more sessions never wait less"
+    for n in (3, 5, 10):  # the approximation stays near exact analysis, and errs on the slow side
+        exact = _exact_closed_queue_s(0.1, 0.3, n)
+        assert exact * 0.98 <= closed_queue_step_s(0.1, [0.3] * n)[-1] <= exact * 1.2
+    mixed = closed_queue_step_s(0.1, [0.0, 5.0])  # the one never away waits little for the one mostly away
+    assert mixed[0] < 0.11 < mixed[1] < 0.21
+    with pytest.raises(ValueError):
+        closed_queue_step_s(0.1, [-1.0])
+
+
+def test_a_sessions_time_away_is_measured_between_answer_and_next_step():
+    returns = Returns()
+    assert returns.away_s(5.0) is None  # nothing measured before its second step
+    returns.arrived(0.0)
+    returns.answered(0.1)
+    returns.arrived(0.5)  # 0.4 s in the rest of the chain
+    assert returns.away_s(0.55) == pytest.approx(0.4)  # in the node now
+    returns.answered(0.6)
+    assert returns.away_s(0.7) == pytest.approx(0.4)
+    assert returns.away_s(10.6) == pytest.approx(10.0), "a session gone quiet is away at least that long"
+    returns.arrived(1.6)  # a gap of 1 s: the average follows, weighted
+    assert 0.4 < returns.away_s(1.6) < 1.0
+
+
+def test_a_node_that_queues_admits_from_how_long_its_sessions_stay_away():
+    cost = StepCost.from_profile(single_s=0.010, batch_s=0.080, batch=8, batching=False)
+    admission = Admission(cost, blocks=2, max_step_s=0.080, queued=True)  # a step is 20 ms alone
+    with pytest.raises(NodeAtCapacity):  # 4 sessions unmeasured: the worst case, 5 x 20 = 100 ms
+        admission.check(4, Load((None,) * 4))
+    admission.check(4, Load((0.5, None, None, None)))  # they come back every 0.5 s: ~21 ms a step
+    away = Load((0.5,) * 16)  # busy ~60% of the time with 17
+    assert admission.projected_step_s(16, away) < 0.060 < cost.iteration_s(17, 2)
+    admission.check(16, away)  # 17 sessions where the worst case takes 4
+    with pytest.raises(NodeAtCapacity):  # past ~20 the queue grows fast: 26 would wait ~4 steps each
+        admission.check(25, Load((0.5,) * 25))
+    with pytest.raises(NodeAtCapacity) as refused:  # they never leave: as many as the worst case allows
+        admission.check(4, Load((0.0,) * 4))
+    assert "100 ms" in str(refused.value)
+    admission.check(3, Load((0.0,) * 3))
+    busy = Admission(StepCost(0.010, 0.002), blocks=2, max_step_s=0.050)  # batching: the iteration decides
+    assert busy.projected_step_s(8, Load((0.5,) * 8)) == pytest.approx(busy.cost.iteration_s(9, 2))

@@ -46,3 +46,15 @@ def test_session_cache_appends_and_rolls_back():
     cache.commit(1)
     cache.rollback(2)
     assert cache.get_seq_length() == 2
+
+
+def test_each_open_sessions_time_away_is_listed_for_admission():
+    m = manager(1000)
+    a, b = m.open("a", 0, 1, 1, 10), m.open("b", 0, 1, 1, 10)
+    assert m.away_s(1.0) == (None, None)  # neither measured yet
+    a.returns.answered(0.0)
+    a.returns.arrived(0.3)
+    a.returns.answered(0.31)
+    assert m.away_s(0.4) == (pytest.approx(0.3), None)
+    m.close("b")
+    assert len(m.away_s(0.4)) == 1 and b.returns.away_s(0.4) is None

@@ -75,6 +75,32 @@ def test_a_node_at_capacity_sends_clients_elsewhere_or_makes_them_wait(tmp_path,
             held.close()
 
 
+def test_a_node_that_queues_admits_sessions_that_stay_away(tmp_path, llama_path):
+    """A node serving one step at a time projects a newcomer's step from how long its sessions
+    stay away between steps (server/admission.py): two open but idle sessions do not keep out a
+    third, where projecting all three steps at once (3 x 50 ms, above the 120 ms target) would."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(llama_path).generate(PROMPT, max_new_tokens=4, do_sample=False)
+    with LocalSwarm(tmp_path) as swarm:
+        swarm.start_bootstrap()
+        flags = ("--no-batching", "--debug-step-delay-ms", "50", "--max-step-ms", "120", "--no-profile-cache")
+        node = swarm.start_node(llama_path, "0:8", *flags)
+        assert "one step at a time" in node.log_path.read_text()
+        # A refused third session would wait 3 s, then fail: the test ends either way.
+        options = dict(initial_peers=swarm.initial_peers, busy_wait=3.0, wait_for_servers=3.0)
+        with DistributedModelForCausalLM.from_pretrained(llama_path, **options) as model:
+            held = [model.inference_session(max_length=32) for _ in range(2)]
+            for session in held:  # a prompt and 3 decoding steps each: the node has measured their gaps
+                assert torch.equal(model.generate(PROMPT, max_new_tokens=4, session=session), reference)
+            with model.inference_session(max_length=32) as third:
+                assert torch.equal(model.generate(PROMPT, max_new_tokens=4, session=third), reference)
+            assert not third.failovers, "admitted at once"
+            assert refused_at_capacity(node) == 0 and metric(node, "swarmnode_sessions_active") == 2
+            for session in held:
+                session.close()
+
+
 def test_a_stateless_forward_larger_than_a_unary_message_works(tmp_path):
     """3 MiB of hidden states (batch 2 × 1,500 tokens × hidden 256) through a stateless forward:
     over the transport's 2 MiB unary limit, so it must travel on a stream. Then a session whose

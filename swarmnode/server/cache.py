@@ -9,11 +9,12 @@ returns its room at once.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from swarmnode.errors import CacheExhausted, InvalidRequest, UnknownSession
+from swarmnode.server.admission import Returns
 
 
 class SessionCache:
@@ -121,6 +122,7 @@ class Session:
     cache: SessionCache
     cost: int  # block-tokens reserved
     exact: bool = False  # never batched with other sessions: bitwise what it computes alone
+    returns: Returns = field(default_factory=Returns)  # how long it stays away between steps (admission)
 
 
 class CacheManager:
@@ -178,6 +180,11 @@ class CacheManager:
         """The caches of the sessions open now (a copy)."""
         with self._lock:
             return [session.cache for session in self._sessions.values()]
+
+    def away_s(self, now: float) -> tuple[float | None, ...]:
+        """Each open session's time away between its steps, as of ``now`` (None: not measured yet)."""
+        with self._lock:
+            return tuple(session.returns.away_s(now) for session in self._sessions.values())
 
     def reserved(self, session_id: str) -> int:
         """Block-tokens reserved by an open session (0 if it is not open)."""

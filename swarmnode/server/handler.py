@@ -42,7 +42,7 @@ from swarmnode.net.protocol import (
 from swarmnode.net.push import Pusher
 from swarmnode.net.swarmkey import SwarmKey
 from swarmnode.records import NodeState
-from swarmnode.server.admission import Admission, peer_share
+from swarmnode.server.admission import Admission, Load, peer_share
 from swarmnode.server.backend import BlockBackend
 from swarmnode.server.busy import BusyMeter, SlowdownMeter
 from swarmnode.server.cache import CacheManager, Session
@@ -334,7 +334,7 @@ class NodeHandler:
         self.backend.check_hidden(hidden, max_length)
         self._check_share(peer, hidden.shape[0] * max_length * (end - start))
         if self.admission is not None:
-            self.admission.check(self.caches.active_sessions)
+            self.admission.check(self.caches.active_sessions, self._load() if self.admission.queued else None)
         exact = meta.get("exact", False)
         if not isinstance(exact, bool):
             raise InvalidRequest(f"metadata field 'exact' must be a boolean, got {exact!r}")
@@ -370,7 +370,9 @@ class NodeHandler:
         forward = _forward_target(meta)
         cache.rollback(position)
         before = cache.length
+        session.returns.arrived(received)
         result = await self._run(hidden, start, end, cache, mask, positions, session.exact)
+        session.returns.answered(time.perf_counter())
         forwarded = False
         if forward is not None and self.pusher is not None:  # the next hop needs it first: push, then answer
             peer_id, session_id, step = forward
@@ -403,6 +405,10 @@ class NodeHandler:
             return {"busy": 0.0, "slowdown": 1.0}
         slowdown = self.slowdown.mean()
         return {"busy": self.busy.fraction(), "slowdown": -1.0 if slowdown is None else slowdown}
+
+    def _load(self) -> Load:
+        """What admission projects a queueing node's steps from: how long its sessions stay away between steps."""
+        return Load(self.caches.away_s(time.perf_counter()))
 
     def _observe(self, kind: str, result: StepResult, hidden) -> None:
         self.metrics.observe_step(kind, result.compute_s / result.batch, hidden.shape[0] * hidden.shape[1])

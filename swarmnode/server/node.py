@@ -168,12 +168,13 @@ class Node:
         else:
             max_step_s = default_max_step_s(blocks, self.spec.num_blocks, cost)
         logger.info(
-            "admission: decoding step %.2f ms per block alone, +%.2f ms per further session; target %.0f ms",
+            "admission: decoding step %.2f ms per block alone, +%.2f ms per further session; target %.0f ms%s",
             1000 * cost.single_s,
             1000 * cost.extra_s,
             1000 * max_step_s,
+            "" if self.batching else " (one step at a time: projected from the measured load)",
         )
-        return Admission(cost, blocks, max_step_s)
+        return Admission(cost, blocks, max_step_s, queued=not self.batching)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def __aenter__(self) -> Node:
