@@ -63,6 +63,14 @@ def test_auto_blocks_cover_the_model_and_sigterm_leaves_cleanly(tmp_path, llama_
         assert states.get((0, 3)) in (None, "OFFLINE")
         assert report["gaps"] == [[0, 3]]
 
+        # A node whose p2pd died first leaves on SIGTERM too: its calls to the dead daemon on
+        # the way out are bounded (net/shutdown.py), where they used to wait for ever.
+        second = nodes[1]
+        for daemon in [p for p in psutil.Process(second.pid).children(recursive=True) if "p2pd" in p.name()]:
+            daemon.kill()
+        second.signal(signal.SIGTERM)
+        assert second.popen.wait(timeout=45) == 0
+
 
 def test_running_node_loaded_only_its_span(llama_swarm, llama_client, llama_path):
     node = next(p for p in llama_swarm.processes if p.info.get("blocks") == "6:8")

@@ -30,6 +30,7 @@ from swarmnode.membership.swim import Membership, Status, Update
 from swarmnode.net.dht import fetch_snapshot, store_records
 from swarmnode.net.identity import Identity
 from swarmnode.net.protocol import GossipService, make_request, make_response, read_response, unpack_meta
+from swarmnode.net.shutdown import bounded
 from swarmnode.records import DeadVerdict, NodeState, dead_key, verdict_subkey
 
 logger = logging.getLogger(__name__)
@@ -88,10 +89,7 @@ class SwimGossip:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._background, return_exceptions=True)
         self._tasks = []
-        try:
-            await GossipService().remove_p2p_handlers(self.p2p)
-        except Exception as e:  # noqa: BLE001 - the daemon may already be gone
-            logger.debug("removing gossip handlers failed: %s", e)
+        await bounded(GossipService().remove_p2p_handlers(self.p2p), "removing the gossip handlers")
 
     def view(self) -> dict[str, str]:
         return self.membership.view()

@@ -23,6 +23,7 @@ from swarmnode.net.dht import full_maddrs, relay_of, start_dht, start_dht_behind
 from swarmnode.net.identity import Identity
 from swarmnode.net.lifeline import start_lifeline, stop_lifeline
 from swarmnode.net.reachability import check_reachability, listening_ports, serve_dial_back
+from swarmnode.net.shutdown import bounded
 from swarmnode.net.swarmkey import load_swarm_key
 
 logger = logging.getLogger(__name__)
@@ -50,10 +51,10 @@ class NodeConnection:
 
     async def close(self) -> None:
         """Shut the p2p handle, the DHT peer and its p2pd down (safe to call once)."""
-        await self.p2p.shutdown()
+        await bounded(self.p2p.shutdown(), "closing the p2p handle")
         self.dht.shutdown()
         if self.relay_p2p is not None:
-            await self.relay_p2p.shutdown()
+            await bounded(self.relay_p2p.shutdown(), "closing the relay's p2p handle")
         stop_lifeline(self.lifeline)
 
 

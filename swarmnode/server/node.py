@@ -30,6 +30,7 @@ from swarmnode.net.dht import fetch_models, fetch_snapshot
 from swarmnode.net.protocol import INFERENCE_HANDLE, SwarmNodeService
 from swarmnode.net.push import PUSH_HANDLE, Pusher
 from swarmnode.net.reachability import DIAL_BACK_HANDLE
+from swarmnode.net.shutdown import bounded
 from swarmnode.records import ModelRecord, NodeRecord, NodeState, model_id_from_name, validate_model_id
 from swarmnode.server.admission import Admission, StepCost, default_max_step_s, kv_budget
 from swarmnode.server.backend import BlockBackend
@@ -456,15 +457,7 @@ class Node:
         if self.announcer is not None:
             await self.announcer.stop()
         if self.handler is not None and self.p2p is not None:
-            try:
-                await SwarmNodeService().remove_p2p_handlers(self.p2p)
-                await self.p2p.remove_binary_stream_handler(INFERENCE_HANDLE)
-                await self.p2p.remove_binary_stream_handler(PUSH_HANDLE)
-                await self.p2p.remove_binary_stream_handler(DIAL_BACK_HANDLE)
-                if self.handler.pusher is not None:
-                    await self.handler.pusher.close()
-            except Exception as e:  # noqa: BLE001 - the daemon may be gone already
-                logger.debug("removing handlers failed: %s", e)
+            await bounded(self._remove_handlers(), "removing the node's handlers")
         if self.scheduler is not None:
             self.scheduler.close()
         if self.metrics_server is not None:
@@ -472,6 +465,13 @@ class Node:
         if self.connection is not None:
             await self.connection.close()
         self._closed.set()
+
+    async def _remove_handlers(self) -> None:
+        await SwarmNodeService().remove_p2p_handlers(self.p2p)
+        for handle in (INFERENCE_HANDLE, PUSH_HANDLE, DIAL_BACK_HANDLE):
+            await self.p2p.remove_binary_stream_handler(handle)
+        if self.handler.pusher is not None:
+            await self.handler.pusher.close()
 
     async def _refuted(self) -> None:
         """Gossip suspected us and we refuted with a higher incarnation: announce it now."""
