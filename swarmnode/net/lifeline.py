@@ -5,7 +5,8 @@ main process is killed outright (the OOM killer, ``kill -9``) they would live on
 orphans: the DHT peer stays in the swarm and p2pd keeps connections open, so other
 peers see no connection error. A lifeline is a tiny watcher process: it waits on a
 pidfd of its parent and, when the parent is gone, kills the processes it was given
-(and their descendants). Run as ``python -m swarmnode.net.lifeline PARENT PID...``.
+(and their descendants). It runs in a session of its own, so that a signal to its
+parent's whole process group leaves it standing to do that. Run as ``python -m swarmnode.net.lifeline PARENT PID...``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def start_lifeline(pids: list[int]) -> subprocess.Popen:
         except psutil.NoSuchProcess:
             continue
     args = [sys.executable, "-m", "swarmnode.net.lifeline", str(os.getpid()), *map(str, sorted(tree))]
-    return subprocess.Popen(args, stdin=subprocess.DEVNULL, close_fds=True)
+    # Its own session: a signal to this process's whole group (`timeout`, a shell, a supervisor)
+    # must not take the watcher with it, or the helpers outlive their process. It is stopped by
+    # its pid (stop_lifeline).
+    return subprocess.Popen(args, stdin=subprocess.DEVNULL, close_fds=True, start_new_session=True)
 
 
 def stop_lifeline(proc: subprocess.Popen | None) -> None:
